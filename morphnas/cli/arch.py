@@ -1,0 +1,90 @@
+"""``morphnas arch``: show and save architectures."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from morphnas.errors import ConfigError
+from morphnas.ir import ArchGraph, arch_to_file, cost, load_arch
+
+arch_app = typer.Typer(no_args_is_help=True, help="Show and save architectures.")
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    """``"3x32x32"`` -> ``(3, 32, 32)``."""
+    try:
+        shape = tuple(int(part) for part in text.lower().split("x"))
+    except ValueError:
+        raise ConfigError(f"--input must look like 3x32x32, got {text!r}") from None
+    if not shape or any(d <= 0 for d in shape):
+        raise ConfigError(f"--input must be positive sizes like 3x32x32, got {text!r}")
+    return shape
+
+
+def resolve(arch: str, input_text: str, classes: int, shortcut: str) -> ArchGraph:
+    options = {"shortcut": shortcut} if arch.startswith("resnet") else {}
+    return load_arch(arch, parse_shape(input_text), classes, **options)
+
+
+def summary(graph: ArchGraph) -> dict:
+    return {
+        "input_shape": list(graph.input_shape),
+        "n_blobs": len(graph.blobs()),
+        "n_layers": sum(1 for _ in graph.edges()),
+        **cost(graph),
+    }
+
+
+@arch_app.command("show")
+def show(
+    arch: str = typer.Argument(..., help="A seed name (resnet20, cnn, mlp, ...) or an architecture JSON file."),
+    input: str = typer.Option("3x32x32", "--input", help="Input shape C x H x W (seeds only)."),
+    classes: int = typer.Option(10, "--classes", min=1, help="Number of classes (seeds only)."),
+    shortcut: str = typer.Option("A", "--shortcut", help="ResNet shortcut: A (parameter-free) or B (projection)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Blobs, layers, parameters and multiply-accumulates of a network."""
+    graph = resolve(arch, input, classes, shortcut)
+    info = summary(graph)
+    if as_json:
+        typer.echo(json.dumps({"name": arch, **info, "architecture": graph.to_json()}))
+        return
+    shapes = graph.shapes()
+    table = Table(title=f"{arch}: {info['n_layers']} layers, {info['n_blobs']} blobs")
+    for column in ("layer", "type", "from", "to", "output"):
+        table.add_column(column)
+    for edge in graph.edges():
+        shape = "x".join(map(str, shapes[edge.dst]))
+        table.add_row(edge.name, edge.layer.type, edge.src, edge.dst, shape)
+    console = Console()
+    console.print(table)
+    console.print(
+        f"params {info['params']:,}   size {info['size_mb']:.3f} MB (stored floats)   "
+        f"MACs {info['macs'] / 1e6:.2f} M"
+    )
+
+
+@arch_app.command("save")
+def save(
+    arch: str = typer.Argument(..., help="A seed name or an architecture JSON file."),
+    out: Path = typer.Option(..., "--out", help="Where to write the architecture JSON."),
+    input: str = typer.Option("3x32x32", "--input", help="Input shape C x H x W."),
+    classes: int = typer.Option(10, "--classes", min=1, help="Number of classes."),
+    shortcut: str = typer.Option("A", "--shortcut", help="ResNet shortcut: A or B."),
+) -> None:
+    """Write a network's architecture JSON."""
+    graph = resolve(arch, input, classes, shortcut)
+    try:
+        arch_to_file(graph, out)
+    except OSError as err:
+        raise ConfigError(f"cannot write {out}: {err.strerror}") from None
+    typer.echo(f"wrote {out}")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(arch_app, name="arch")

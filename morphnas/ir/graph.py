@@ -1,0 +1,259 @@
+"""The architecture graph: blobs (tensors) as vertices, layers as edges.
+
+Following section 3.3 of the 2017 paper, a network is a directed acyclic multigraph. A blob
+with several in-edges merges them (by addition, or by concatenation in a fixed order); a blob
+with several out-edges hands a copy to each. There is one source (the input) and one sink (the
+output). Blob shapes are derived from the input shape, never stored.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import networkx as nx
+
+from morphnas.errors import GraphError
+from morphnas.ir.layers import Layer, Shape, layer_from_dict
+
+FORMAT = "morphnas.arch"
+VERSION = 1
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+@dataclass(frozen=True)
+class Edge:
+    name: str
+    src: str
+    dst: str
+    layer: Layer
+
+
+class ArchGraph:
+    """A network as a ``networkx.MultiDiGraph`` of blobs and named layer edges."""
+
+    def __init__(self, input_shape: Shape) -> None:
+        self.input_shape = tuple(input_shape)
+        self.nx = nx.MultiDiGraph()
+        self._ends: dict[str, tuple[str, str]] = {}  # edge name -> (src, dst), for O(1) lookup
+
+    # construction -------------------------------------------------------------------------
+    def add_blob(self, name: str, merge: str = "add", order: list[str] | None = None) -> str:
+        """Add a blob; ``merge="concat"`` concatenates its in-edges in ``order`` (edge names)."""
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise GraphError(f"blob name {name!r} is not an identifier")
+        if name in self.nx:
+            raise GraphError(f"blob {name!r} already exists")
+        if merge not in ("add", "concat"):
+            raise GraphError(f"blob {name!r}: merge must be 'add' or 'concat', got {merge!r}")
+        self.nx.add_node(name, merge=merge, order=list(order or []))
+        return name
+
+    def add_layer(self, name: str, src: str, dst: str, layer: Layer) -> str:
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise GraphError(f"layer name {name!r} is not an identifier")
+        if name in self._ends:
+            raise GraphError(f"layer {name!r} already exists")
+        if not isinstance(layer, Layer):
+            raise GraphError(f"layer {name!r} is not a layer spec")
+        for blob in (src, dst):
+            if not isinstance(blob, str) or blob not in self.nx:
+                raise GraphError(f"layer {name!r} refers to unknown blob {blob!r}")
+        self.nx.add_edge(src, dst, key=name, layer=layer)
+        self._ends[name] = (src, dst)
+        if self.nx.nodes[dst]["merge"] == "concat" and name not in self.nx.nodes[dst]["order"]:
+            self.nx.nodes[dst]["order"].append(name)
+        return name
+
+    def remove_layer(self, name: str) -> Edge:
+        edge = self.edge(name)
+        self.nx.remove_edge(edge.src, edge.dst, key=name)
+        del self._ends[name]
+        order = self.nx.nodes[edge.dst]["order"]
+        if name in order:
+            order.remove(name)
+        return edge
+
+    def remove_blob(self, name: str) -> None:
+        if self.nx.degree(name):
+            raise GraphError(f"blob {name!r} still has layers attached")
+        self.nx.remove_node(name)
+
+    def set_layer(self, name: str, layer: Layer) -> None:
+        edge = self.edge(name)
+        self.nx.edges[edge.src, edge.dst, name]["layer"] = layer
+
+    def fresh_name(self, stem: str) -> str:
+        """A name not yet used by any blob or layer: ``stem``, else ``stem_1``, ``stem_2``, ..."""
+        name, i = stem, 0
+        while name in self._ends or name in self.nx:
+            i += 1
+            name = f"{stem}_{i}"
+        return name
+
+    # queries ------------------------------------------------------------------------------
+    def edge(self, name: str) -> Edge:
+        if name not in self._ends:
+            raise GraphError(f"no layer named {name!r}")
+        src, dst = self._ends[name]
+        return Edge(name, src, dst, self.nx.edges[src, dst, name]["layer"])
+
+    def layer(self, name: str) -> Layer:
+        return self.edge(name).layer
+
+    def edges(self) -> Iterator[Edge]:
+        for src, dst, name, layer in self.nx.edges(keys=True, data="layer"):
+            yield Edge(name, src, dst, layer)
+
+    def blobs(self) -> list[str]:
+        return list(self.nx.nodes)
+
+    def merge(self, blob: str) -> str:
+        return self.nx.nodes[blob]["merge"]
+
+    def in_edges(self, blob: str) -> list[Edge]:
+        """In-edges of ``blob``, in concatenation order for a concat blob."""
+        edges = [self.edge(k) for _, _, k in self.nx.in_edges(blob, keys=True)]
+        if self.merge(blob) == "concat":
+            order = self.nx.nodes[blob]["order"]
+            edges.sort(key=lambda e: order.index(e.name))
+        return edges
+
+    def out_edges(self, blob: str) -> list[Edge]:
+        return [self.edge(k) for _, _, k in self.nx.out_edges(blob, keys=True)]
+
+    @property
+    def source(self) -> str:
+        return self._end(self.nx.in_degree, "source", "in-edges")
+
+    @property
+    def sink(self) -> str:
+        return self._end(self.nx.out_degree, "sink", "out-edges")
+
+    def _end(self, degree: Any, what: str, edges: str) -> str:
+        ends = [n for n, d in degree if d == 0]
+        if len(ends) != 1:
+            raise GraphError(f"the graph must have exactly one {what} (blob without {edges}), found {ends}")
+        return ends[0]
+
+    def topological_blobs(self) -> list[str]:
+        try:
+            return list(nx.topological_sort(self.nx))
+        except nx.NetworkXUnfeasible:
+            cycle = nx.find_cycle(self.nx)
+            raise GraphError(f"the graph has a cycle through layer {cycle[0][2]!r}") from None
+
+    def shapes(self) -> dict[str, Shape]:
+        """Every blob's shape, inferred from the input shape; validates the graph on the way."""
+        order = self.topological_blobs()
+        source, sink = self.source, self.sink
+        shapes: dict[str, Shape] = {source: self.input_shape}
+        for blob in order:
+            if blob == source:
+                continue
+            edges = self.in_edges(blob)
+            outs = []
+            for e in edges:
+                try:
+                    outs.append(tuple(e.layer.output_shape(shapes[e.src])))
+                except GraphError as err:
+                    raise GraphError(f"layer {e.name!r} ({e.src} -> {e.dst}): {err}") from None
+            shapes[blob] = self._merged(blob, edges, outs)
+        if sink not in shapes:  # pragma: no cover - a DAG with one source reaches its sink
+            raise GraphError(f"the sink {sink!r} is not reachable from the source")
+        return shapes
+
+    def _merged(self, blob: str, edges: list[Edge], outs: list[Shape]) -> Shape:
+        if self.merge(blob) == "add":
+            for e, shape in zip(edges[1:], outs[1:], strict=True):
+                if shape != outs[0]:
+                    raise GraphError(
+                        f"blob {blob!r} adds layer {edges[0].name!r} of shape {outs[0]} and layer "
+                        f"{e.name!r} of shape {shape}"
+                    )
+            return outs[0]
+        if set(self.nx.nodes[blob]["order"]) != {e.name for e in edges}:
+            raise GraphError(f"blob {blob!r}: concat order must list exactly its in-layers")
+        if any(len(s) != len(outs[0]) or s[1:] != outs[0][1:] for s in outs):
+            raise GraphError(f"blob {blob!r} concatenates incompatible shapes {outs}")
+        return (sum(s[0] for s in outs), *outs[0][1:])
+
+    def validate(self) -> ArchGraph:
+        self.shapes()
+        return self
+
+    def copy(self) -> ArchGraph:
+        return ArchGraph.from_json(self.to_json())
+
+    # JSON ---------------------------------------------------------------------------------
+    def to_json(self) -> dict[str, Any]:
+        blobs = []
+        for name, data in self.nx.nodes(data=True):
+            entry: dict[str, Any] = {"name": name}
+            if data["merge"] == "concat":
+                entry.update(merge="concat", order=list(data["order"]))
+            blobs.append(entry)
+        layers = [{"name": e.name, "src": e.src, "dst": e.dst, **e.layer.to_dict()} for e in self.edges()]
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            "input_shape": list(self.input_shape),
+            "blobs": blobs,
+            "layers": layers,
+        }
+
+    def dumps(self) -> str:
+        return json.dumps(self.to_json(), indent=1)
+
+    @staticmethod
+    def from_json(data: Any) -> ArchGraph:
+        """Parse and validate; every malformation raises GraphError naming what is wrong."""
+        if not isinstance(data, dict):
+            raise GraphError("an architecture must be a JSON object")
+        if data.get("format") != FORMAT:
+            raise GraphError(f"not a morphnas architecture (format {data.get('format')!r})")
+        if data.get("version") != VERSION:
+            raise GraphError(f"unsupported architecture version {data.get('version')!r} (expected {VERSION})")
+        missing = {"input_shape", "blobs", "layers"} - set(data)
+        if missing:
+            raise GraphError(f"architecture lacks {', '.join(sorted(missing))}")
+        shape = data["input_shape"]
+        if not isinstance(shape, list) or not shape or any(
+            isinstance(d, bool) or not isinstance(d, int) or d <= 0 for d in shape
+        ):
+            raise GraphError(f"input_shape must be a list of positive integers, got {shape!r}")
+        if not isinstance(data["blobs"], list) or not isinstance(data["layers"], list):
+            raise GraphError("blobs and layers must be lists")
+        graph = ArchGraph(tuple(shape))
+        for blob in data["blobs"]:
+            if not isinstance(blob, dict) or "name" not in blob or set(blob) - {"name", "merge", "order"}:
+                raise GraphError(f"malformed blob entry {blob!r}")
+            order = blob.get("order", [])
+            if not isinstance(order, list) or not all(isinstance(o, str) for o in order):
+                raise GraphError(f"blob {blob['name']!r}: order must be a list of layer names")
+            graph.add_blob(blob["name"], blob.get("merge", "add"), order)
+        for entry in data["layers"]:
+            if not isinstance(entry, dict):
+                raise GraphError(f"malformed layer entry {entry!r}")
+            fields = {k: v for k, v in entry.items() if k not in ("name", "src", "dst")}
+            name = entry.get("name")
+            try:
+                layer = layer_from_dict(fields)
+            except GraphError as err:
+                raise GraphError(f"layer {name!r}: {err}") from None
+            graph.add_layer(name, entry.get("src"), entry.get("dst"), layer)
+        return graph.validate()
+
+    @staticmethod
+    def loads(text: str) -> ArchGraph:
+        try:
+            data = json.loads(text)
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise GraphError(f"malformed JSON: {err}") from None
+        return ArchGraph.from_json(data)
+
+    def __repr__(self) -> str:
+        return f"ArchGraph({len(self.nx)} blobs, {len(self._ends)} layers, input {self.input_shape})"

@@ -1,0 +1,416 @@
+"""Layer specs: small frozen dataclasses that label the edges of an architecture graph.
+
+A spec knows its JSON form, the shape it maps an input shape to (shapes exclude the batch
+dimension) and how to build the ``nn.Module`` that computes it. Specs hold no weights: weights
+live in a flat ``dict[str, Tensor]`` keyed ``"<edge name>.<param>"``.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import math
+import operator
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from morphnas.errors import GraphError
+
+Shape = tuple[int, ...]
+LAYER_TYPES: dict[str, type[Layer]] = {}
+
+
+def _positive(value: Any, what: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise GraphError(f"{what} must be a positive integer, got {value!r}")
+
+
+def _non_negative(value: Any, what: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise GraphError(f"{what} must be a non-negative integer, got {value!r}")
+
+
+def _image(shape: Shape, layer: str) -> tuple[int, int, int]:
+    if len(shape) != 3:
+        raise GraphError(f"{layer} needs a (C, H, W) input, got shape {shape}")
+    return shape  # type: ignore[return-value]
+
+
+def _pooled(size: int, kernel: int, stride: int, padding: int) -> int:
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+@dataclass(frozen=True)
+class Layer(abc.ABC):
+    """Base of all layer specs; subclasses set ``type`` and register themselves."""
+
+    type: ClassVar[str] = ""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.type:
+            LAYER_TYPES[cls.type] = cls
+
+    @abc.abstractmethod
+    def output_shape(self, shape: Shape) -> Shape:
+        """The blob shape this layer produces from an input of ``shape``; GraphError if it cannot."""
+
+    @abc.abstractmethod
+    def build(self) -> nn.Module | None:
+        """The module computing this layer, or None for a layer emitted as a plain function."""
+
+    def to_dict(self) -> dict[str, Any]:
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return {"type": self.type, **{k: list(v) if isinstance(v, tuple) else v for k, v in fields.items()}}
+
+    def replace(self, **changes: Any) -> Layer:
+        return dataclasses.replace(self, **changes)
+
+
+def layer_from_dict(data: Any) -> Layer:
+    """Parse one layer spec from its JSON form; any problem raises GraphError."""
+    if not isinstance(data, dict):
+        raise GraphError(f"a layer must be a JSON object, got {type(data).__name__}")
+    kind = data.get("type")
+    if not isinstance(kind, str) or kind not in LAYER_TYPES:
+        raise GraphError(f"unknown layer type {kind!r}; known: {', '.join(sorted(LAYER_TYPES))}")
+    cls = LAYER_TYPES[kind]
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names - {"type"}
+    if unknown:
+        raise GraphError(f"layer type {kind!r} has no field(s) {', '.join(sorted(unknown))}")
+    args = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k != "type"}
+    try:
+        return cls(**args)
+    except TypeError as err:
+        raise GraphError(f"layer type {kind!r}: {err}") from None
+
+
+@dataclass(frozen=True)
+class Conv2d(Layer):
+    type: ClassVar[str] = "conv2d"
+    in_channels: int
+    out_channels: int
+    kernel_size: int
+    stride: int = 1
+    padding: int = 0
+    groups: int = 1
+    bias: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("in_channels", "out_channels", "kernel_size", "stride", "groups"):
+            _positive(getattr(self, name), f"conv2d {name}")
+        _non_negative(self.padding, "conv2d padding")
+        if self.in_channels % self.groups or self.out_channels % self.groups:
+            raise GraphError(f"conv2d groups={self.groups} must divide both channel counts")
+        if not isinstance(self.bias, bool):
+            raise GraphError(f"conv2d bias must be true or false, got {self.bias!r}")
+
+    def output_shape(self, shape: Shape) -> Shape:
+        c, h, w = _image(shape, "conv2d")
+        if c != self.in_channels:
+            raise GraphError(f"conv2d expects {self.in_channels} input channels, got {c}")
+        k, s, p = self.kernel_size, self.stride, self.padding
+        oh, ow = _pooled(h, k, s, p), _pooled(w, k, s, p)
+        if oh <= 0 or ow <= 0:
+            raise GraphError(f"conv2d kernel {k} does not fit a {h}x{w} input")
+        return (self.out_channels, oh, ow)
+
+    def build(self) -> nn.Module:
+        return nn.Conv2d(
+            self.in_channels, self.out_channels, self.kernel_size,
+            stride=self.stride, padding=self.padding, groups=self.groups, bias=self.bias,
+        )
+
+
+@dataclass(frozen=True)
+class BatchNorm2d(Layer):
+    """Batch norm over the channels of a (C, H, W) blob."""
+
+    type: ClassVar[str] = "batchnorm2d"
+    num_features: int
+    eps: float = 1e-5
+    momentum: float = 0.1
+
+    def __post_init__(self) -> None:
+        _positive(self.num_features, f"{self.type} num_features")
+        if isinstance(self.eps, bool) or not isinstance(self.eps, int | float) or self.eps <= 0:
+            raise GraphError(f"{self.type} eps must be positive, got {self.eps!r}")
+
+    def output_shape(self, shape: Shape) -> Shape:
+        if len(shape) != 3 or shape[0] != self.num_features:
+            raise GraphError(f"{self.type} expects a ({self.num_features}, H, W) input, got shape {shape}")
+        return shape
+
+    def build(self) -> nn.Module:
+        return nn.BatchNorm2d(self.num_features, self.eps, self.momentum)
+
+
+@dataclass(frozen=True)
+class BatchNorm1d(BatchNorm2d):
+    """Batch norm over the features of a (F,) blob (MLPs)."""
+
+    type: ClassVar[str] = "batchnorm1d"
+
+    def output_shape(self, shape: Shape) -> Shape:
+        if shape != (self.num_features,):
+            raise GraphError(f"{self.type} expects a ({self.num_features},) input, got shape {shape}")
+        return shape
+
+    def build(self) -> nn.Module:
+        return nn.BatchNorm1d(self.num_features, self.eps, self.momentum)
+
+
+_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "relu": torch.relu,
+    "tanh": torch.tanh,
+    "sigmoid": torch.sigmoid,
+    "gelu": nn.functional.gelu,
+    "elu": nn.functional.elu,
+}
+
+
+@dataclass(frozen=True)
+class Activation(Layer):
+    type: ClassVar[str] = "activation"
+    kind: str = "relu"
+
+    def __post_init__(self) -> None:
+        if self.kind not in _ACTIVATIONS:
+            raise GraphError(f"unknown activation {self.kind!r}; known: {', '.join(_ACTIVATIONS)}")
+
+    def output_shape(self, shape: Shape) -> Shape:
+        return shape
+
+    def build(self) -> nn.Module:
+        return _FunctionModule(_ACTIVATIONS[self.kind])
+
+
+class _FunctionModule(nn.Module):
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(x)
+
+
+class ParametricActivationModule(nn.Module):
+    """Eq. 8 of the 2017 paper: ``(1 - a) * phi(x) + a * x`` with a learnable ``a``."""
+
+    def __init__(self, kind: str, num_parameters: int) -> None:
+        super().__init__()
+        self.phi = _ACTIVATIONS[kind]
+        self.weight = nn.Parameter(torch.ones(num_parameters))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.weight.view(-1, *([1] * (x.dim() - 2))) if self.weight.numel() > 1 else self.weight
+        return (1 - a) * self.phi(x) + a * x
+
+
+@dataclass(frozen=True)
+class ParametricActivation(Layer):
+    """Eq. 8: ``(1 - a) * phi + a * id``; a new one starts at ``a = 1`` (the identity).
+
+    For ``phi = relu`` this is exactly ``nn.PReLU`` with slope ``a``, which is what it builds.
+    """
+
+    type: ClassVar[str] = "pact"
+    kind: str = "relu"
+    num_parameters: int = 1
+
+    def __post_init__(self) -> None:
+        if self.kind not in _ACTIVATIONS:
+            raise GraphError(f"unknown activation {self.kind!r}; known: {', '.join(_ACTIVATIONS)}")
+        _positive(self.num_parameters, "pact num_parameters")
+
+    def output_shape(self, shape: Shape) -> Shape:
+        if self.num_parameters > 1 and shape[0] != self.num_parameters:
+            raise GraphError(f"pact has {self.num_parameters} slopes for {shape[0]} channels")
+        return shape
+
+    def build(self) -> nn.Module:
+        if self.kind == "relu":
+            return nn.PReLU(self.num_parameters, init=1.0)
+        return ParametricActivationModule(self.kind, self.num_parameters)
+
+
+@dataclass(frozen=True)
+class Identity(Layer):
+    """The identity times a constant ``scale`` (the paper's scaled identity shortcut)."""
+
+    type: ClassVar[str] = "identity"
+    scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.scale, bool) or not isinstance(self.scale, int | float) or not math.isfinite(
+            self.scale
+        ):
+            raise GraphError(f"identity scale must be a finite number, got {self.scale!r}")
+
+    def output_shape(self, shape: Shape) -> Shape:
+        return shape
+
+    def build(self) -> None:
+        return None  # emitted as ``x`` or ``x * scale`` in the compiled forward
+
+
+class ShortcutAModule(nn.Module):
+    """Subsample by ``stride`` and place input channel ``i`` at output channel ``channel_map[i]``."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int, channel_map: tuple[int, ...]):
+        super().__init__()
+        self.stride = stride
+        source = [in_channels] * out_channels  # index in_channels is an all-zero channel
+        for i, j in enumerate(channel_map):
+            source[j] = i
+        self.register_buffer("source", torch.tensor(source, dtype=torch.long), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x[:, :, :: self.stride, :: self.stride]
+        padded = torch.cat([x, torch.zeros_like(x[:, :1])], dim=1)
+        return padded.index_select(1, self.source)
+
+
+@dataclass(frozen=True)
+class ShortcutA(Layer):
+    """He et al.'s parameter-free "option A" shortcut as an explicit channel map.
+
+    Input channel ``i`` lands on output channel ``channel_map[i]``; other outputs are zero.
+    """
+
+    type: ClassVar[str] = "shortcut_a"
+    in_channels: int
+    out_channels: int
+    stride: int
+    channel_map: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        for name in ("in_channels", "out_channels", "stride"):
+            _positive(getattr(self, name), f"shortcut_a {name}")
+        cmap = self.channel_map
+        if (
+            not isinstance(cmap, tuple)
+            or len(cmap) != self.in_channels
+            or len(set(cmap)) != len(cmap)
+            or any(isinstance(j, bool) or not isinstance(j, int) or not 0 <= j < self.out_channels for j in cmap)
+        ):
+            raise GraphError(
+                f"shortcut_a channel_map must map {self.in_channels} inputs to distinct outputs "
+                f"in [0, {self.out_channels})"
+            )
+
+    @staticmethod
+    def centred(in_channels: int, out_channels: int, stride: int) -> ShortcutA:
+        """He et al.'s layout: zero channels padded evenly on both sides."""
+        offset = (out_channels - in_channels) // 2
+        return ShortcutA(in_channels, out_channels, stride, tuple(range(offset, offset + in_channels)))
+
+    def output_shape(self, shape: Shape) -> Shape:
+        c, h, w = _image(shape, "shortcut_a")
+        if c != self.in_channels:
+            raise GraphError(f"shortcut_a expects {self.in_channels} input channels, got {c}")
+        return (self.out_channels, -(-h // self.stride), -(-w // self.stride))
+
+    def build(self) -> nn.Module:
+        return ShortcutAModule(self.in_channels, self.out_channels, self.stride, self.channel_map)
+
+
+@dataclass(frozen=True)
+class Pool2d(Layer):
+    type: ClassVar[str] = "pool2d"
+    mode: str = "max"
+    kernel_size: int = 2
+    stride: int = 2
+    padding: int = 0
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("max", "avg"):
+            raise GraphError(f"pool2d mode must be 'max' or 'avg', got {self.mode!r}")
+        _positive(self.kernel_size, "pool2d kernel_size")
+        _positive(self.stride, "pool2d stride")
+        _non_negative(self.padding, "pool2d padding")
+
+    def output_shape(self, shape: Shape) -> Shape:
+        c, h, w = _image(shape, "pool2d")
+        oh, ow = (_pooled(s, self.kernel_size, self.stride, self.padding) for s in (h, w))
+        if oh <= 0 or ow <= 0:
+            raise GraphError(f"pool2d kernel {self.kernel_size} does not fit a {h}x{w} input")
+        return (c, oh, ow)
+
+    def build(self) -> nn.Module:
+        cls = nn.MaxPool2d if self.mode == "max" else nn.AvgPool2d
+        return cls(self.kernel_size, self.stride, self.padding)
+
+
+@dataclass(frozen=True)
+class GlobalAvgPool(Layer):
+    """Mean over height and width: (C, H, W) -> (C,)."""
+
+    type: ClassVar[str] = "global_avg_pool"
+
+    def output_shape(self, shape: Shape) -> Shape:
+        return (_image(shape, "global_avg_pool")[0],)
+
+    def build(self) -> nn.Module:
+        return _FunctionModule(_global_avg_pool)
+
+
+def _global_avg_pool(x: torch.Tensor) -> torch.Tensor:
+    return x.mean(dim=(2, 3))
+
+
+@dataclass(frozen=True)
+class Flatten(Layer):
+    type: ClassVar[str] = "flatten"
+
+    def output_shape(self, shape: Shape) -> Shape:
+        return (math.prod(shape),)
+
+    def build(self) -> nn.Module:
+        return nn.Flatten()
+
+
+@dataclass(frozen=True)
+class Linear(Layer):
+    type: ClassVar[str] = "linear"
+    in_features: int
+    out_features: int
+    bias: bool = True
+
+    def __post_init__(self) -> None:
+        _positive(self.in_features, "linear in_features")
+        _positive(self.out_features, "linear out_features")
+
+    def output_shape(self, shape: Shape) -> Shape:
+        if shape != (self.in_features,):
+            raise GraphError(f"linear expects a ({self.in_features},) input, got shape {shape}")
+        return (self.out_features,)
+
+    def build(self) -> nn.Module:
+        return nn.Linear(self.in_features, self.out_features, bias=self.bias)
+
+
+@dataclass(frozen=True)
+class Dropout(Layer):
+    type: ClassVar[str] = "dropout"
+    p: float = 0.5
+
+    def __post_init__(self) -> None:
+        if isinstance(self.p, bool) or not isinstance(self.p, int | float) or not 0 <= self.p < 1:
+            raise GraphError(f"dropout p must be in [0, 1), got {self.p!r}")
+
+    def output_shape(self, shape: Shape) -> Shape:
+        return shape
+
+    def build(self) -> nn.Module:
+        return nn.Dropout(self.p)
+
+
+def scale_node(x: Any, scale: float) -> Any:
+    """The compiled form of :class:`Identity`."""
+    return x if scale == 1.0 else operator.mul(x, scale)

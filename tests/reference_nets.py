@@ -1,0 +1,103 @@
+"""Independent hand-written PyTorch versions of the seed networks, to check the compiler against."""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class Block(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int, shortcut: str) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.stride, self.pad = stride, (cout - cin) // 2
+        self.project = None
+        if shortcut == "B" and (stride != 1 or cin != cout):
+            self.project = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        out = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
+        if self.project is not None:
+            short = self.project(x)
+        elif self.stride != 1 or self.pad:
+            short = F.pad(x[:, :, :: self.stride, :: self.stride], (0, 0, 0, 0, self.pad, self.pad))
+        else:
+            short = x
+        return F.relu(out + short)
+
+
+class ResNet(nn.Module):
+    def __init__(self, depth: int, cin: int, classes: int, shortcut: str = "A") -> None:
+        super().__init__()
+        n = (depth - 2) // 6
+        self.conv = nn.Conv2d(cin, 16, 3, 1, 1, bias=False)
+        self.bn = nn.BatchNorm2d(16)
+        blocks, c = [], 16
+        for stage in range(3):
+            cout = 16 * 2**stage
+            for b in range(n):
+                blocks.append(Block(c, cout, 2 if stage and not b else 1, shortcut))
+                c = cout
+        self.blocks = nn.Sequential(*blocks)
+        self.fc = nn.Linear(c, classes)
+
+    def forward(self, x):
+        x = self.blocks(F.relu(self.bn(self.conv(x))))
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+def resnet_key_map(depth: int, shortcut: str = "A") -> dict[str, str]:
+    """Our edge names -> the reference module's parameter prefixes."""
+    n = (depth - 2) // 6
+    keys = {"stem_conv": "conv", "stem_bn": "bn", "fc": "fc"}
+    i = 0
+    for stage in range(3):
+        for b in range(n):
+            p = f"s{stage + 1}b{b}"
+            keys.update({f"{p}_1_conv": f"blocks.{i}.conv1", f"{p}_1_bn": f"blocks.{i}.bn1",
+                         f"{p}_2_conv": f"blocks.{i}.conv2", f"{p}_2_bn": f"blocks.{i}.bn2",
+                         f"{p}_proj_conv": f"blocks.{i}.project.0", f"{p}_proj_bn": f"blocks.{i}.project.1"})
+            i += 1
+    return keys
+
+
+class CNN(nn.Module):
+    def __init__(self, cin: int, classes: int) -> None:
+        super().__init__()
+        self.convs = nn.ModuleList([nn.Conv2d(a, b, 3, 1, 1, bias=False) for a, b in ((cin, 16), (16, 32), (32, 64))])
+        self.bns = nn.ModuleList([nn.BatchNorm2d(c) for c in (16, 32, 64)])
+        self.fc = nn.Linear(64, classes)
+
+    def forward(self, x):
+        for i, (conv, bn) in enumerate(zip(self.convs, self.bns, strict=True)):
+            if i:
+                x = F.max_pool2d(x, 2)
+            x = F.relu(bn(conv(x)))
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+CNN_KEYS = {"c1_conv": "convs.0", "c2_conv": "convs.1", "c3_conv": "convs.2",
+            "c1_bn": "bns.0", "c2_bn": "bns.1", "c3_bn": "bns.2", "fc": "fc"}
+
+
+class MLP(nn.Module):
+    def __init__(self, features: int, classes: int) -> None:
+        super().__init__()
+        self.l1, self.l2, self.out = nn.Linear(features, 256), nn.Linear(256, 256), nn.Linear(256, classes)
+
+    def forward(self, x):
+        x = torch.flatten(x, 1)
+        return self.out(F.relu(self.l2(F.relu(self.l1(x)))))
+
+
+MLP_KEYS = {"fc1": "l1", "fc2": "l2", "fc": "out"}
+
+
+def translate(weights: dict, key_map: dict[str, str]) -> dict:
+    out = {}
+    for key, value in weights.items():
+        edge, _, param = key.partition(".")
+        out[f"{key_map[edge]}.{param}"] = value
+    return out
