@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -127,6 +128,10 @@ SEEDS: dict[str, Callable[..., ArchGraph]] = {
 
 
 def build_seed(name: str, input_shape: tuple[int, ...] = (3, 32, 32), num_classes: int = 10, **options) -> ArchGraph:
+    """A seed by name; ``resnet<depth>`` takes any depth 6n + 2 (e.g. ``resnet8`` for quick searches)."""
+    match = re.fullmatch(r"resnet(\d+)", name)
+    if match:
+        return resnet(int(match.group(1)), tuple(input_shape), num_classes, **options)
     if name not in SEEDS:
         raise ConfigError(f"unknown network {name!r}; seeds: {', '.join(SEEDS)} (or a .json file)")
     return SEEDS[name](tuple(input_shape), num_classes, **options)
@@ -140,7 +145,7 @@ def load_arch(
 ) -> ArchGraph:
     """A seed by name, or an architecture JSON file (whose own input shape then applies)."""
     text = str(name_or_path)
-    if text in SEEDS:
+    if text in SEEDS or re.fullmatch(r"resnet\d+", text):
         return build_seed(text, input_shape, num_classes, **options)
     path = Path(text)
     if path.suffix == ".json" or path.exists():

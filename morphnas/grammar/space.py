@@ -1,0 +1,171 @@
+"""Search spaces: YAML files validated with pydantic.
+
+A search space names the seed network and its training, the data set, the grammar rules the
+search may use (each with a weight and parameter ranges), limits on the children's cost, the
+fine-tuning each child gets, the budget, and how parents are selected.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from morphnas.errors import ConfigError
+
+SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Range(_Strict):
+    """A numeric parameter range; ``log`` samples on a log scale, ``int`` rounds to integers."""
+
+    low: float
+    high: float
+    log: bool = False
+    int: bool = False
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Range:
+        if self.low > self.high:
+            raise ValueError(f"low {self.low} is above high {self.high}")
+        if self.log and self.low <= 0:
+            raise ValueError("a log range needs low > 0")
+        return self
+
+
+ParamSpec = list[Any] | Range
+
+
+class RuleConfig(_Strict):
+    weight: float = Field(1.0, gt=0)
+    params: dict[str, ParamSpec] = Field(default_factory=dict)
+
+    @field_validator("params")
+    @classmethod
+    def _non_empty_choices(cls, params: dict[str, ParamSpec]) -> dict[str, ParamSpec]:
+        for name, spec in params.items():
+            if isinstance(spec, list) and not spec:
+                raise ValueError(f"parameter {name!r} has no choices")
+        return params
+
+
+class SeedConfig(_Strict):
+    arch: str = "resnet20"
+    shortcut: Literal["A", "B"] = "A"
+    epochs: float = Field(5.0, gt=0)
+    lr: float = Field(0.1, gt=0)
+    batch_size: int = Field(128, gt=0)
+
+
+class DataConfig(_Strict):
+    name: str = "mnist5k"
+    data_root: str | None = None
+    split_seed: int = 0
+
+
+class Limits(_Strict):
+    max_params: int | None = Field(None, gt=0)
+    max_macs: int | None = Field(None, gt=0)
+
+
+class FineTune(_Strict):
+    lr: Range = Range(low=0.005, high=0.05, log=True)
+    epochs: Range = Range(low=1, high=2, int=True)
+    batch_size: int = Field(128, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    schedule: Literal["cosine", "step", "constant"] = "cosine"
+
+
+class Budget(_Strict):
+    generations: int = Field(4, gt=0)
+    children: int = Field(4, gt=0)
+    time_budget: float | None = Field(None, gt=0, description="seconds")
+
+    @field_validator("time_budget", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        return parse_duration(value) if isinstance(value, str) else value
+
+
+class Selection(_Strict):
+    parents: int = Field(2, gt=0, description="how many of the best trials may parent a generation")
+    max_children_per_parent: int | None = Field(None, gt=0)
+
+
+class SearchSpace(_Strict):
+    name: str = "default"
+    dataset: DataConfig = DataConfig()
+    seed: SeedConfig = SeedConfig()
+    rules: dict[str, RuleConfig]
+    limits: Limits = Limits()
+    finetune: FineTune = FineTune()
+    budget: Budget = Budget()
+    selection: Selection = Selection()
+    objectives: list[Literal["error", "macs", "params"]] = ["error"]
+
+    @field_validator("rules")
+    @classmethod
+    def _known_rules(cls, rules: dict[str, RuleConfig]) -> dict[str, RuleConfig]:
+        from morphnas.grammar.rules import RULES
+
+        if not rules:
+            raise ValueError("a search space needs at least one rule")
+        unknown = sorted(set(rules) - set(RULES))
+        if unknown:
+            raise ValueError(f"unknown rule(s) {', '.join(unknown)}; known: {', '.join(sorted(RULES))}")
+        for name, config in rules.items():
+            RULES[name].check_params(config.params)
+        return rules
+
+    @field_validator("objectives")
+    @classmethod
+    def _error_first(cls, objectives: list[str]) -> list[str]:
+        if not objectives or objectives[0] != "error" or len(set(objectives)) != len(objectives):
+            raise ValueError("objectives must start with 'error' and not repeat, e.g. [error, macs]")
+        return objectives
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*$")
+
+
+def parse_duration(text: str) -> float:
+    """``"90"`` or ``"90s"`` -> 90.0, ``"10m"`` -> 600.0, ``"1.5h"`` -> 5400.0."""
+    match = _DURATION.match(str(text))
+    if not match:
+        raise ConfigError(f"a duration must look like 90s, 10m or 1h, got {text!r}")
+    return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]
+
+
+def load_space(path_or_name: str | Path | None = None) -> SearchSpace:
+    """A search space from a YAML file, or by name from ``search_spaces/`` (default: ``default``)."""
+    path = Path(path_or_name or "default")
+    if not path.exists() and (SPACES_DIR / f"{path}.yaml").exists():
+        path = SPACES_DIR / f"{path}.yaml"
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as err:
+        raise ConfigError(f"cannot read search space {str(path)!r}: {err.strerror}") from None
+    except yaml.YAMLError as err:
+        where = getattr(err, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where else ""
+        raise ConfigError(f"{path}: malformed YAML{line}: {getattr(err, 'problem', err)}") from None
+    return parse_space(data, str(path))
+
+
+def parse_space(data: Any, origin: str = "search space") -> SearchSpace:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{origin}: a search space must be a mapping")
+    try:
+        return SearchSpace.model_validate(data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "top level"
+        more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
+        raise ConfigError(f"{origin}: {where}: {first['msg']}{more}") from None
