@@ -42,6 +42,9 @@ def compile_graph(graph: ArchGraph, weights: Weights | None = None) -> fx.GraphM
     fx_graph.output(values[graph.sink])
     module = fx.GraphModule(root, fx_graph, class_name="MorphnasNet")
     if weights is not None:
+        dtype = next((w.dtype for w in weights.values() if w.is_floating_point()), None)
+        if dtype is not None:
+            module.to(dtype)  # load float64 weights without a round trip through float32
         load_weights(module, weights)
     return module
 
