@@ -166,3 +166,10 @@ def test_arbitrary_json_is_rejected_cleanly(value):
 def test_arbitrary_text_is_rejected_cleanly(text):
     with pytest.raises(GraphError):
         ArchGraph.loads(text)
+
+
+@pytest.mark.parametrize("name", ["pass", "forward", "training", "1abc", "a.b"])
+def test_reserved_or_invalid_layer_names_rejected(name):
+    g = small()
+    with pytest.raises(GraphError, match="not an identifier or is reserved"):
+        g.add_layer(name, "a", "b", Identity())

@@ -9,12 +9,14 @@ output). Blob shapes are derived from the input shape, never stored.
 from __future__ import annotations
 
 import json
+import keyword
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import networkx as nx
+import torch
 
 from morphnas.errors import GraphError
 from morphnas.ir.layers import Layer, Shape, layer_from_dict
@@ -22,6 +24,8 @@ from morphnas.ir.layers import Layer, Shape, layer_from_dict
 FORMAT = "morphnas.arch"
 VERSION = 1
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Layer names become submodule attributes of the compiled module: no keywords, no nn.Module members.
+_RESERVED = frozenset(keyword.kwlist) | frozenset(dir(torch.nn.Module)) | {"code", "graph", "x"}
 
 
 @dataclass(frozen=True)
@@ -53,8 +57,8 @@ class ArchGraph:
         return name
 
     def add_layer(self, name: str, src: str, dst: str, layer: Layer) -> str:
-        if not isinstance(name, str) or not _NAME.match(name):
-            raise GraphError(f"layer name {name!r} is not an identifier")
+        if not isinstance(name, str) or not _NAME.match(name) or name in _RESERVED:
+            raise GraphError(f"layer name {name!r} is not an identifier or is reserved")
         if name in self._ends:
             raise GraphError(f"layer {name!r} already exists")
         if not isinstance(layer, Layer):
@@ -85,6 +89,15 @@ class ArchGraph:
     def set_layer(self, name: str, layer: Layer) -> None:
         edge = self.edge(name)
         self.nx.edges[edge.src, edge.dst, name]["layer"] = layer
+
+    def reorder(self, blob: str, order: list[str]) -> None:
+        """Set the concatenation order of concat blob ``blob`` (a permutation of its in-layers)."""
+        if blob not in self.nx or self.merge(blob) != "concat":
+            raise GraphError(f"blob {blob!r} is not a concat blob")
+        names = [k for _, _, k in self.nx.in_edges(blob, keys=True)]
+        if sorted(order) != sorted(names):
+            raise GraphError(f"blob {blob!r}: order {order} must list exactly its in-layers {sorted(names)}")
+        self.nx.nodes[blob]["order"] = list(order)
 
     def fresh_name(self, stem: str) -> str:
         """A name not yet used by any blob or layer: ``stem``, else ``stem_1``, ``stem_2``, ..."""
