@@ -16,7 +16,7 @@ import torch
 
 from morphnas.errors import ConfigError, MorphError
 from morphnas.ir import ArchGraph, Weights
-from morphnas.morph import REGISTRY, MorphResult, apply_morph
+from morphnas.morph import MorphResult, apply_morph, get_morph
 
 ParamAdapter = Callable[[ArchGraph, str, dict[str, Any]], dict[str, Any]]
 
@@ -57,7 +57,7 @@ class Rule:
             raise ValueError(f"rule {self.name!r} has no parameter(s) {', '.join(unknown)} (allowed: {allowed})")
 
     def sites(self, graph: ArchGraph) -> list[str]:
-        return REGISTRY[self.morph].sites(graph)
+        return get_morph(self.morph).sites(graph)
 
     def site_at(self, graph: ArchGraph, position: float) -> str:
         sites = self.sites(graph)
@@ -75,7 +75,7 @@ class Rule:
         calibration: torch.Tensor | None = None,
     ) -> MorphResult:
         site = self.site_at(graph, descriptor.position)
-        defaults = REGISTRY[self.morph].default_params(graph, site, torch.Generator().manual_seed(seed))
+        defaults = get_morph(self.morph).default_params(graph, site, torch.Generator().manual_seed(seed))
         params = {**defaults, **descriptor.params}
         if self.adapt is not None:
             params = self.adapt(graph, site, params)

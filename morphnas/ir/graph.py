@@ -25,7 +25,7 @@ FORMAT = "morphnas.arch"
 VERSION = 1
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Layer names become submodule attributes of the compiled module: no keywords, no nn.Module members.
-_RESERVED = frozenset(keyword.kwlist) | frozenset(dir(torch.nn.Module)) | {"code", "graph", "x"}
+_RESERVED = frozenset(keyword.kwlist) | frozenset(dir(torch.nn.Module)) | {"code", "graph", "training", "x"}
 
 
 @dataclass(frozen=True)
