@@ -1,0 +1,127 @@
+"""``morphnas search``: run (or resume) a morphism search."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from morphnas.errors import ConfigError
+from morphnas.grammar.space import load_space, parse_duration, parse_space
+from morphnas.search import SearchOptions, SearchSummary, run_search
+
+
+class LiveView:
+    """A rich live table: generation, children running, finished trials, best so far."""
+
+    def __init__(self, console: Console) -> None:
+        self.state: dict[str, Any] = {"generation": 0, "running": 0, "finished": 0, "failed": 0, "best": None}
+        self.last = ""
+        self.live = Live(self._table(), console=console, refresh_per_second=4, transient=False)
+
+    def _table(self) -> Table:
+        table = Table(title="morphnas search", show_header=True)
+        for column in ("generation", "children running", "finished", "failed/pruned", "best val error", "last"):
+            table.add_column(column)
+        best = self.state["best"]
+        table.add_row(
+            str(self.state["generation"]), str(self.state["running"]), str(self.state["finished"]),
+            str(self.state["failed"]), "-" if best is None else f"{best:.2%}", self.last,
+        )
+        return table
+
+    def __call__(self, kind: str, info: dict[str, Any]) -> None:
+        s = self.state
+        if kind == "seed":
+            s["running"] = 1
+            self.last = f"training seed {info['arch']} ({info['epochs']} epochs)"
+        elif kind == "generation":
+            s["generation"], s["running"] = info["generation"], info["children"]
+            self.last = f"generation {info['generation']}: {info['children']} children"
+        elif kind == "child":
+            self.last = f"trial {info['trial']}: {info['rule']} of trial {info['parent']}"
+        elif kind in ("failed", "pruned"):
+            s["failed"] += 1
+            s["running"] = max(0, s["running"] - 1)
+            self.last = f"trial {info['trial']} {kind}: {info['reason'][:60]}"
+        elif kind == "done":
+            s["running"] = max(0, s["running"] - 1)
+            s["finished" if info["status"] == "ok" else "failed"] += 1
+            s["best"] = info["best"] if info["best"] != float("inf") else None
+            err = info["val_error"]
+            self.last = f"trial {info['trial']} {info['status']}" + ("" if err is None else f", val error {err:.2%}")
+        elif kind == "budget":
+            self.last = "time budget spent"
+        self.live.update(self._table())
+
+
+def _print_summary(console: Console, s: SearchSummary) -> None:
+    console.print(f"[bold]best trial {s.best_trial}[/] of study {s.study} ({s.n_trials} trials, {s.n_failed} failed)")
+    console.print(f"  validation error {s.val_error:.2%} (seed {s.seed_val_error:.2%}), test error {s.test_error:.2%}")
+    console.print(f"  params {s.params:,}, MACs {s.macs / 1e6:.2f} M, lineage {' -> '.join(map(str, s.lineage))}")
+    console.print(f"  checkpoint {s.checkpoint}")
+    console.print(f"  storage {s.storage}  ({s.seconds:.0f} s)")
+
+
+def search(
+    space: str = typer.Option("default", "--space", help="Search space YAML file or name in search_spaces/."),
+    dataset: str = typer.Option(None, "--dataset", help="Override the space's data set."),
+    data_root: str = typer.Option(None, "--data-root", help="Where CIFAR files are."),
+    storage: str = typer.Option(None, "--storage", help="SQLAlchemy URL (default: sqlite in the work dir)."),
+    study: str = typer.Option(None, "--study", help="Study name (default: <space>-<timestamp>)."),
+    workdir: Path = typer.Option(Path("runs"), "--workdir", help="Checkpoints and the default database."),
+    executor: str = typer.Option("local", "--executor", help="local (in-process) or ray."),
+    ray_address: str = typer.Option(None, "--ray-address", help="Join an existing Ray cluster."),
+    gpus_per_child: float = typer.Option(0.0, "--gpus-per-child", min=0.0, help="Fraction of a GPU per child."),
+    cpus_per_child: float = typer.Option(None, "--cpus-per-child", min=0.0, help="CPUs per child."),
+    generations: int = typer.Option(None, "--generations", min=1),
+    children: int = typer.Option(None, "--children", min=1),
+    epochs: float = typer.Option(None, "--epochs", min=0.0, help="Fine-tuning epochs per child."),
+    time_budget: str = typer.Option(None, "--time-budget", help="Wall-clock budget, e.g. 10m."),
+    objectives: str = typer.Option(None, "--objectives", help="error, error,macs or error,params."),
+    seed: int = typer.Option(0, "--seed"),
+    resume: bool = typer.Option(False, "--resume", help="Continue a killed search (needs --study)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object at the end."),
+) -> None:
+    """Search by morphing: seed, generations of fine-tuned children, the best child."""
+    if executor not in ("local", "ray"):
+        raise ConfigError(f"--executor must be 'local' or 'ray', got {executor!r}")
+    loaded = load_space(space)
+    overrides = {"objectives": [o.strip() for o in objectives.split(",")]} if objectives else {}
+    if dataset or data_root:
+        data = loaded.dataset.model_dump()
+        data.update({k: v for k, v in (("name", dataset), ("data_root", data_root)) if v})
+        overrides["dataset"] = data
+    if overrides:
+        loaded = parse_space({**loaded.model_dump(mode="json"), **overrides}, space)
+    budget = {k: v for k, v in (("generations", generations), ("children", children)) if v is not None}
+    if time_budget is not None:
+        budget["time_budget"] = parse_duration(time_budget)
+    options = SearchOptions(
+        space=loaded, workdir=workdir, storage=storage, study=study, executor=executor, ray_address=ray_address,
+        cpus_per_child=cpus_per_child, gpus_per_child=gpus_per_child, seed=seed, resume=resume,
+        budget_overrides=budget, finetune_epochs=epochs,
+    )
+    console = Console()
+    if as_json or not sys.stdout.isatty():
+        summary = run_search(options)
+    else:
+        view = LiveView(console)
+        with view.live:
+            summary = run_search(options, view)
+    if as_json:
+        typer.echo(json.dumps({k: summary.to_json()[k] for k in (
+            "study", "storage", "best_trial", "val_error", "test_error", "params", "macs", "n_trials", "n_failed",
+            "seed_val_error", "lineage", "checkpoint", "seconds")}))
+    else:
+        _print_summary(console, summary)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("search")(search)

@@ -1,0 +1,107 @@
+"""``morphnas train``: train one network on one data set and write a checkpoint."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from morphnas.errors import ConfigError
+from morphnas.ir import ArchGraph, compile_graph, load_arch
+from morphnas.train import DATASETS, EpochReport, TrainConfig, load_dataset, save_checkpoint, train
+
+
+def _check_fits(graph: ArchGraph, input_shape: tuple[int, ...], num_classes: int, dataset: str) -> None:
+    if tuple(graph.input_shape) != tuple(input_shape):
+        raise ConfigError(
+            f"the network takes {'x'.join(map(str, graph.input_shape))} inputs but {dataset} has "
+            f"{'x'.join(map(str, input_shape))}"
+        )
+    outputs = graph.shapes()[graph.sink]
+    if tuple(outputs) != (num_classes,):
+        raise ConfigError(f"the network has {outputs} outputs but {dataset} has {num_classes} classes")
+
+
+@contextlib.contextmanager
+def _progress(
+    console: Console, title: str, total: int, enabled: bool
+) -> Iterator[Callable[[EpochReport], None] | None]:
+    """A rich progress bar advanced by the yielded ``on_epoch`` callback (None when disabled)."""
+    if not enabled:
+        yield None
+        return
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task(title, total=total, status="")
+
+        def on_epoch(report: EpochReport) -> None:
+            status = f"loss {report.train_loss:.3f}  val error {100 * report.val_error:.2f} %"
+            progress.update(task, advance=1, status=status)
+
+        yield on_epoch
+
+
+def train_command(
+    arch: str = typer.Option(..., "--arch", help="A seed name (resnet20, cnn, mlp, ...) or an architecture JSON file."),
+    dataset: str = typer.Option("mnist5k", "--dataset", help=f"One of {', '.join(DATASETS)}."),
+    data_root: Path | None = typer.Option(None, "--data-root", help="Where CIFAR lives (default ./data)."),
+    epochs: float = typer.Option(10.0, "--epochs", help="Epochs to train (may be fractional)."),
+    lr: float = typer.Option(TrainConfig.lr, "--lr", help="Peak learning rate (cosine schedule)."),
+    batch_size: int = typer.Option(TrainConfig.batch_size, "--batch-size", help="Batch size."),
+    seed: int = typer.Option(0, "--seed", help="Seeds the initial weights, shuffling and augmentation."),
+    out: Path = typer.Option(..., "--out", help="Checkpoint directory to write (replaced if it is one)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a summary."),
+) -> None:
+    """Train a network on a data set, write its checkpoint and report its errors."""
+    data = load_dataset(dataset, data_root=data_root)
+    graph = load_arch(arch, input_shape=data.input_shape, num_classes=data.num_classes)
+    _check_fits(graph, data.input_shape, data.num_classes, dataset)
+    config = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed)
+    torch.manual_seed(seed)
+    model = compile_graph(graph)
+    params = sum(p.numel() for p in model.parameters())
+
+    console = Console()
+    show_progress = console.is_terminal and not as_json
+    with _progress(console, f"{arch} on {dataset}", math.ceil(epochs), show_progress) as on_epoch:
+        result = train(model, data, config, on_epoch=on_epoch, evaluate_test=True)
+
+    metrics = {
+        "dataset": dataset,
+        "arch": arch,
+        "params": params,
+        "val_error": result.val_error,
+        "test_error": result.test_error,
+        "train_loss": result.train_loss,
+        "epochs": result.epochs,
+        "seconds": result.seconds,
+        "config": dataclasses.asdict(config),
+        "history": [dataclasses.asdict(report) for report in result.history],
+    }
+    path = save_checkpoint(out, arch=graph.to_json(), weights=dict(model.state_dict()), metrics=metrics)
+    if as_json:
+        summary = {key: metrics[key] for key in ("val_error", "test_error", "seconds", "epochs")}
+        typer.echo(json.dumps({**summary, "out": str(path)}))
+        return
+    console.print(
+        f"{arch} on {dataset}: val error {100 * result.val_error:.2f} %   test error "
+        f"{100 * metrics['test_error']:.2f} %   {result.seconds:.1f} s   {params:,} params   -> {path}"
+    )
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train_command)

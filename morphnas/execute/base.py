@@ -1,0 +1,186 @@
+"""The executor interface: what a child job is, what comes back, and how executors are chosen.
+
+An :class:`Executor` fine-tunes a batch of children (:class:`ChildJob`) and yields one
+:class:`ChildResult` per job as soon as that child finishes, in completion order. Strategies:
+
+- :class:`~morphnas.execute.local.LocalExecutor` runs the children one after another in the
+  calling process (the default, and what tests use);
+- :class:`~morphnas.execute.ray_executor.RayExecutor` runs them in parallel as Ray Tune trials,
+  on a local Ray or an existing cluster, with fractional CPUs and GPUs per child.
+
+Both call :func:`morphnas.execute.child.run_child` for each child, so on the CPU the same job
+gives the same validation errors and weights with either executor: the child is seeded from
+(search seed, trial number) and its torch threads are pinned to ``threads_for(cpus_per_child)``.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import TypeVar
+
+import numpy as np
+import torch
+
+from morphnas.errors import ConfigError
+from morphnas.train import TrainConfig
+
+STATUSES: tuple[str, ...] = ("ok", "failed", "pruned")
+EXECUTORS: tuple[str, ...] = ("local", "ray")
+
+_E = TypeVar("_E", bound="Executor")
+
+EpochCallback = Callable[[int, int, float], bool]
+"""``(key, epoch, val_error) -> keep going?``; returning ``False`` prunes the child."""
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """Names a data set for :func:`morphnas.train.load_dataset`; hashable, so processes cache by it."""
+
+    name: str
+    data_root: str | None = None
+    split_seed: int = 0
+
+
+@dataclass
+class ChildJob:
+    """One child to fine-tune.
+
+    ``key`` is the Optuna trial number and must be unique within one :meth:`Executor.run` call.
+    ``arch`` is the architecture JSON (``ArchGraph.to_json()``) and ``weights`` its full flat
+    weights dict (loaded strictly). ``train.seed`` is the *search* seed: the child trains with
+    ``child_seed(train.seed, key)``, so every child gets its own stream, reproducible from
+    (search seed, trial number). ``train.threads`` is overridden by the executor's thread count.
+    """
+
+    key: int
+    arch: dict
+    weights: dict[str, torch.Tensor]
+    train: TrainConfig
+    dataset: DatasetSpec
+
+
+@dataclass
+class ChildResult:
+    """What came of one :class:`ChildJob`.
+
+    ``status`` is ``"ok"`` (trained to the end), ``"pruned"`` (stopped by the epoch callback;
+    ``val_error`` and ``weights`` are those after the last finished epoch) or ``"failed"``
+    (``reason`` says why as ``"ExceptionType: message"``; ``weights`` is None and ``val_error``
+    None). ``history`` holds the validation error after each finished epoch (also for failed
+    children, up to the failure). ``weights`` are detached, contiguous CPU tensors.
+    """
+
+    key: int
+    status: str
+    val_error: float | None
+    history: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    weights: dict[str, torch.Tensor] | None = None
+    reason: str | None = None
+
+
+def child_seed(search_seed: int, key: int) -> int:
+    """The training seed of child ``key`` (trial number) in a search seeded with ``search_seed``.
+
+    Mixed with numpy's ``SeedSequence`` so neighbouring trial numbers get unrelated streams; a
+    31-bit non-negative integer, the same in every process and on every machine.
+    """
+    if search_seed < 0 or key < 0:
+        raise ConfigError(f"seeds and trial numbers must be >= 0, got seed {search_seed} and key {key}")
+    return int(np.random.SeedSequence([search_seed, key]).generate_state(1, dtype=np.uint32)[0] >> 1)
+
+
+def threads_for(cpus_per_child: float) -> int:
+    """Torch threads of a child given its CPUs: the whole CPUs, at least one (0.5 CPU -> 1 thread)."""
+    return max(1, math.floor(cpus_per_child))
+
+
+class Executor(abc.ABC):
+    """Runs children and yields their results as they finish.
+
+    Subclasses implement :meth:`run` only. An executor may hold resources (a Ray runtime, a
+    storage directory): release them with :meth:`close` or use it as a context manager.
+    """
+
+    cpus_per_child: float
+    gpus_per_child: float = 0.0
+
+    @abc.abstractmethod
+    def run(self, jobs: list[ChildJob], on_epoch: EpochCallback | None = None) -> Iterator[ChildResult]:
+        """Fine-tune ``jobs`` and yield one :class:`ChildResult` per job, each as soon as it finishes.
+
+        ``on_epoch(key, epoch, val_error)`` is called after each finished epoch of each child,
+        always in the thread that iterates this generator and never concurrently with itself;
+        returning ``False`` prunes that child (status ``"pruned"``). An exception raised by
+        ``on_epoch`` propagates out of the iteration and stops the remaining children. A child
+        that raises comes back as status ``"failed"`` and does not stop the others. Keys must be
+        unique (:class:`~morphnas.errors.ConfigError` otherwise); an empty list yields nothing.
+        """
+
+    def close(self) -> None:  # noqa: B027 - optional hook, not abstract
+        """Release what the executor holds; idempotent. The base class holds nothing."""
+
+    def __enter__(self: _E) -> _E:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+def check_jobs(jobs: list[ChildJob]) -> None:
+    """ConfigError unless the job keys are unique."""
+    keys = [job.key for job in jobs]
+    duplicates = sorted({k for k in keys if keys.count(k) > 1})
+    if duplicates:
+        raise ConfigError(f"child job keys must be unique, repeated: {duplicates}")
+
+
+def check_resources(cpus_per_child: float, gpus_per_child: float) -> None:
+    """ConfigError unless ``cpus_per_child > 0`` and ``gpus_per_child >= 0`` (both finite)."""
+    if not (math.isfinite(cpus_per_child) and cpus_per_child > 0):
+        raise ConfigError(f"cpus_per_child must be > 0, got {cpus_per_child}")
+    if not (math.isfinite(gpus_per_child) and gpus_per_child >= 0):
+        raise ConfigError(f"gpus_per_child must be >= 0, got {gpus_per_child}")
+
+
+def make_executor(
+    kind: str,
+    *,
+    cpus_per_child: float = 1,
+    gpus_per_child: float = 0,
+    ray_address: str | None = None,
+    max_concurrent: int | None = None,
+    storage_path: str | None = None,
+    max_failures: int = 1,
+) -> Executor:
+    """The executor named ``kind`` (``"local"`` or ``"ray"``); anything else raises ConfigError.
+
+    ``cpus_per_child`` sets each child's CPUs (Ray) and torch threads (both; see
+    :func:`threads_for`); ``gpus_per_child > 0`` makes children train on ``"cuda"`` (fractional
+    on Ray: 0.25 = four children share a GPU). ``ray_address``, ``max_concurrent``,
+    ``storage_path`` and ``max_failures`` concern Ray only and are ignored by ``"local"``; see
+    :class:`~morphnas.execute.ray_executor.RayExecutor`.
+    """
+    if kind == "local":
+        from morphnas.execute.local import LocalExecutor
+
+        return LocalExecutor(cpus_per_child=cpus_per_child, gpus_per_child=gpus_per_child)
+    if kind == "ray":
+        from morphnas.execute.ray_executor import RayExecutor
+
+        return RayExecutor(
+            cpus_per_child=cpus_per_child,
+            gpus_per_child=gpus_per_child,
+            ray_address=ray_address,
+            max_concurrent=max_concurrent,
+            storage_path=storage_path,
+            max_failures=max_failures,
+        )
+    raise ConfigError(f"unknown executor {kind!r}; choose one of {', '.join(EXECUTORS)}")

@@ -1,0 +1,514 @@
+"""Parallel execution on Ray Tune: each child is one trial with fractional CPUs and GPUs.
+
+How a child travels (written for Ray 2.60's ``ray.tune`` API):
+
+- Each :class:`ChildJob` is ``ray.put`` into the object store; the trainable receives the dict of
+  object references through ``tune.with_parameters`` and the trial's ``param_space`` entry
+  (``tune.grid_search`` over the job keys) says which job to fetch. Nothing goes through the
+  driver's disk, so workers on other nodes get their jobs too.
+- The worker calls :func:`~morphnas.execute.child.run_child_hooked` with
+  ``threads_for(cpus_per_child)`` torch threads and reports every epoch with ``tune.report``.
+  At the end it reports the outcome and, unless the child failed, a checkpoint directory in
+  the project format (``weights.safetensors`` + ``arch.json`` + ``metrics.json``, written by
+  :func:`morphnas.train.save_checkpoint`; no pickle). Tune persists it under ``storage_path``
+  and the driver reads it back (``Checkpoint.as_directory`` downloads it when the storage is
+  remote). With the default ``storage_path`` (a temporary directory on the driver, deleted by
+  :meth:`RayExecutor.close`) this works on one machine only: **on a multi-node cluster pass a
+  path every node mounts (NFS) or a URI such as ``s3://bucket/prefix``**.
+- ``Tuner.fit`` runs in a background thread of the driver. A ``tune.Callback`` and a
+  ``tune.Stopper`` hand events to :meth:`RayExecutor.run`, which yields each result as soon as
+  Tune reports its trial complete and calls ``on_epoch`` live, in the iterating thread, as each
+  epoch's result arrives. When ``on_epoch`` is given, every epoch also reports a checkpoint,
+  so a child pruned by ``on_epoch`` returning ``False`` (Tune stops the trial) comes back with
+  the weights of its last finished epoch. Without ``on_epoch`` only the final weights are saved.
+- A child that raises comes back ``"failed"`` from the worker (no retry: it would fail
+  again). A worker that dies (killed, out of memory, node lost) is retried by Tune up to
+  ``max_failures`` times from the start of the child, which repeats the same run; after that
+  the child is ``"failed"`` with Tune's error as reason.
+- Data sets also travel through the object store: the driver loads each one once (cached per
+  process) and puts it there once per run; a worker fetches it for its first child and caches
+  it (actors are reused between the trials of a run). Workers need neither the data files nor
+  the loaders' imports (about 2 s per worker saved on ``digits``). Only if the driver cannot
+  load a data set does the worker try itself, so its children fail with the loader's error;
+  for that attempt a relative or default ``data_root`` is made absolute on the driver.
+- Ray Tune's output is silenced (``verbose=0``, the old output engine via
+  ``RAY_AIR_NEW_OUTPUT=0``, no "Checkpoint successfully created" lines from workers). Ray's
+  own warnings (e.g. the token-authentication notice at ``ray.init``) and a failed worker's
+  traceback still show.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import queue
+import re
+import shutil
+import tempfile
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import ray
+import torch
+from ray import tune
+
+from morphnas.errors import CheckpointError, ConfigError
+from morphnas.execute.base import (
+    ChildJob,
+    ChildResult,
+    DatasetSpec,
+    EpochCallback,
+    Executor,
+    check_jobs,
+    check_resources,
+    threads_for,
+)
+from morphnas.execute.child import cached_dataset, cpu_weights, run_child_hooked
+from morphnas.train import load_checkpoint, save_checkpoint
+from morphnas.train.data import DEFAULT_DATA_ROOT
+
+# Ray Tune's own output would bury the morphnas CLI's: the old output engine, which ``verbose=0``
+# silences (no progress tables), and no warning about slow experiment-state syncs.
+QUIET_ENV: dict[str, str] = {
+    "RAY_AIR_NEW_OUTPUT": "0",
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+}
+_QUIET_WORKER_LOGGERS: tuple[str, ...] = ("ray.train._internal.storage", "ray.train.v2._internal.execution.storage")
+_POLL_SECONDS = 0.1
+
+
+class RayExecutor(Executor):
+    """Fine-tune children in parallel as Ray Tune trials (see the module docstring for the mechanics).
+
+    - ``ray_address``: join that running cluster (``ray.init(address=...)``; None falls back to
+      ``$RAY_ADDRESS``). With neither, a local Ray is started with all this machine's CPUs and no
+      dashboard. If Ray is already initialised in this process, that runtime is used as it is.
+      :meth:`close` shuts Ray down (or disconnects) only if this executor called ``ray.init``.
+    - ``cpus_per_child`` / ``gpus_per_child``: each trial's resources, fractional allowed; a
+      child uses ``threads_for(cpus_per_child)`` torch threads, and trains on ``"cuda"`` when
+      ``gpus_per_child > 0`` (Ray sets ``CUDA_VISIBLE_DEVICES`` to its share of a GPU).
+    - ``max_concurrent``: at most this many children at once (None: as many as fit).
+    - ``storage_path``: where Tune persists checkpoints; a local path or a URI that every node
+      reaches. None: a temporary directory on the driver, removed by :meth:`close` (each run's
+      sub-directory as soon as the run ends); refused with ConfigError on a multi-node
+      cluster. A given path is kept, one ``morphnas-<id>`` sub-directory per :meth:`run`.
+    - ``max_failures``: how many times Tune restarts a child whose worker died.
+    """
+
+    def __init__(
+        self,
+        cpus_per_child: float = 1,
+        gpus_per_child: float = 0,
+        *,
+        ray_address: str | None = None,
+        max_concurrent: int | None = None,
+        storage_path: str | None = None,
+        max_failures: int = 1,
+    ) -> None:
+        check_resources(cpus_per_child, gpus_per_child)
+        if max_concurrent is not None and max_concurrent < 1:
+            raise ConfigError(f"max_concurrent must be >= 1, got {max_concurrent}")
+        if max_failures < 0:
+            raise ConfigError(f"max_failures must be >= 0, got {max_failures}")
+        self.cpus_per_child = cpus_per_child
+        self.gpus_per_child = gpus_per_child
+        self.threads = threads_for(cpus_per_child)
+        self.max_concurrent = max_concurrent
+        self.max_failures = max_failures
+        for name, value in QUIET_ENV.items():
+            os.environ.setdefault(name, value)
+        self._closed = False
+        self._owns_storage = False
+        self._owns_ray = False
+        address = ray_address or os.environ.get("RAY_ADDRESS")
+        if not ray.is_initialized():
+            if address is not None:
+                ray.init(address=address, logging_level=logging.WARNING)
+            else:
+                ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, logging_level=logging.WARNING)
+            self._owns_ray = True
+            if address is None:
+                self._check_fits()
+        if storage_path is None and sum(1 for node in ray.nodes() if node.get("Alive")) > 1:
+            self.close()
+            raise ConfigError(
+                "this Ray cluster has several nodes: pass a storage path every node reaches (NFS mount or "
+                "URI such as s3://bucket/prefix); workers cannot write children's checkpoints to the driver's disk"
+            )
+        self._owns_storage = storage_path is None
+        if storage_path is None:
+            storage_path = tempfile.mkdtemp(prefix="morphnas-ray-")
+        self.storage_path = storage_path if "://" in storage_path else str(Path(storage_path).absolute())
+
+    def _check_fits(self) -> None:
+        """ConfigError when one child asks for more than the local Ray has (Tune would wait forever)."""
+        total = ray.cluster_resources()
+        for name, need in (("CPU", self.cpus_per_child), ("GPU", self.gpus_per_child)):
+            have = total.get(name, 0.0)
+            if need > have:
+                self.close()
+                raise ConfigError(f"each child asks for {need} {name}s but this machine's Ray has {have:g}")
+
+    def close(self) -> None:
+        """Remove the temporary storage directory and shut down Ray if we started it; idempotent."""
+        if getattr(self, "_closed", True):
+            return
+        self._closed = True
+        if self._owns_storage:
+            shutil.rmtree(self.storage_path, ignore_errors=True)
+        if self._owns_ray and ray.is_initialized():
+            ray.shutdown()
+
+    def _prepare(self, job: ChildJob) -> ChildJob:
+        """The job as the worker gets it: absolute data root, device ``cuda`` on a GPU share."""
+        root = job.dataset.data_root if job.dataset.data_root is not None else DEFAULT_DATA_ROOT
+        dataset = dataclasses.replace(job.dataset, data_root=str(Path(root).absolute()))
+        train = dataclasses.replace(job.train, device="cuda") if self.gpus_per_child > 0 else job.train
+        return dataclasses.replace(job, dataset=dataset, train=train)
+
+    def run(self, jobs: list[ChildJob], on_epoch: EpochCallback | None = None) -> Iterator[ChildResult]:
+        """Run ``jobs`` as one Tune experiment; yield results in completion order.
+
+        ``on_epoch`` is called live from this generator's thread as each epoch's result reaches
+        the driver; while it runs, Tune's driver loop waits (workers keep training up to their
+        next report). Closing the generator early stops the remaining trials.
+        """
+        if self._closed:
+            raise ConfigError("this RayExecutor is closed")
+        check_jobs(jobs)
+        if not jobs:
+            return
+        name = f"morphnas-{uuid.uuid4().hex[:12]}"
+        prepared = [self._prepare(job) for job in jobs]
+        refs = {job.key: ray.put(job) for job in prepared}
+        data = _put_datasets({job.dataset for job in prepared})
+        bridge = _Bridge(live=on_epoch is not None)
+        _BRIDGES[bridge.id] = bridge
+        thread = threading.Thread(target=self._fit, args=(refs, data, bridge, name), name=f"{name}-tune", daemon=True)
+        thread.start()
+        pending = set(refs)
+        try:
+            while pending:
+                event = bridge.events.get()
+                if isinstance(event, _Epoch):
+                    keep_going = False
+                    try:
+                        assert on_epoch is not None
+                        keep_going = on_epoch(event.key, event.epoch, event.val_error) is not False
+                    finally:
+                        event.answer(keep_going)
+                elif isinstance(event, _Done):
+                    if event.key in pending:
+                        pending.discard(event.key)
+                        yield _to_result(event)
+                elif isinstance(event, _Finished):
+                    if event.error is not None:
+                        raise event.error
+                    for key in sorted(pending):
+                        reason = "RayError: Ray Tune ended without a result for this child"
+                        yield ChildResult(key, "failed", None, [], 0.0, None, reason)
+                    pending.clear()
+        finally:
+            bridge.abandon()
+            thread.join()
+            del _BRIDGES[bridge.id]
+            if self._owns_storage:
+                shutil.rmtree(Path(self.storage_path, name), ignore_errors=True)
+
+    def _fit(
+        self, refs: dict[int, ray.ObjectRef], data: dict[DatasetSpec, ray.ObjectRef], bridge: _Bridge, name: str
+    ) -> None:
+        """Tune's driver loop (background thread): run every job, then post :class:`_Finished`."""
+        try:
+            parameters = {"refs": refs, "data": data, "threads": self.threads, "checkpoint_every_epoch": bridge.live}
+            trainable = tune.with_resources(
+                tune.with_parameters(_trainable, **parameters),
+                {"cpu": self.cpus_per_child, "gpu": self.gpus_per_child},
+            )
+            tuner = tune.Tuner(
+                trainable,
+                param_space={"key": tune.grid_search(sorted(refs))},
+                tune_config=tune.TuneConfig(
+                    max_concurrent_trials=self.max_concurrent,
+                    reuse_actors=True,
+                    trial_name_creator=_trial_name,
+                    trial_dirname_creator=_trial_name,
+                ),
+                run_config=tune.RunConfig(
+                    name=name,
+                    storage_path=self.storage_path,
+                    failure_config=tune.FailureConfig(max_failures=self.max_failures),
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                    stop=bridge.stopper,
+                    callbacks=[bridge.callback],
+                    verbose=0,
+                ),
+            )
+            tuner.fit()
+        except BaseException as err:  # noqa: BLE001 - handed to the iterating thread, which re-raises
+            bridge.events.put(_Finished(err))
+        else:
+            bridge.events.put(_Finished(None))
+
+
+def _trial_name(trial: Any) -> str:
+    return f"child_{trial.config['key']}"
+
+
+def _put_datasets(specs: set[DatasetSpec]) -> dict[DatasetSpec, ray.ObjectRef]:
+    """Load each data set once on the driver (cached) and put it in the object store.
+
+    Workers then need neither the data files nor the loaders' imports. A data set the driver
+    cannot load is left out: each worker then tries to load it itself and its children fail
+    with the loader's error, as they would in-process.
+    """
+    refs = {}
+    for spec in specs:
+        try:
+            refs[spec] = ray.put(cached_dataset(spec))
+        except Exception:  # noqa: BLE001 - reported per child by the worker's own attempt
+            continue
+    return refs
+
+
+# ---- the worker side -------------------------------------------------------------------------
+
+
+def _trainable(
+    config: dict[str, Any],
+    *,
+    refs: dict[int, ray.ObjectRef],
+    data: dict[DatasetSpec, ray.ObjectRef],
+    threads: int,
+    checkpoint_every_epoch: bool,
+) -> None:
+    """One Tune trial: fetch the job, fine-tune it, report epochs and the outcome (+ checkpoint)."""
+    for name in _QUIET_WORKER_LOGGERS:  # "Checkpoint successfully created at ..." on every report
+        logging.getLogger(name).setLevel(logging.WARNING)
+    key = int(config["key"])
+    job: ChildJob = ray.get(refs[key])
+
+    def report_epoch(epoch: int, val_error: float, model: torch.nn.Module) -> bool:
+        metrics = {"key": key, "epoch": epoch, "val_error": val_error}
+        if checkpoint_every_epoch:
+            _report_with_weights(metrics, job.arch, cpu_weights(model))
+        else:
+            tune.report(metrics)
+        return True  # pruning is decided on the driver: the Stopper ends the trial
+
+    data_ref = data.get(job.dataset)
+    load = None if data_ref is None else lambda: ray.get(data_ref)
+    result = run_child_hooked(job, report_epoch, threads=threads, load=load)
+    final = {
+        "key": key,
+        "final": True,
+        "status": result.status,
+        "val_error": result.val_error,
+        "history": result.history,
+        "seconds": result.seconds,
+        "reason": result.reason,
+    }
+    if result.weights is None:
+        tune.report(final)
+    else:
+        _report_with_weights(final, job.arch, result.weights)
+
+
+def _report_with_weights(metrics: dict[str, Any], arch: dict, weights: dict[str, torch.Tensor]) -> None:
+    """``tune.report`` with a checkpoint directory (safetensors + JSON) that Tune persists to storage."""
+    with tempfile.TemporaryDirectory(prefix="morphnas-child-") as tmp:
+        path = save_checkpoint(Path(tmp, "child"), arch=arch, weights=weights, metrics=_json_safe(metrics))
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(path)))
+
+
+def _json_safe(metrics: dict[str, Any]) -> dict[str, Any]:
+    """``metrics`` with non-finite floats as None (checkpoint JSON allows no NaN)."""
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
+
+
+# ---- the driver side: from Tune's thread to the iterating thread -------------------------------
+
+
+@dataclasses.dataclass
+class _Epoch:
+    """An epoch result waiting for ``on_epoch``'s verdict (the Stopper blocks until answered)."""
+
+    key: int
+    epoch: int
+    val_error: float
+    keep_going: bool = True
+    answered: threading.Event = dataclasses.field(default_factory=threading.Event)
+
+    def answer(self, keep_going: bool) -> None:
+        self.keep_going = keep_going
+        self.answered.set()
+
+
+@dataclasses.dataclass
+class _Done:
+    """A trial that ended: its last metrics, its latest checkpoint, and how it ended."""
+
+    key: int
+    status: str  # "final" (the worker reported its outcome), "pruned", or "error"
+    metrics: dict[str, Any]
+    history: list[float]
+    checkpoint: tune.Checkpoint | None
+    reason: str | None = None
+
+
+@dataclasses.dataclass
+class _Finished:
+    """``Tuner.fit`` returned (``error`` None) or raised ``error``."""
+
+    error: BaseException | None
+
+
+class _Bridge:
+    """State shared by Tune's thread (Stopper, Callback) and :meth:`RayExecutor.run`'s thread."""
+
+    def __init__(self, live: bool) -> None:
+        self.live = live
+        self.events: queue.Queue[_Epoch | _Done | _Finished] = queue.Queue()
+        self.history: dict[int, list[float]] = {}
+        self.pruned: set[int] = set()
+        self.abandoned = threading.Event()
+        self.id = uuid.uuid4().hex
+        self.stopper = _Stopper(self.id)
+        self.callback = _Callback(self.id)
+
+    def abandon(self) -> None:
+        """The iterating thread is gone: answer nothing more, stop every trial."""
+        self.abandoned.set()
+
+    def on_result(self, result: dict[str, Any]) -> bool:
+        """Stopper hook: record an epoch, ask ``on_epoch`` when live; True stops the trial."""
+        if self.abandoned.is_set():
+            return True
+        if "epoch" not in result or "key" not in result:
+            return False
+        key, epoch = int(result["key"]), int(result["epoch"])
+        history = self.history.setdefault(key, [])
+        if epoch <= len(history):  # a restarted worker repeats epochs it already reported
+            return False
+        history.append(float(result["val_error"]))
+        if not self.live:
+            return False
+        event = _Epoch(key, epoch, float(result["val_error"]))
+        self.events.put(event)
+        while not event.answered.wait(_POLL_SECONDS):
+            if self.abandoned.is_set():
+                return True
+        if not event.keep_going:
+            self.pruned.add(key)
+            return True
+        return False
+
+    def on_complete(self, trial: Any) -> None:
+        key = int(trial.config["key"])
+        metrics = dict(trial.last_result or {})
+        status = "final" if metrics.get("final") else "pruned" if key in self.pruned else "error"
+        reason = None if status != "error" else "RayError: Ray Tune stopped the child before it finished"
+        self.events.put(_Done(key, status, metrics, list(self.history.get(key, [])), trial.checkpoint, reason))
+
+    def on_error(self, trial: Any) -> None:
+        key = int(trial.config["key"])
+        self.events.put(
+            _Done(key, "error", dict(trial.last_result or {}), list(self.history.get(key, [])), None, _error_of(trial))
+        )
+
+
+_BRIDGES: dict[str, _Bridge] = {}  # Tune pickles its run config: stopper and callback hold only an id
+
+
+class _Stopper(tune.Stopper):
+    def __init__(self, bridge_id: str) -> None:
+        self.bridge_id = bridge_id
+
+    @property
+    def bridge(self) -> _Bridge:
+        return _BRIDGES[self.bridge_id]
+
+    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+        return self.bridge.on_result(result)
+
+    def stop_all(self) -> bool:
+        return self.bridge.abandoned.is_set()
+
+
+class _Callback(tune.Callback):
+    def __init__(self, bridge_id: str) -> None:
+        self.bridge_id = bridge_id
+
+    @property
+    def bridge(self) -> _Bridge:
+        return _BRIDGES[self.bridge_id]
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.bridge.on_complete(trial)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.bridge.on_error(trial)
+
+
+def _error_of(trial: Any) -> str:
+    """A one-line reason from Tune's error record of a trial whose worker failed for good.
+
+    The record (``str`` of the last exception, after a ``Failure # n`` line) is read from the
+    driver's copy of the trial directory, written before ``on_trial_error`` runs, else from
+    storage. Its first line, a ``SomeError: message`` line if any, and Ray's "Worker exit
+    detail" make the reason.
+    """
+    text = ""
+    try:
+        if trial.error_file and Path(trial.error_file).is_file():
+            text = Path(trial.error_file).read_text(errors="replace")
+        else:
+            text = trial.get_error() or ""
+    except Exception:  # noqa: BLE001 - the reason is best effort
+        pass
+    last = re.split(r"^Failure # .*$", str(text), flags=re.MULTILINE)[-1]
+    lines = [line.strip() for line in last.splitlines() if line.strip()]
+    typed = [m for m in map(_ERROR_LINE.match, lines) if m]
+    detail = f"{typed[-1].group(1)}: {typed[-1].group(2)}" if typed else (lines[0] if lines else "the worker failed")
+    exit_detail = re.search(r"Worker exit detail: (.*?\.)(?: Some common causes|$)", last, flags=re.DOTALL)
+    if exit_detail and exit_detail.group(1) not in detail:
+        detail += f" (worker exit detail: {exit_detail.group(1).strip()})"
+    return f"RayError: worker failed {trial.num_failures} time(s); last: {detail}"
+
+
+_ERROR_LINE = re.compile(r"^(?:[A-Za-z_]\w*\.)*([A-Za-z_]\w*(?:Error|Exception))(?::\s*(.*))?$")
+
+
+def _to_result(done: _Done) -> ChildResult:
+    """Turn a finished trial into a :class:`ChildResult`, reading its checkpoint's weights."""
+    metrics = done.metrics
+    if done.status == "error":
+        seconds = float(metrics.get("time_total_s", 0.0))
+        return ChildResult(done.key, "failed", None, done.history, seconds, None, done.reason)
+    if done.status == "final":
+        status, history = str(metrics["status"]), [float(v) for v in metrics.get("history", [])]
+        val_error, seconds, reason = metrics.get("val_error"), float(metrics.get("seconds", 0.0)), metrics.get("reason")
+    else:
+        status, history = "pruned", done.history
+        val_error, seconds, reason = (history[-1] if history else None), float(metrics.get("time_total_s", 0.0)), None
+    if status == "failed":
+        return ChildResult(done.key, status, None, history, seconds, None, reason)
+    try:
+        weights = _read_weights(done.checkpoint)
+    except Exception as err:  # noqa: BLE001 - an unreadable checkpoint fails this child only
+        return ChildResult(done.key, "failed", None, history, seconds, None, f"{type(err).__name__}: {err}")
+    return ChildResult(done.key, status, None if val_error is None else float(val_error), history, seconds, weights)
+
+
+def _read_weights(checkpoint: tune.Checkpoint | None) -> dict[str, torch.Tensor]:
+    """The weights of a child's checkpoint, wherever Tune persisted it (local path or URI)."""
+    if checkpoint is None:
+        raise CheckpointError("the child reported no checkpoint")
+    with checkpoint.as_directory() as directory:
+        _, weights, _ = load_checkpoint(directory)
+    return {name: tensor.contiguous() for name, tensor in weights.items()}

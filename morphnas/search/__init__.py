@@ -1,0 +1,19 @@
+"""The search: controller, lineages and the Optuna study bridge."""
+
+from morphnas.search.controller import Search, SearchOptions, SearchSummary, run_search
+from morphnas.search.lineages import select_parents
+from morphnas.search.study import (
+    best_trial,
+    find_trial,
+    lineage,
+    load_study,
+    load_trials,
+    open_storage,
+    trial_checkpoint,
+    trials_frame,
+)
+
+__all__ = [
+    "Search", "SearchOptions", "SearchSummary", "best_trial", "find_trial", "lineage", "load_study", "load_trials",
+    "open_storage", "run_search", "select_parents", "trial_checkpoint", "trials_frame",
+]

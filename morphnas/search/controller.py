@@ -1,0 +1,361 @@
+"""The search controller: generations of morphed children, fine-tuned by an executor.
+
+Trial 0 is the seed network (trained first). Each generation selects parents from the best
+lineages, asks Optuna for each child's descriptor (define-by-run), morphs the parent through
+the grammar, measures the preservation error, prunes children over the cost limits before any
+training, hands the rest to the executor, and tells Optuna the results. The study and the
+work directory are the whole state: a killed search resumes from them without repeating or
+losing a finished child.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+from optuna.trial import FrozenTrial, TrialState
+
+from morphnas.errors import MorphnasError, StudyError
+from morphnas.execute import ChildJob, ChildResult, DatasetSpec, make_executor
+from morphnas.grammar.rules import get_rule
+from morphnas.grammar.sampling import suggest_descriptor, suggest_value
+from morphnas.grammar.space import SearchSpace, parse_space
+from morphnas.ir import ArchGraph, compile_graph, cost, init_weights, load_arch
+from morphnas.morph import verify
+from morphnas.search.lineages import select_parents
+from morphnas.search.study import (
+    best_trial,
+    default_storage,
+    is_multi_objective,
+    lineage,
+    open_storage,
+    study_names,
+    val_error,
+)
+from morphnas.train import Dataset, TrainConfig, evaluate, load_checkpoint, load_dataset, save_checkpoint
+
+Event = Callable[[str, dict[str, Any]], None]
+INTERRUPTED = "interrupted: the search stopped while this child was running"
+CALIBRATION_IMAGES = 256
+
+
+@dataclass
+class SearchOptions:
+    """How to run a search; ``space`` is ignored on ``resume`` (the study keeps its own)."""
+
+    space: SearchSpace
+    workdir: Path = Path("runs")
+    storage: str | None = None
+    study: str | None = None
+    executor: str = "local"
+    ray_address: str | None = None
+    cpus_per_child: float | None = None
+    gpus_per_child: float = 0.0
+    seed: int = 0
+    resume: bool = False
+    budget_overrides: dict[str, Any] = field(default_factory=dict)  # generations, children, time_budget
+    finetune_epochs: float | None = None  # fixed fine-tuning epochs instead of the space's range
+    device: str = "cpu"
+
+
+@dataclass
+class SearchSummary:
+    study: str
+    storage: str
+    best_trial: int
+    val_error: float
+    test_error: float
+    seed_val_error: float
+    params: int
+    macs: int
+    n_trials: int
+    n_failed: int
+    lineage: list[int]
+    checkpoint: str
+    seconds: float
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class Search:
+    """One search, new or resumed; :meth:`run` carries it to the end of its budget."""
+
+    def __init__(self, options: SearchOptions, on_event: Event | None = None) -> None:
+        self.options = options
+        self.on_event = on_event or (lambda kind, info: None)
+        self.workdir = Path(options.workdir).resolve()
+        self.storage_url = options.storage or default_storage(self.workdir)
+        if options.storage is None:
+            self.workdir.mkdir(parents=True, exist_ok=True)
+        self.storage = open_storage(self.storage_url)
+        if not options.resume:  # a bad data set fails before any study is created
+            self.data = _load_data(options.space)
+        self.study = self._open_study()
+        attrs = self.study.user_attrs
+        space = parse_space(attrs["space"], f"study {self.study.study_name!r}")
+        self.space = space.model_copy(update={"budget": space.budget.model_copy(update=options.budget_overrides)})
+        if options.resume:
+            self.data = _load_data(self.space)
+        self.seed = int(attrs["seed"])
+        self.trial_dir = Path(attrs["workdir"]) / "studies" / self.study.study_name / "trials"
+        ds = self.space.dataset
+        self.dataset_spec = DatasetSpec(ds.name, ds.data_root, ds.split_seed)
+        self.calibration = self.data.train.x[:CALIBRATION_IMAGES]
+        self.live: dict[int, optuna.Trial] = {}
+
+    # study --------------------------------------------------------------------------------
+    def _open_study(self) -> optuna.Study:
+        o = self.options
+        names = study_names(self.storage)
+        objectives = o.space.objectives
+        if o.resume:
+            if o.study is None:
+                raise StudyError("--resume needs --study NAME (see `morphnas studies list`)")
+            if o.study not in names:
+                raise StudyError(f"cannot resume: no study named {o.study!r} in {self.storage_url}")
+            study = optuna.load_study(study_name=o.study, storage=self.storage, pruner=_pruner(o.space))
+            self._mark_interrupted(study)
+            return study
+        name = o.study or f"{o.space.name}-{datetime.now():%Y%m%d-%H%M%S}"
+        if name in names:
+            raise StudyError(f"study {name!r} already exists; pass --resume to continue it, or another --study")
+        study = optuna.create_study(
+            study_name=name,
+            storage=self.storage,
+            directions=["minimize"] * len(objectives),
+            sampler=optuna.samplers.TPESampler(seed=o.seed, n_startup_trials=8),
+            pruner=_pruner(o.space),
+        )
+        study.set_user_attr("space", o.space.model_dump(mode="json"))
+        study.set_user_attr("seed", o.seed)
+        study.set_user_attr("workdir", str(self.workdir))
+        return study
+
+    @staticmethod
+    def _mark_interrupted(study: optuna.Study) -> None:
+        """Trials left RUNNING by a killed driver become FAIL; their slots are redone."""
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            study._storage.set_trial_user_attr(trial._trial_id, "reason", INTERRUPTED)
+            study.tell(trial.number, state=TrialState.FAIL)
+
+    def _objectives(self, error: float, child_cost: dict[str, Any]) -> list[float]:
+        return [error] + [float(child_cost[name]) for name in self.space.objectives[1:]]
+
+    # the search ---------------------------------------------------------------------------
+    def run(self) -> SearchSummary:
+        started = time.monotonic()
+        deadline = started + (self.space.budget.time_budget or math.inf)
+        cpus = self.options.cpus_per_child or (torch.get_num_threads() if self.options.executor == "local" else 1)
+        with make_executor(
+            self.options.executor,
+            cpus_per_child=cpus,
+            gpus_per_child=self.options.gpus_per_child,
+            ray_address=self.options.ray_address,
+            storage_path=str(self.workdir / "ray"),
+        ) as executor:
+            self._train_seed(executor)
+            for generation in range(1, self.space.budget.generations + 1):
+                if time.monotonic() >= deadline:
+                    self.on_event("budget", {"generation": generation})
+                    break
+                self._generation(executor, generation, deadline)
+        return self._summary(time.monotonic() - started)
+
+    def _train_seed(self, executor) -> None:
+        if any(val_error(t) < math.inf for t in self._trials() if t.user_attrs.get("generation") == 0):
+            return
+        s = self.space.seed
+        graph = load_arch(s.arch, self.data.input_shape, self.data.num_classes, **_arch_options(s))
+        trial = self.study.ask()
+        trial.set_user_attr("generation", 0)
+        trial.set_user_attr("parent", None)
+        trial.set_user_attr("rule", "seed")
+        trial.set_user_attr("morphs", [])
+        child_cost = cost(graph)
+        for key in ("params", "macs"):
+            trial.set_user_attr(key, child_cost[key])
+        config = TrainConfig(
+            epochs=s.epochs, lr=s.lr, batch_size=s.batch_size, seed=self.seed, device=self.options.device
+        )
+        job = ChildJob(trial.number, graph.to_json(), init_weights(graph, self.seed), config, self.dataset_spec)
+        self.on_event("seed", {"trial": trial.number, "arch": s.arch, "epochs": s.epochs})
+        self.live[trial.number] = trial
+        for result in executor.run([job]):
+            self._finish(trial, graph, child_cost, result)
+        if self.study.trials[trial.number].state != TrialState.COMPLETE:
+            raise MorphnasError(f"the seed network failed to train: {self.study.trials[trial.number].user_attrs}")
+
+    def _generation(self, executor, generation: int, deadline: float) -> None:
+        trials = self._trials()
+        done = [
+            t for t in trials
+            if t.user_attrs.get("generation") == generation and t.user_attrs.get("reason") != INTERRUPTED
+        ]
+        slots = self.space.budget.children - len(done)
+        if slots <= 0:
+            return
+        pareto = {t.number for t in self.study.best_trials} if is_multi_objective(self.study) else None
+        sel = self.space.selection
+        parents = select_parents(
+            trials, slots, parents=sel.parents, max_children_per_parent=sel.max_children_per_parent, pareto=pareto
+        )
+        self.on_event("generation", {"generation": generation, "children": len(parents)})
+        jobs, pending = [], {}
+        for parent in parents:
+            if time.monotonic() >= deadline:
+                break
+            made = self._make_child(generation, parent)
+            if made is not None:
+                job, graph, child_cost = made
+                jobs.append(job)
+                pending[job.key] = (graph, child_cost)
+        for result in executor.run(jobs, on_epoch=self._on_epoch):
+            graph, child_cost = pending[result.key]
+            self._finish(self.live[result.key], graph, child_cost, result)
+
+    def _make_child(self, generation: int, parent: FrozenTrial) -> tuple[ChildJob, ArchGraph, dict] | None:
+        """Ask a trial, morph the parent per its descriptor; None when the child is pruned or failed."""
+        trial = self.study.ask()
+        number = trial.number
+        trial.set_user_attr("generation", generation)
+        trial.set_user_attr("parent", parent.number)
+        try:
+            descriptor = suggest_descriptor(trial, self.space.rules)
+            ft = self.space.finetune
+            lr = suggest_value(trial, "finetune.lr", ft.lr)
+            epochs = self.options.finetune_epochs or suggest_value(trial, "finetune.epochs", ft.epochs)
+            trial.set_user_attr("rule", descriptor.rule)
+            trial.set_user_attr("descriptor", descriptor.to_json())
+            arch, weights, _ = load_checkpoint(self._checkpoint_dir(parent.number))
+            parent_graph = ArchGraph.from_json(arch)
+            result = get_rule(descriptor.rule).apply(
+                parent_graph, weights, descriptor, seed=_child_seed(self.seed, number), calibration=self.calibration
+            )
+            trial.set_user_attr("morphs", [result.record.to_json()])
+            trial.set_user_attr("exact", result.exact)
+            child_cost = cost(result.graph)
+            for key in ("params", "macs"):
+                trial.set_user_attr(key, child_cost[key])
+            over = _over_limits(self.space, child_cost)
+            if over:
+                trial.set_user_attr("reason", over)
+                self.study.tell(trial, state=TrialState.PRUNED)
+                self.on_event("pruned", {"trial": number, "reason": over})
+                return None
+            check = verify(parent_graph, weights, result.graph, result.weights, inputs=[self.calibration[:64]])
+            trial.set_user_attr("preservation_error", check.max_rel_err)
+            trial.set_user_attr("train_preservation_error", check.train_max_rel_err)
+        except MorphnasError as err:
+            trial.set_user_attr("reason", f"{type(err).__name__}: {err}")
+            self.study.tell(trial, state=TrialState.FAIL)
+            self.on_event("failed", {"trial": number, "reason": str(err)})
+            return None
+        config = TrainConfig(
+            epochs=epochs, lr=lr, batch_size=ft.batch_size, weight_decay=ft.weight_decay, schedule=ft.schedule,
+            warmup_epochs=0.0, seed=self.seed, device=self.options.device,
+        )
+        self.live[number] = trial
+        self.on_event("child", {"trial": number, "parent": parent.number, "rule": descriptor.rule})
+        job = ChildJob(number, result.graph.to_json(), result.weights, config, self.dataset_spec)
+        return job, result.graph, child_cost
+
+    def _on_epoch(self, key: int, epoch: int, error: float) -> bool:
+        if is_multi_objective(self.study):
+            return True
+        trial = self.live[key]
+        trial.report(error, epoch)
+        return not trial.should_prune()
+
+    def _finish(self, trial: optuna.Trial, graph: ArchGraph, child_cost: dict, result: ChildResult) -> None:
+        trial.set_user_attr("history", result.history)
+        trial.set_user_attr("seconds", round(result.seconds, 3))
+        if result.status == "failed":
+            trial.set_user_attr("reason", result.reason)
+            self.study.tell(trial, state=TrialState.FAIL)
+        elif result.status == "pruned":
+            trial.set_user_attr("reason", f"pruned by the pruner after epoch {len(result.history)}")
+            self.study.tell(trial, state=TrialState.PRUNED)
+        else:
+            directory = self._checkpoint_dir(trial.number)
+            metrics = {"val_error": result.val_error, "history": result.history, **child_cost}
+            save_checkpoint(directory, arch=graph.to_json(), weights=result.weights, metrics=metrics)
+            trial.set_user_attr("checkpoint", str(directory.relative_to(self.trial_dir.parents[2])))
+            trial.set_user_attr("val_error", result.val_error)
+            self.study.tell(trial, self._objectives(result.val_error, child_cost))
+        self.live.pop(trial.number, None)
+        self.on_event("done", {"trial": trial.number, "status": result.status, "val_error": result.val_error,
+                               "best": self._best_error()})
+
+    # results ------------------------------------------------------------------------------
+    def _trials(self) -> list[FrozenTrial]:
+        return self.study.get_trials(deepcopy=False)
+
+    def _checkpoint_dir(self, number: int) -> Path:
+        return self.trial_dir / f"{number:05d}"
+
+    def _best_error(self) -> float:
+        return min((val_error(t) for t in self._trials()), default=math.inf)
+
+    def _summary(self, seconds: float) -> SearchSummary:
+        best = best_trial(self.study)
+        arch, weights, _ = load_checkpoint(self._checkpoint_dir(best.number))
+        model = compile_graph(ArchGraph.from_json(arch), weights)
+        test_error = evaluate(model, self.data.test)
+        self.study.set_user_attr(f"test_error/{best.number}", test_error)
+        trials = self._trials()
+        seed = next(t for t in trials if t.user_attrs.get("generation") == 0 and t.state == TrialState.COMPLETE)
+        return SearchSummary(
+            study=self.study.study_name,
+            storage=self.storage_url,
+            best_trial=best.number,
+            val_error=val_error(best),
+            test_error=test_error,
+            seed_val_error=val_error(seed),
+            params=best.user_attrs["params"],
+            macs=best.user_attrs["macs"],
+            n_trials=len(trials),
+            n_failed=sum(t.state == TrialState.FAIL for t in trials),
+            lineage=[t.number for t in lineage(self.study, best.number)],
+            checkpoint=str(self._checkpoint_dir(best.number)),
+            seconds=round(seconds, 1),
+        )
+
+
+def _load_data(space: SearchSpace) -> Dataset:
+    ds = space.dataset
+    return load_dataset(ds.name, data_root=ds.data_root, split_seed=ds.split_seed)
+
+
+def _pruner(space: SearchSpace) -> optuna.pruners.BasePruner:
+    if len(space.objectives) > 1:
+        return optuna.pruners.NopPruner()
+    return optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=0)
+
+
+def _arch_options(seed) -> dict[str, Any]:
+    return {"shortcut": seed.shortcut} if seed.arch.startswith("resnet") else {}
+
+
+def _child_seed(search_seed: int, number: int) -> int:
+    return (search_seed * 1_000_003 + number) % 2**31
+
+
+def _over_limits(space: SearchSpace, child_cost: dict[str, Any]) -> str | None:
+    limits = space.limits
+    if limits.max_params is not None and child_cost["params"] > limits.max_params:
+        return f"over limits: params {child_cost['params']} > {limits.max_params}"
+    if limits.max_macs is not None and child_cost["macs"] > limits.max_macs:
+        return f"over limits: macs {child_cost['macs']} > {limits.max_macs}"
+    return None
+
+
+def run_search(options: SearchOptions, on_event: Event | None = None) -> SearchSummary:
+    return Search(options, on_event).run()

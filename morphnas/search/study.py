@@ -1,0 +1,134 @@
+"""The Optuna study as the record of truth: opening studies, trial attributes, trial tables.
+
+Every child is a trial. Its user attributes hold what rebuilds and explains it (parent trial,
+morph records, rule descriptor, cost, preservation error, metrics, checkpoint path); the
+architecture JSON and the weights live in the trial's checkpoint directory, which keeps the
+attributes small enough for any SQL backend.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pandas as pd
+from optuna.trial import FrozenTrial, TrialState
+
+from morphnas.errors import StudyError
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def default_storage(workdir: str | Path) -> str:
+    return f"sqlite:///{Path(workdir).resolve() / 'morphnas.db'}"
+
+
+def open_storage(url: str) -> optuna.storages.BaseStorage:
+    """An Optuna RDB storage for ``url``; a URL that cannot be opened raises StudyError."""
+    try:
+        return optuna.storages.RDBStorage(url)
+    except Exception as err:  # SQLAlchemy and driver errors vary by backend
+        raise StudyError(f"cannot open storage {url!r}: {type(err).__name__}: {str(err).splitlines()[0]}") from None
+
+
+def study_names(storage: optuna.storages.BaseStorage) -> list[str]:
+    return [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
+
+
+def load_study(storage: optuna.storages.BaseStorage, name: str, **kwargs: Any) -> optuna.Study:
+    if name not in study_names(storage):
+        known = ", ".join(study_names(storage)) or "none"
+        raise StudyError(f"no study named {name!r} in this storage (studies: {known})")
+    return optuna.load_study(study_name=name, storage=storage, **kwargs)
+
+
+def is_multi_objective(study: optuna.Study) -> bool:
+    return len(study.directions) > 1
+
+
+def val_error(trial: FrozenTrial) -> float:
+    """A finished trial's validation error (the first objective); inf when it has none."""
+    if trial.state != TrialState.COMPLETE or not trial.values:
+        return math.inf
+    return float(trial.values[0])
+
+
+def best_trial(study: optuna.Study) -> FrozenTrial:
+    """Lowest validation error; on the Pareto front for a multi-objective study."""
+    candidates = study.best_trials if is_multi_objective(study) else study.get_trials(states=(TrialState.COMPLETE,))
+    if not candidates:
+        raise StudyError(f"study {study.study_name!r} has no completed trial")
+    return min(candidates, key=lambda t: (val_error(t), t.number))
+
+
+def find_trial(study: optuna.Study, number: int | None) -> FrozenTrial:
+    """Trial ``number``, or the best one when None; unknown numbers raise StudyError."""
+    if number is None:
+        return best_trial(study)
+    trials = study.get_trials(deepcopy=False)
+    if not 0 <= number < len(trials):
+        raise StudyError(f"study {study.study_name!r} has no trial {number} (it has {len(trials)})")
+    return trials[number]
+
+
+def lineage(study: optuna.Study, number: int) -> list[FrozenTrial]:
+    """Trials from the seed down to ``number``, following the ``parent`` attributes."""
+    trials = study.get_trials(deepcopy=False)
+    chain = [trials[number]]
+    while chain[-1].user_attrs.get("parent") is not None:
+        chain.append(trials[chain[-1].user_attrs["parent"]])
+    return chain[::-1]
+
+
+COLUMNS = [
+    "number", "state", "generation", "parent", "rule", "morphs", "val_error", "test_error", "params", "macs",
+    "preservation_error", "exact", "duration_s", "reason",
+]
+
+
+def trials_frame(study: optuna.Study) -> pd.DataFrame:
+    """One row per trial with the columns of :data:`COLUMNS`."""
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        a = t.user_attrs
+        duration = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete else None
+        rows.append({
+            "number": t.number,
+            "state": t.state.name,
+            "generation": a.get("generation"),
+            "parent": a.get("parent"),
+            "rule": a.get("rule"),
+            "morphs": " + ".join(f"{m['name']}@{m['site']}" for m in a.get("morphs", [])) or None,
+            "val_error": t.values[0] if t.values else a.get("val_error"),
+            "test_error": test_error(study, t.number),
+            "params": a.get("params"),
+            "macs": a.get("macs"),
+            "preservation_error": a.get("preservation_error"),
+            "exact": a.get("exact"),
+            "duration_s": duration,
+            "reason": a.get("reason"),
+        })
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def load_trials(storage: str, study: str) -> pd.DataFrame:
+    """The trials of ``study`` in ``storage`` (a URL) as a pandas DataFrame."""
+    return trials_frame(load_study(open_storage(storage), study))
+
+
+def trial_checkpoint(study: optuna.Study, trial: FrozenTrial) -> Path:
+    """The checkpoint directory of a completed trial; StudyError for a trial that has none."""
+    if trial.state != TrialState.COMPLETE or "checkpoint" not in trial.user_attrs:
+        reason = trial.user_attrs.get("reason", "")
+        raise StudyError(
+            f"trial {trial.number} of {study.study_name!r} is {trial.state.name} and has no checkpoint"
+            + (f" ({reason})" if reason else "")
+        )
+    return Path(study.user_attrs["workdir"]) / trial.user_attrs["checkpoint"]
+
+
+def test_error(study: optuna.Study, number: int) -> float | None:
+    """The test error recorded for trial ``number`` at the end of the search (best trials only)."""
+    return study.user_attrs.get(f"test_error/{number}")

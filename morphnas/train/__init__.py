@@ -1,0 +1,23 @@
+"""Training and data: data sets by name, augmentation, the training loop, checkpoints.
+
+Knows nothing of morphing: it trains any ``torch.nn.Module``.
+"""
+
+from morphnas.train.augment import cifar_augment
+from morphnas.train.checkpoint import load_checkpoint, save_checkpoint
+from morphnas.train.data import DATASETS, Dataset, Split, load_dataset
+from morphnas.train.trainer import (
+    DeviceSettings,
+    EpochReport,
+    TrainConfig,
+    TrainResult,
+    device_settings,
+    evaluate,
+    train,
+)
+
+__all__ = [
+    "DATASETS", "Dataset", "DeviceSettings", "EpochReport", "Split", "TrainConfig", "TrainResult",
+    "cifar_augment", "device_settings", "evaluate", "load_checkpoint", "load_dataset", "save_checkpoint",
+    "train",
+]

@@ -1,0 +1,115 @@
+"""Checkpoints: a directory holding ``arch.json``, ``weights.safetensors`` and ``metrics.json``.
+
+Written atomically: the files are built and fsynced in a hidden temporary sibling directory that
+is then renamed into place, so a process killed at any point never leaves a directory at the
+target path that loads as a checkpoint it did not finish. Nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from morphnas.errors import CheckpointError
+
+ARCH_FILE = "arch.json"
+WEIGHTS_FILE = "weights.safetensors"
+METRICS_FILE = "metrics.json"
+FILES: tuple[str, ...] = (ARCH_FILE, WEIGHTS_FILE, METRICS_FILE)
+
+
+def save_checkpoint(
+    directory: str | Path, *, arch: dict[str, Any], weights: dict[str, torch.Tensor], metrics: dict[str, Any]
+) -> Path:
+    """Write a checkpoint to ``directory`` atomically and return its path.
+
+    An existing checkpoint there (or an empty directory) is replaced: the old one is renamed
+    away, the new one renamed in, then the old one deleted. Any other existing path raises
+    :class:`CheckpointError` rather than be deleted. ``arch`` and ``metrics`` must be JSON
+    serialisable (no NaN); tensors are copied to contiguous CPU tensors first.
+    """
+    target = Path(directory).absolute()
+    if target.exists() and not _replaceable(target):
+        raise CheckpointError(f"refusing to overwrite {target}: it exists and is not a checkpoint directory")
+    texts = {ARCH_FILE: _to_json(arch, ARCH_FILE), METRICS_FILE: _to_json(metrics, METRICS_FILE)}
+    tensors = {name: t.detach().to("cpu").clone(memory_format=torch.contiguous_format) for name, t in weights.items()}
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        save_file(tensors, str(tmp / WEIGHTS_FILE))
+        _fsync(tmp / WEIGHTS_FILE)
+        for name, text in texts.items():
+            (tmp / name).write_text(text)
+            _fsync(tmp / name)
+        _fsync(tmp)
+        if target.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+            os.replace(target, old)
+            os.replace(tmp, target)
+            _fsync(target.parent)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, target)
+            _fsync(target.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def load_checkpoint(directory: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any]]:
+    """``(arch, weights, metrics)`` of the checkpoint at ``directory``; CheckpointError if absent or corrupt."""
+    path = Path(directory)
+    if not path.is_dir():
+        raise CheckpointError(f"no checkpoint at {path}: not a directory")
+    missing = [name for name in FILES if not (path / name).is_file()]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} is incomplete: missing {', '.join(missing)}")
+    arch = _read_json(path / ARCH_FILE)
+    metrics = _read_json(path / METRICS_FILE)
+    try:
+        weights = load_file(str(path / WEIGHTS_FILE))
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"checkpoint {path}: {WEIGHTS_FILE} is corrupt ({err})") from None
+    return arch, weights, metrics
+
+
+def _replaceable(path: Path) -> bool:
+    """True for a directory holding nothing but checkpoint files."""
+    return path.is_dir() and not path.is_symlink() and all(child.name in FILES for child in path.iterdir())
+
+
+def _to_json(value: dict[str, Any], name: str) -> str:
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{name} must hold a JSON object, got {type(value).__name__}")
+    try:
+        return json.dumps(value, indent=1, allow_nan=False) + "\n"
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{name} is not JSON serialisable: {err}") from None
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"checkpoint {path.parent}: {path.name} is not valid JSON ({err})") from None
+    if not isinstance(value, dict):
+        raise CheckpointError(f"checkpoint {path.parent}: {path.name} does not hold a JSON object")
+    return value
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file's or a directory's contents to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

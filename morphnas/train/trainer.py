@@ -1,0 +1,282 @@
+"""The training loop: SGD with momentum on a data set held on the device.
+
+The whole data set moves to the device once; each epoch draws a permutation from a seeded
+``torch.Generator`` and takes batches by slicing it (no DataLoader). The learning rate follows a
+per-iteration schedule with linear warm-up. Weight decay applies to weights with two or more
+dimensions (convolution and linear kernels) only, never to biases, batch-norm or PReLU
+parameters, which are one-dimensional (common practice: decaying them only hurts).
+On CUDA the forward pass runs under bfloat16 autocast with the model and inputs in
+``channels_last``; on the CPU everything is float32 and deterministic for a given seed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from morphnas.errors import ConfigError, DataError, TrainingDivergedError
+from morphnas.train.augment import cifar_augment
+from morphnas.train.data import Dataset, Split
+
+SCHEDULES: tuple[str, ...] = ("cosine", "step", "constant")
+STEP_MILESTONES: tuple[float, ...] = (0.5, 0.75)  # "step": x0.1 at these fractions of the post-warm-up steps
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyper-parameters of one training run; ``epochs`` may be fractional."""
+
+    epochs: float = 10
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    nesterov: bool = True
+    batch_size: int = 128
+    schedule: str = "cosine"
+    warmup_epochs: float = 0.0
+    label_smoothing: float = 0.0
+    seed: int = 0
+    device: str = "cpu"
+    compile: bool = False
+    threads: int | None = None
+    max_train_batches: int | None = None
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.epochs > 0, f"epochs must be > 0, got {self.epochs}"),
+            (self.lr >= 0, f"lr must be >= 0, got {self.lr}"),
+            (0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}"),
+            (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
+            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
+            (self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}"),
+            (self.warmup_epochs >= 0, f"warmup_epochs must be >= 0, got {self.warmup_epochs}"),
+            (0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {self.label_smoothing}"),
+            (self.threads is None or self.threads >= 1, f"threads must be >= 1, got {self.threads}"),
+            (
+                self.max_train_batches is None or self.max_train_batches >= 1,
+                f"max_train_batches must be >= 1, got {self.max_train_batches}",
+            ),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+
+
+@dataclass
+class EpochReport:
+    """One finished epoch: 1-based index (the last may be partial when ``epochs`` is fractional),
+    mean training loss over its batches, validation error, wall seconds including validation."""
+
+    epoch: int
+    train_loss: float
+    val_error: float
+    seconds: float
+
+
+@dataclass
+class TrainResult:
+    """Errors are fractions in [0, 1]; ``epochs`` counts the epochs actually run."""
+
+    val_error: float
+    test_error: float | None
+    train_loss: float
+    epochs: float
+    seconds: float
+    history: list[EpochReport] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class DeviceSettings:
+    """How to run on a device: autocast dtype (None = full precision) and memory format."""
+
+    device: torch.device
+    autocast_dtype: torch.dtype | None
+    memory_format: torch.memory_format
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def put(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` on the device, image batches in the device's memory format."""
+        x = x.to(self.device)
+        return x.contiguous(memory_format=self.memory_format) if x.dim() == 4 else x
+
+
+def device_settings(device: str | torch.device) -> DeviceSettings:
+    """CUDA: bfloat16 autocast and ``channels_last``; anything else: float32, contiguous.
+
+    Pure: it does not check that the device exists (see :func:`train`).
+    """
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {device!r}") from None
+    if dev.type == "cuda":
+        return DeviceSettings(dev, torch.bfloat16, torch.channels_last)
+    return DeviceSettings(dev, None, torch.contiguous_format)
+
+
+def lr_at(step: int, total_steps: int, warmup_steps: int, config: TrainConfig) -> float:
+    """Learning rate of iteration ``step`` (0-based) of ``total_steps``.
+
+    Linear warm-up from ``lr / warmup_steps`` to ``lr`` over the first ``warmup_steps``, then
+    ``cosine`` (to 0 at the end), ``step`` (x0.1 at 50 % and 75 %) or ``constant``.
+    """
+    if step < warmup_steps:
+        return config.lr * (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    if config.schedule == "cosine":
+        return config.lr * 0.5 * (1 + math.cos(math.pi * progress))
+    if config.schedule == "step":
+        return config.lr * 0.1 ** sum(progress >= m for m in STEP_MILESTONES)
+    return config.lr
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Two SGD groups: weights with >= 2 dimensions decay, everything else does not."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+
+
+@contextlib.contextmanager
+def _threads(n: int | None) -> Iterator[None]:
+    if n is None:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+@contextlib.contextmanager
+def _mode(model: nn.Module, training: bool) -> Iterator[None]:
+    was_training = model.training
+    model.train(training)
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def evaluate(model: nn.Module, split: Split, *, batch_size: int = 1000, device: str | torch.device = "cpu") -> float:
+    """Error fraction of ``model`` on ``split`` in eval mode without gradients (mode is restored)."""
+    if len(split.y) == 0:
+        raise DataError("cannot evaluate on an empty split")
+    settings = device_settings(device)
+    wrong = torch.zeros((), dtype=torch.int64, device=settings.device)
+    with _mode(model, False), torch.no_grad(), settings.autocast():
+        for start in range(0, len(split.y), batch_size):
+            x = settings.put(split.x[start : start + batch_size])
+            y = split.y[start : start + batch_size].to(settings.device)
+            wrong += (model(x).argmax(dim=1) != y).sum()
+    return wrong.item() / len(split.y)
+
+
+def train(
+    model: nn.Module,
+    data: Dataset,
+    config: TrainConfig,
+    *,
+    on_epoch: Callable[[EpochReport], None] | None = None,
+    evaluate_test: bool = False,
+) -> TrainResult:
+    """Train ``model`` in place on ``data.train``; validate after every epoch.
+
+    The model moves to ``config.device`` (and stays there) and is left in the train/eval mode it
+    had on entry. ``on_epoch`` receives each :class:`EpochReport` and may raise to stop the run
+    (e.g. an Optuna pruner); the exception propagates. A NaN or infinite loss raises
+    :class:`TrainingDivergedError` at once.
+    """
+    settings = device_settings(config.device)
+    if settings.device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {config.device!r} requested but CUDA is not available")
+    with _threads(config.threads):
+        return _train(model, data, config, settings, on_epoch, evaluate_test)
+
+
+def _train(
+    model: nn.Module,
+    data: Dataset,
+    config: TrainConfig,
+    settings: DeviceSettings,
+    on_epoch: Callable[[EpochReport], None] | None,
+    evaluate_test: bool,
+) -> TrainResult:
+    started = time.perf_counter()
+    torch.manual_seed(config.seed)
+    generator = torch.Generator(device=settings.device).manual_seed(config.seed)
+    model.to(settings.device, memory_format=settings.memory_format)
+    x_train, y_train = settings.put(data.train.x), data.train.y.to(settings.device)
+    val = Split(settings.put(data.val.x), data.val.y.to(settings.device))
+    n = len(y_train)
+    if n == 0:
+        raise DataError(f"{data.name}: the train split is empty")
+    batch_size = min(config.batch_size, n)
+    steps_per_epoch = n // batch_size  # the last partial batch is dropped (it changes every epoch)
+    if config.max_train_batches is not None:
+        steps_per_epoch = min(steps_per_epoch, config.max_train_batches)
+    total_steps = max(1, round(config.epochs * steps_per_epoch))
+    warmup_steps = min(round(config.warmup_epochs * steps_per_epoch), total_steps)
+    optimizer = torch.optim.SGD(
+        param_groups(model, config.weight_decay),
+        lr=config.lr,
+        momentum=config.momentum,
+        nesterov=config.nesterov and config.momentum > 0,
+    )
+    net = torch.compile(model) if config.compile else model
+    history: list[EpochReport] = []
+    step = 0
+    with _mode(model, True):
+        for epoch in range(1, math.ceil(total_steps / steps_per_epoch) + 1):
+            epoch_start = time.perf_counter()
+            order = torch.randperm(n, generator=generator, device=settings.device)
+            loss_sum, batches = 0.0, 0
+            for index in order[: min(steps_per_epoch, total_steps - step) * batch_size].split(batch_size):
+                x = x_train[index]
+                if data.augment:
+                    x = cifar_augment(x, generator)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr_at(step, total_steps, warmup_steps, config)
+                with settings.autocast():
+                    loss = F.cross_entropy(net(x), y_train[index], label_smoothing=config.label_smoothing)
+                value = loss.item()
+                if not math.isfinite(value):
+                    raise TrainingDivergedError(
+                        f"training diverged: loss {value} at epoch {epoch}, step {step + 1} of {total_steps} "
+                        f"(lr {config.lr})"
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                loss_sum += value
+                batches += 1
+                step += 1
+            val_error = evaluate(net, val, device=settings.device)
+            report = EpochReport(epoch, loss_sum / batches, val_error, time.perf_counter() - epoch_start)
+            history.append(report)
+            if on_epoch is not None:
+                on_epoch(report)
+    test_error = evaluate(net, data.test, device=settings.device) if evaluate_test else None
+    return TrainResult(
+        val_error=history[-1].val_error,
+        test_error=test_error,
+        train_loss=history[-1].train_loss,
+        epochs=total_steps / steps_per_epoch,
+        seconds=time.perf_counter() - started,
+        history=history,
+    )
