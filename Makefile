@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: $(STAMP)
-	$(VENV)/bin/morphnas arch show resnet20
+	$(VENV)/bin/morphnas search
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -1,0 +1,236 @@
+"""``morphnas studies``: list studies, show their trials, trace a trial's lineage."""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import optuna
+import typer
+from optuna.trial import FrozenTrial, TrialState
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+from rich.tree import Tree
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from morphnas.errors import StudyError
+from morphnas.search.study import (
+    best_trial,
+    default_storage,
+    find_trial,
+    is_multi_objective,
+    lineage,
+    load_study,
+    open_storage,
+    study_names,
+    trials_frame,
+)
+
+studies_app = typer.Typer(no_args_is_help=True, help="List and inspect search studies.")
+
+STORAGE = typer.Option(None, "--storage", help="SQLAlchemy URL (default: sqlite in the work dir).")
+WORKDIR = typer.Option(Path("runs"), "--workdir", help="Work directory holding the default database.")
+STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
+INT_COLUMNS = ("number", "generation", "parent", "params", "macs")
+
+
+def resolve_storage(storage: str | None, workdir: Path) -> tuple[str, optuna.storages.BaseStorage]:
+    """The storage URL and the opened storage; a missing SQLite file is an error, never created."""
+    url = storage or default_storage(workdir)
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        parsed = None  # open_storage reports the malformed URL
+    if parsed is not None and parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        if not Path(parsed.database).is_file():
+            hint = "run `morphnas search` first, or pass --storage" if storage is None else "check --storage"
+            raise StudyError(f"no study database at {parsed.database} ({hint})")
+    return url, open_storage(url)
+
+
+def _clean(value: Any) -> Any:
+    """JSON-ready: NaN and missing become None, numpy scalars plain Python."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return value.item() if hasattr(value, "item") else value
+
+
+def _when(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat(timespec="seconds")
+
+
+def study_row(study: optuna.Study) -> dict[str, Any]:
+    """One study's summary: trial counts by state, best trial and value, first and last dates."""
+    trials = study.get_trials(deepcopy=False)
+    try:
+        best: FrozenTrial | None = best_trial(study)
+    except StudyError:
+        best = None
+    starts = [t.datetime_start for t in trials if t.datetime_start]
+    ends = [t.datetime_complete or t.datetime_start for t in trials if t.datetime_start]
+    return {
+        "name": study.study_name,
+        "objectives": study.user_attrs.get("space", {}).get("objectives"),
+        "n_trials": len(trials),
+        **{state.lower(): sum(t.state.name == state for t in trials) for state in STATES},
+        "best_trial": None if best is None else best.number,
+        "best_val_error": None if best is None else best.values[0],
+        "first": _when(min(starts, default=None)),
+        "last": _when(max(ends, default=None)),
+    }
+
+
+@studies_app.command("list")
+def list_studies(
+    storage: str = STORAGE,
+    workdir: Path = WORKDIR,
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Every study in the storage: trials by state, best validation error, first and last dates."""
+    url, store = resolve_storage(storage, workdir)
+    rows = [study_row(load_study(store, name)) for name in study_names(store)]
+    if as_json:
+        typer.echo(json.dumps({"storage": url, "studies": rows}))
+        return
+    console = Console()
+    if not rows:
+        console.print(f"no studies in {escape(url)}")
+        return
+    table = Table(title=f"studies in {escape(url)}")
+    for column in ("study", "objectives", "trials", "complete", "pruned", "failed", "running", "best val error",
+                   "best trial", "first", "last"):
+        table.add_column(column, justify="right" if column not in ("study", "objectives") else "left")
+    for r in rows:
+        table.add_row(
+            escape(r["name"]), ", ".join(r["objectives"] or []) or "-", str(r["n_trials"]), str(r["complete"]),
+            str(r["pruned"]), str(r["fail"]), str(r["running"]),
+            "-" if r["best_val_error"] is None else f"{r['best_val_error']:.2%}",
+            "-" if r["best_trial"] is None else str(r["best_trial"]),
+            (r["first"] or "-").replace("T", " "), (r["last"] or "-").replace("T", " "),
+        )
+    console.print(table)
+
+
+def trial_records(study: optuna.Study, top: int | None) -> list[dict[str, Any]]:
+    """The rows of ``trials_frame`` as JSON-ready dicts; with ``top``, the best completed trials first.
+
+    A multi-objective study's rows carry ``pareto`` (on the study's Pareto front); others ``None``.
+    """
+    frame = trials_frame(study)
+    if top is not None:
+        frame = frame[frame["state"] == "COMPLETE"].sort_values(["val_error", "number"]).head(top)
+    front = {t.number for t in study.best_trials} if is_multi_objective(study) else None
+    records = []
+    for row in frame.to_dict("records"):
+        record = {k: _clean(v) for k, v in row.items()}
+        record.update({k: int(record[k]) for k in INT_COLUMNS if record[k] is not None})
+        record["pareto"] = None if front is None else record["number"] in front
+        records.append(record)
+    return records
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2%}"
+
+
+@studies_app.command("show")
+def show(
+    study: str = typer.Argument(..., help="Study name (see `morphnas studies list`)."),
+    top: int = typer.Option(None, "--top", min=1, help="Only the N completed trials of lowest validation error."),
+    storage: str = STORAGE,
+    workdir: Path = WORKDIR,
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """A study's trials: lineage, morphs, errors, cost; the Pareto front of a multi-objective study marked."""
+    _, store = resolve_storage(storage, workdir)
+    s = load_study(store, study)
+    records = trial_records(s, top)
+    try:
+        best: int | None = best_trial(s).number
+    except StudyError:
+        best = None
+    if as_json:
+        typer.echo(json.dumps({"study": s.study_name, "multi_objective": is_multi_objective(s), "best_trial": best,
+                               "trials": records}))
+        return
+    multi = is_multi_objective(s)
+    title = f"study {s.study_name}: {len(s.get_trials(deepcopy=False))} trials" + (
+        f", best trial {best}" if best is not None else ", no completed trial")
+    table = Table(title=escape(title))
+    columns = ["trial", "state", "gen", "parent", "morphs", "val error", "test error", "params", "MACs",
+               "pres. error", "time", "note"]
+    if multi:
+        columns.insert(2, "pareto")
+    for column in columns:
+        table.add_column(column, justify="right" if column in ("trial", "gen", "parent", "params", "MACs") else "left")
+    for r in records:
+        cells = [
+            f"{r['number']}" + (" *" if r["number"] == best else ""), r["state"].lower(), str(r["generation"]),
+            "-" if r["parent"] is None else str(r["parent"]), r["morphs"] or r["rule"] or "-",
+            _percent(r["val_error"]), _percent(r["test_error"]),
+            "-" if r["params"] is None else f"{r['params']:,}",
+            "-" if r["macs"] is None else f"{r['macs'] / 1e6:.3f} M",
+            "-" if r["preservation_error"] is None else f"{r['preservation_error']:.1e}",
+            "-" if r["duration_s"] is None else f"{r['duration_s']:.1f} s",
+            r["reason"] or "",
+        ]
+        if multi:
+            cells.insert(2, "yes" if r["pareto"] else "")
+        table.add_row(*(escape(c) for c in cells))
+    Console().print(table)
+    if best is not None:
+        Console().print("* best: lowest validation error" + (" on the Pareto front" if multi else ""))
+
+
+def _morphs(trial: FrozenTrial) -> str:
+    parts = []
+    for m in trial.user_attrs.get("morphs") or []:
+        params = ", ".join(f"{k}={v}" for k, v in (m.get("params") or {}).items())
+        parts.append(f"{m['name']}@{m['site']}" + (f" ({params})" if params else ""))
+    return " + ".join(parts)
+
+
+def _step(study: optuna.Study, trial: FrozenTrial, before: float | None) -> str:
+    """One line of the lineage tree: trial, morphs, val error after it (and its change), cost."""
+    a = trial.user_attrs
+    if a.get("parent") is None:
+        arch = study.user_attrs.get("space", {}).get("seed", {}).get("arch", "?")
+        what = f"seed {arch}"
+    else:
+        what = _morphs(trial) or str(a.get("rule", "?"))
+    if trial.state == TrialState.COMPLETE:
+        error = trial.values[0]
+        change = "" if before is None else f" ({(error - before) * 100:+.2f} pp)"
+        result = f"val error [bold]{error:.2%}[/]{change}"
+    else:
+        result = f"[red]{trial.state.name.lower()}[/]" + (f": {escape(str(a['reason']))}" if a.get("reason") else "")
+    cost = f"  [dim]{a['params']:,} params, {a['macs'] / 1e6:.3f} M MACs[/]" if "params" in a and "macs" in a else ""
+    return f"[bold]trial {trial.number}[/]  {escape(what)}  ->  {result}{cost}"
+
+
+@studies_app.command("lineage")
+def lineage_cmd(
+    study: str = typer.Argument(..., help="Study name."),
+    trial: int = typer.Option(None, "--trial", help="Trial number (default: the best trial)."),
+    storage: str = STORAGE,
+    workdir: Path = WORKDIR,
+) -> None:
+    """The morphs from the seed to a trial, each with the validation error after it."""
+    _, store = resolve_storage(storage, workdir)
+    s = load_study(store, study)
+    chain = lineage(s, find_trial(s, trial).number)
+    root = Tree(f"study {escape(s.study_name)}: lineage of trial {chain[-1].number}")
+    node, before = root, None
+    for t in chain:
+        node = node.add(_step(s, t, before))
+        before = t.values[0] if t.state == TrialState.COMPLETE else before
+    Console().print(root)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(studies_app, name="studies")
