@@ -44,3 +44,12 @@ def test_errors_are_one_line_exit_2(tmp_path):
         assert result.exit_code == 2, (args, result.output)
         lines = result.output.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("morphnas: error:"), result.output
+
+
+def test_arch_show_morphed_resnet_variant_table1():
+    result = runner.invoke(app, ["arch", "show", "resnet20", "--morph", "1c1", "--shortcut", "B", "--json"])
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.output)
+    assert abs(info["size_mb"] - 1.138) / 1.138 < 0.005 and abs(info["macs"] / 1e6 - 44.0) / 44.0 < 0.005
+    bad = runner.invoke(app, ["arch", "show", "cnn", "--morph", "1c1"])
+    assert bad.exit_code == 2 and "no identity shortcuts" in bad.output

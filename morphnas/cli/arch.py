@@ -10,7 +10,8 @@ from rich.console import Console
 from rich.table import Table
 
 from morphnas.errors import ConfigError
-from morphnas.ir import ArchGraph, arch_to_file, cost, load_arch
+from morphnas.ir import ArchGraph, arch_to_file, cost, init_weights, load_arch
+from morphnas.morph.resnet_ops import morph_resnet_variant
 
 arch_app = typer.Typer(no_args_is_help=True, help="Show and save architectures.")
 
@@ -26,9 +27,13 @@ def parse_shape(text: str) -> tuple[int, ...]:
     return shape
 
 
-def resolve(arch: str, input_text: str, classes: int, shortcut: str) -> ArchGraph:
+def resolve(arch: str, input_text: str, classes: int, shortcut: str, morph: str | None = None) -> ArchGraph:
+    """The network named on the command line; ``morph`` applies a ResNet variant (1c1, 3c3_half, ...)."""
     options = {"shortcut": shortcut} if arch.startswith("resnet") else {}
-    return load_arch(arch, parse_shape(input_text), classes, **options)
+    graph = load_arch(arch, parse_shape(input_text), classes, **options)
+    if morph is None:
+        return graph
+    return morph_resnet_variant(graph, init_weights(graph), morph).graph
 
 
 def summary(graph: ArchGraph) -> dict:
@@ -46,10 +51,11 @@ def show(
     input: str = typer.Option("3x32x32", "--input", help="Input shape C x H x W (seeds only)."),
     classes: int = typer.Option(10, "--classes", min=1, help="Number of classes (seeds only)."),
     shortcut: str = typer.Option("A", "--shortcut", help="ResNet shortcut: A (parameter-free) or B (projection)."),
+    morph: str = typer.Option(None, "--morph", help="A ResNet variant of the 2017 paper: 1c1, 3c3_half, ..."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Blobs, layers, parameters and multiply-accumulates of a network."""
-    graph = resolve(arch, input, classes, shortcut)
+    graph = resolve(arch, input, classes, shortcut, morph)
     info = summary(graph)
     if as_json:
         typer.echo(json.dumps({"name": arch, **info, "architecture": graph.to_json()}))
