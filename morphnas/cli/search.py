@@ -61,6 +61,24 @@ class LiveView:
         self.live.update(self._table())
 
 
+def log_events(kind: str, info: dict[str, Any]) -> None:
+    """One plain line per event, for logs and CI (stdout is not a terminal)."""
+    if kind == "seed":
+        line = f"training seed {info['arch']} ({info['epochs']} epochs) as trial {info['trial']}"
+    elif kind == "generation":
+        line = f"generation {info['generation']}: {info['children']} children"
+    elif kind == "child":
+        line = f"  trial {info['trial']}: {info['rule']} of trial {info['parent']}"
+    elif kind in ("failed", "pruned"):
+        line = f"  trial {info['trial']} {kind}: {info['reason']}"
+    elif kind == "done":
+        err = "" if info["val_error"] is None else f", val error {info['val_error']:.2%}"
+        line = f"  trial {info['trial']} {info['status']}{err} (best {info['best']:.2%})"
+    else:
+        line = "time budget spent"
+    typer.echo(line)
+
+
 def _print_summary(console: Console, s: SearchSummary) -> None:
     console.print(f"[bold]best trial {s.best_trial}[/] of study {s.study} ({s.n_trials} trials, {s.n_failed} failed)")
     console.print(f"  validation error {s.val_error:.2%} (seed {s.seed_val_error:.2%}), test error {s.test_error:.2%}")
@@ -109,8 +127,10 @@ def search(
         budget_overrides=budget, finetune_epochs=epochs,
     )
     console = Console()
-    if as_json or not sys.stdout.isatty():
+    if as_json:
         summary = run_search(options)
+    elif not sys.stdout.isatty():
+        summary = run_search(options, log_events)
     else:
         view = LiveView(console)
         with view.live:

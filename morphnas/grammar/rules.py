@@ -85,17 +85,17 @@ class Rule:
 RULES: dict[str, Rule] = {
     rule.name: rule
     for rule in (
-        Rule("deepen", "deepen", frozenset({"init", "kernel_size"}), summary="TYPE-I: one layer becomes two"),
+        Rule("deepen", "deepen", frozenset({"init", "kernels"}), summary="TYPE-I: one layer becomes two"),
         Rule("branch", "branch", frozenset({"kernels"}), summary="TYPE-II: one conv becomes two in parallel"),
         Rule("widen", "widen", frozenset({"factor"}), _widen_params, "more channels on a blob"),
-        Rule("grow_kernel", "grow_kernel", summary="kernel k -> k + 2"),
-        Rule("insert_pact", "insert_pact", summary="a parametric activation at a = 1"),
+        Rule("grow_kernel", "grow_kernel", frozenset({"kernel"}), summary="kernel k -> k + 2"),
+        Rule("insert_pact", "insert_pact", frozenset({"kind"}), summary="a parametric activation at a = 1"),
         Rule("insert_bn", "insert_bn", summary="an identity batch norm"),
         Rule("add_skip", "add_skip", summary="a zero-initialised skip connection"),
         Rule("split_identity", "split_identity", summary="identity -> 0.5 I + 0.5 I"),
-        Rule("identity_to_conv_path", "identity_to_conv_path", frozenset({"k1", "k2"}),
+        Rule("identity_to_conv_path", "identity_to_conv_path", frozenset({"kernels"}),
              summary="scaled identity -> conv k1 -> BN -> P-act -> conv k2 -> BN"),
-        Rule("module", "morph_module", frozenset({"template"}), summary="one conv -> a module (Theorem 8)"),
+        Rule("module", "morph_module", frozenset({"template", "width"}), summary="one conv -> a module (Theorem 8)"),
     )
 }
 
