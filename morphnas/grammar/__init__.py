@@ -59,3 +59,5 @@ __all__ = [
     "vertex_channels",
     "with_kernels",
 ]
+
+from morphnas.morphnet import rules as _morphnet_rules  # noqa: E402,F401  (registers shrink and expand)

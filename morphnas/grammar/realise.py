@@ -44,12 +44,13 @@ DEFAULTS: dict[str, Any] = {"template": "A", "module": None, "width": None, "max
 
 
 def module_sites(graph: ArchGraph) -> list[str]:
-    """Stride-1 "same" convolutions whose output blob adds its inputs."""
+    """Stride-1 "same" convolutions up to 3x3 (what modules (A)-(D) carry) into an add blob."""
     out = []
     for name in conv_edges(graph):
         edge = graph.edge(name)
         conv = edge.layer
-        if conv.stride == 1 and conv.padding == conv.kernel_size // 2 and graph.merge(edge.dst) == "add":
+        same = conv.stride == 1 and conv.padding == conv.kernel_size // 2
+        if same and conv.kernel_size <= 3 and graph.merge(edge.dst) == "add":
             out.append(name)
     return out
 

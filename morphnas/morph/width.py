@@ -275,7 +275,19 @@ def _target(width: int, params: dict[str, Any], site: str) -> int:
 def widen_sites(graph: ArchGraph) -> list[str]:
     """Blobs whose group (and everything linked to it) can grow: not the input, not the output."""
     an = _Analysis.of(graph)
-    return [blob for group in an.groups if _can_grow(an, group) for blob in group.blobs]
+    twice = _concatenated_twice(graph, an)
+    growable = [g for i, g in enumerate(an.groups) if i not in twice and _can_grow(an, g)]
+    return [blob for group in growable for blob in group.blobs]
+
+
+def _concatenated_twice(graph: ArchGraph, an: _Analysis) -> set[int]:
+    """Groups that reach one concat blob through two in-edges: their channel offsets cannot both move."""
+    twice: set[int] = set()
+    for blob in graph.blobs():
+        if graph.merge(blob) == "concat":
+            ids = [an.group_of.get(e.src) for e in graph.in_edges(blob)]
+            twice |= {i for i in ids if i is not None and ids.count(i) > 1}
+    return twice
 
 
 def _can_grow(an: _Analysis, group: ChannelGroup) -> bool:
@@ -298,6 +310,8 @@ def widen(graph: ArchGraph, weights: Weights, site: str, params: dict[str, Any],
     if site not in graph.blobs():
         raise MorphError(f"widen: no blob named {site!r}")
     an = _Analysis.of(graph)
+    if an.group_of[site] in _concatenated_twice(graph, an):
+        raise MorphError(f"widen: blob {site!r} reaches one concat blob through two inputs; it cannot grow")
     width = an.groups[an.group_of[site]].width
     target = _target(width, params, site)
     new, created = plan(an, site, target - width)
