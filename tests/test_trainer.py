@@ -265,3 +265,16 @@ def test_compiled_training_matches_eager(synthetic) -> None:
     assert 0 <= result.val_error <= 1
     for key, value in eager.state_dict().items():
         assert torch.allclose(value, compiled.state_dict()[key], atol=1e-5)
+
+
+def test_extra_loss_is_added_and_reported_apart(synthetic) -> None:
+    config = TrainConfig(epochs=1, lr=0.05, seed=1, max_train_batches=4, weight_decay=0.0)
+    plain_model, pulled_model = mlp(64, 4), mlp(64, 4)
+    plain = train(plain_model, synthetic, config)
+
+    def pull_to_zero(model: nn.Module) -> torch.Tensor:
+        return model[1].weight.square().sum()
+
+    pulled = train(pulled_model, synthetic, config, extra_loss=pull_to_zero)
+    assert plain.history[0].extra_loss == 0.0 and pulled.history[0].extra_loss > 0.0
+    assert pulled_model[1].weight.abs().sum() < plain_model[1].weight.abs().sum()  # the term was optimised

@@ -15,16 +15,13 @@ Shrinking is approximate: a channel with ``gamma ~ 0`` still outputs its batch-n
 the consumer's bias or the running mean of the batch norm right after it (exact away from the
 zero-padded borders when the channel is constant); the verifier's error is reported either way.
 
-The trainer has no extra-loss hook, so :func:`train_regularised` is a small copy of its loop
-that reuses its pieces (learning-rate schedule, parameter groups, augmentation, evaluation).
+:func:`train_regularised` is the trainer with the regulariser as its extra loss term.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from morphnas.errors import ConfigError, DataError, MorphError, TrainingDivergedError
+from morphnas.errors import MorphError
 from morphnas.ir import (
     ArchGraph,
     BatchNorm2d,
@@ -46,8 +43,7 @@ from morphnas.ir import (
 from morphnas.morph import MorphContext, MorphRecord, MorphResult, Verification, register, verify
 from morphnas.morph.sites import clone
 from morphnas.morphnet.regulariser import AGGREGATES, DEFAULT_THRESHOLD, ChannelMap, Regulariser
-from morphnas.train import Dataset, EpochReport, Split, TrainConfig, TrainResult, cifar_augment, evaluate
-from morphnas.train.trainer import device_settings, lr_at, param_groups
+from morphnas.train import Dataset, EpochReport, TrainConfig, TrainResult, train
 
 DEFAULT_FRACTION = 0.25
 
@@ -476,17 +472,6 @@ class RegularisedRun:
     penalties: list[float]
 
 
-@contextlib.contextmanager
-def _threads(n: int | None) -> Iterator[None]:
-    previous = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
 def train_regularised(
     model: nn.Module,
     data: Dataset,
@@ -497,72 +482,8 @@ def train_regularised(
 ) -> RegularisedRun:
     """Train ``model`` in place on ``cross_entropy + penalty(model)`` (MorphNet Algorithm 1, step 1).
 
-    The same loop as :func:`morphnas.train.train` (SGD, per-step schedule, seeded shuffling,
-    decay on kernels only, augmentation when the data set asks): ``EpochReport.train_loss`` is the
-    cross-entropy alone, the penalty's epoch means are in :attr:`RegularisedRun.penalties`.
+    ``EpochReport.train_loss`` is the cross-entropy alone; the penalty's epoch means are in
+    :attr:`RegularisedRun.penalties`.
     """
-    settings = device_settings(config.device)
-    if settings.device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {config.device!r} requested but CUDA is not available")
-    started = time.perf_counter()
-    with _threads(config.threads):
-        torch.manual_seed(config.seed)
-        generator = torch.Generator(device=settings.device).manual_seed(config.seed)
-        model.to(settings.device, memory_format=settings.memory_format)
-        x_train, y_train = settings.put(data.train.x), data.train.y.to(settings.device)
-        val = Split(settings.put(data.val.x), data.val.y.to(settings.device))
-        n = len(y_train)
-        if n == 0:
-            raise DataError(f"{data.name}: the train split is empty")
-        batch_size = min(config.batch_size, n)
-        steps_per_epoch = n // batch_size
-        if config.max_train_batches is not None:
-            steps_per_epoch = min(steps_per_epoch, config.max_train_batches)
-        total_steps = max(1, round(config.epochs * steps_per_epoch))
-        warmup_steps = min(round(config.warmup_epochs * steps_per_epoch), total_steps)
-        optimizer = torch.optim.SGD(param_groups(model, config.weight_decay), lr=config.lr, momentum=config.momentum,
-                                    nesterov=config.nesterov and config.momentum > 0)
-        history: list[EpochReport] = []
-        penalties: list[float] = []
-        step = 0
-        was_training = model.training
-        model.train()
-        try:
-            for epoch in range(1, math.ceil(total_steps / steps_per_epoch) + 1):
-                epoch_start = time.perf_counter()
-                order = torch.randperm(n, generator=generator, device=settings.device)
-                loss_sum = penalty_sum = 0.0
-                batches = 0
-                for index in order[: min(steps_per_epoch, total_steps - step) * batch_size].split(batch_size):
-                    x = x_train[index]
-                    if data.augment:
-                        x = cifar_augment(x, generator)
-                    for group in optimizer.param_groups:
-                        group["lr"] = lr_at(step, total_steps, warmup_steps, config)
-                    with settings.autocast():
-                        loss = F.cross_entropy(model(x), y_train[index], label_smoothing=config.label_smoothing)
-                    extra = penalty(model)
-                    value = loss.item()
-                    if not math.isfinite(value + extra.item()):
-                        raise TrainingDivergedError(
-                            f"training diverged: loss {value} (+ penalty {extra.item()}) at epoch {epoch}, "
-                            f"step {step + 1} of {total_steps} (lr {config.lr})"
-                        )
-                    optimizer.zero_grad(set_to_none=True)
-                    (loss + extra).backward()
-                    optimizer.step()
-                    loss_sum += value
-                    penalty_sum += extra.item()
-                    batches += 1
-                    step += 1
-                val_error = evaluate(model, val, device=settings.device)
-                report = EpochReport(epoch, loss_sum / batches, val_error, time.perf_counter() - epoch_start)
-                history.append(report)
-                penalties.append(penalty_sum / batches)
-                if on_epoch is not None:
-                    on_epoch(report)
-        finally:
-            model.train(was_training)
-    result = TrainResult(history[-1].val_error, None, history[-1].train_loss, total_steps / steps_per_epoch,
-                         time.perf_counter() - started, history)
-    return RegularisedRun(result, penalties)
+    result = train(model, data, config, on_epoch=on_epoch, extra_loss=penalty)
+    return RegularisedRun(result, [report.extra_loss for report in result.history])

@@ -78,6 +78,7 @@ class EpochReport:
     train_loss: float
     val_error: float
     seconds: float
+    extra_loss: float = 0.0  # mean of the extra loss term (e.g. a regulariser) over the epoch
 
 
 @dataclass
@@ -194,8 +195,12 @@ def train(
     *,
     on_epoch: Callable[[EpochReport], None] | None = None,
     evaluate_test: bool = False,
+    extra_loss: Callable[[nn.Module], torch.Tensor] | None = None,
 ) -> TrainResult:
     """Train ``model`` in place on ``data.train``; validate after every epoch.
+
+    ``extra_loss(model)`` (e.g. MorphNet's regulariser) is added to the cross-entropy of every
+    step; ``EpochReport.train_loss`` stays the cross-entropy alone and ``extra_loss`` its mean.
 
     The model moves to ``config.device`` (and stays there) and is left in the train/eval mode it
     had on entry. ``on_epoch`` receives each :class:`EpochReport` and may raise to stop the run
@@ -206,7 +211,7 @@ def train(
     if settings.device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {config.device!r} requested but CUDA is not available")
     with _threads(config.threads):
-        return _train(model, data, config, settings, on_epoch, evaluate_test)
+        return _train(model, data, config, settings, on_epoch, evaluate_test, extra_loss)
 
 
 def _train(
@@ -216,6 +221,7 @@ def _train(
     settings: DeviceSettings,
     on_epoch: Callable[[EpochReport], None] | None,
     evaluate_test: bool,
+    extra_loss: Callable[[nn.Module], torch.Tensor] | None,
 ) -> TrainResult:
     started = time.perf_counter()
     torch.manual_seed(config.seed)
@@ -245,7 +251,7 @@ def _train(
         for epoch in range(1, math.ceil(total_steps / steps_per_epoch) + 1):
             epoch_start = time.perf_counter()
             order = torch.randperm(n, generator=generator, device=settings.device)
-            loss_sum, batches = 0.0, 0
+            loss_sum, extra_sum, batches = 0.0, 0.0, 0
             for index in order[: min(steps_per_epoch, total_steps - step) * batch_size].split(batch_size):
                 x = x_train[index]
                 if data.augment:
@@ -255,9 +261,13 @@ def _train(
                 with settings.autocast():
                     loss = F.cross_entropy(net(x), y_train[index], label_smoothing=config.label_smoothing)
                 value = loss.item()
-                if not math.isfinite(value):
+                if extra_loss is not None:
+                    extra = extra_loss(model)
+                    extra_sum += extra.item()
+                    loss = loss + extra
+                if not math.isfinite(loss.item()):
                     raise TrainingDivergedError(
-                        f"training diverged: loss {value} at epoch {epoch}, step {step + 1} of {total_steps} "
+                        f"training diverged: loss {loss.item()} at epoch {epoch}, step {step + 1} of {total_steps} "
                         f"(lr {config.lr})"
                     )
                 optimizer.zero_grad(set_to_none=True)
@@ -267,7 +277,9 @@ def _train(
                 batches += 1
                 step += 1
             val_error = evaluate(net, val, device=settings.device)
-            report = EpochReport(epoch, loss_sum / batches, val_error, time.perf_counter() - epoch_start)
+            report = EpochReport(
+                epoch, loss_sum / batches, val_error, time.perf_counter() - epoch_start, extra_sum / batches
+            )
             history.append(report)
             if on_epoch is not None:
                 on_epoch(report)
