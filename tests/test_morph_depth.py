@@ -8,6 +8,7 @@ from functools import cache
 
 import pytest
 import torch
+from test_ir_seeds import randomise_bn
 
 import morphnas.morph  # noqa: F401  (registers every morph)
 from morphnas.errors import MorphError
@@ -32,19 +33,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def randomise_bn(weights: dict, seed: int = 0) -> dict:
-    """Random BN statistics and affine terms (as in test_ir_seeds), so BN is not the identity."""
-    gen = torch.Generator().manual_seed(seed)
-    out = {}
-    for key, value in weights.items():
-        if key.endswith("running_var"):
-            value = torch.rand(value.shape, generator=gen) + 0.5
-        elif key.endswith(("running_mean", "bias")) or (key.endswith("weight") and value.dim() == 1):
-            value = torch.randn(value.shape, generator=gen) * 0.3 + (1.0 if key.endswith("weight") else 0.0)
-        out[key] = value
-    return out
 
 
 @cache

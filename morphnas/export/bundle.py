@@ -24,7 +24,7 @@ from morphnas.errors import CheckpointError, ConfigError, GraphError
 from morphnas.export import formats
 from morphnas.export.formats import check_inputs, max_abs_diff, reference_module, require_within
 from morphnas.ir import ArchGraph, Weights, compile_graph
-from morphnas.train.checkpoint import ARCH_FILE, METRICS_FILE, WEIGHTS_FILE
+from morphnas.train.checkpoint import ARCH_FILE, METRICS_FILE, WEIGHTS_FILE, read_json_object
 
 BUNDLE_FILES = (ARCH_FILE, WEIGHTS_FILE, METRICS_FILE)
 
@@ -94,10 +94,10 @@ def read_bundle(path: str | Path) -> tuple[ArchGraph, Weights, dict[str, Any] | 
     if missing:
         raise CheckpointError(f"{directory} is not a bundle or checkpoint: missing {', '.join(missing)}")
     try:
-        graph = ArchGraph.from_json(_read_json(directory / ARCH_FILE))
+        graph = ArchGraph.from_json(read_json_object(directory / ARCH_FILE))
     except GraphError as err:
         raise CheckpointError(f"{directory / ARCH_FILE}: {err}") from None
-    metrics = _read_json(directory / METRICS_FILE) if (directory / METRICS_FILE).is_file() else None
+    metrics = read_json_object(directory / METRICS_FILE) if (directory / METRICS_FILE).is_file() else None
     try:
         weights = load_file(str(directory / WEIGHTS_FILE))
     except (SafetensorError, OSError) as err:
@@ -123,14 +123,3 @@ def load(path: str | Path) -> nn.Module:
 def _replaceable(path: Path) -> bool:
     """True for a directory holding nothing but bundle files (or nothing)."""
     return path.is_dir() and not path.is_symlink() and all(child.name in BUNDLE_FILES for child in path.iterdir())
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{path} is not valid JSON ({err})") from None
-    if not isinstance(value, dict):
-        raise CheckpointError(f"{path} does not hold a JSON object")
-    return value
-

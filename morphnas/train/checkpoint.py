@@ -73,8 +73,8 @@ def load_checkpoint(directory: str | Path) -> tuple[dict[str, Any], dict[str, to
     missing = [name for name in FILES if not (path / name).is_file()]
     if missing:
         raise CheckpointError(f"checkpoint {path} is incomplete: missing {', '.join(missing)}")
-    arch = _read_json(path / ARCH_FILE)
-    metrics = _read_json(path / METRICS_FILE)
+    arch = read_json_object(path / ARCH_FILE)
+    metrics = read_json_object(path / METRICS_FILE)
     try:
         weights = load_file(str(path / WEIGHTS_FILE))
     except (SafetensorError, OSError) as err:
@@ -96,7 +96,8 @@ def _to_json(value: dict[str, Any], name: str) -> str:
         raise CheckpointError(f"{name} is not JSON serialisable: {err}") from None
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_json_object(path: Path) -> dict[str, Any]:
+    """The JSON object in ``path``; anything else (missing, malformed, not an object) is a CheckpointError."""
     try:
         value = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
