@@ -1,8 +1,9 @@
 """The graph grammar: rules that turn a sampled descriptor into a concrete morph of a network.
 
 A descriptor is (rule, relative position in [0, 1], rule parameters). The position picks a site
-among the rule's applicable sites in graph order, so the same descriptor means "early",
-"middle" or "late" in any network, and an Optuna sampler can learn which descriptors pay off.
+among the rule's applicable sites in program order (input to output), so the same descriptor
+means "early", "middle" or "late" in any network, and keeps its meaning after a morph elsewhere:
+an Optuna sampler can learn which descriptors pay off.
 """
 
 from __future__ import annotations

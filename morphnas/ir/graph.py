@@ -159,6 +159,70 @@ class ArchGraph:
             cycle = nx.find_cycle(self.nx)
             raise GraphError(f"the graph has a cycle through layer {cycle[0][2]!r}") from None
 
+    def operands(self, blob: str) -> list[Edge]:
+        """In-edges of ``blob`` in operand order: concatenation order, else by layer name."""
+        edges = self.in_edges(blob)
+        return edges if self.merge(blob) == "concat" else sorted(edges, key=lambda e: e.name)
+
+    def program_blobs(self) -> list[str]:
+        """Blobs in program order: a topological order that does not depend on insertion order.
+
+        It is the order in which a demand-driven code generator emits values: walking back
+        from the sink, a blob comes right after everything its operands need, and its operands
+        are visited in :meth:`operands` order (concatenation order, else by layer name). So a
+        branch comes out whole before its sibling (a block's residual path, then its projection
+        shortcut), and ties between parallel branches are broken by the names of the layers
+        where they join, not by when a blob or layer was added.
+
+        Why not ``nx.lexicographical_topological_sort`` keyed on blob names: it picks greedily
+        among the blobs that are ready, so parallel branches interleave, and a blob that a morph
+        adds to one branch, if its name sorts after a blob of another branch, can move existing
+        blobs of both relative to each other. Here a morph that rewrites a layer into a chain or
+        into parallel layers (deepen, insert_pact, insert_bn, branch, split_identity, ...)
+        leaves the relative order of the existing blobs as it was, as long as the layer that
+        now feeds the join sorts among its siblings where the old one did (morphs name new
+        layers after the one they replace, and a concatenation keeps its slot).
+        """
+        self.topological_blobs()  # a cycle raises GraphError here
+        done: set[str] = set()
+        order: list[str] = []
+        for end in sorted(b for b, d in self.nx.out_degree if d == 0):
+            stack = [(end, iter(self.operands(end)))]
+            while stack:
+                blob, pending = stack[-1]
+                for edge in pending:
+                    if edge.src not in done:
+                        stack.append((edge.src, iter(self.operands(edge.src))))
+                        break
+                else:
+                    stack.pop()
+                    done.add(blob)
+                    order.append(blob)
+        return order
+
+    def program_order(self) -> dict[str, int]:
+        """An index for every blob and every layer name, in program order.
+
+        The program is the straight-line one :func:`~morphnas.ir.compile.compile_graph` runs:
+        blobs in :meth:`program_blobs` order, each preceded by its in-layers in operand order.
+        Sorting sites (layer or blob names) by these indices lists them from the input to the
+        output, whatever order the graph was built or morphed in.
+
+        A name used by a layer and a blob alike (the seeds name a blob after the layer that
+        makes it) maps to the layer's index, which for a blob with that one in-layer is the
+        blob's index minus one, so either reading sorts the same. To sort blobs alone, index
+        :meth:`program_blobs`.
+        """
+        order: dict[str, int] = {}
+        step = 0
+        for blob in self.program_blobs():
+            for edge in self.operands(blob):
+                order[edge.name] = step
+                step += 1
+            order.setdefault(blob, step)
+            step += 1
+        return order
+
     def shapes(self) -> dict[str, Shape]:
         """Every blob's shape, inferred from the input shape; validates the graph on the way."""
         order = self.topological_blobs()

@@ -3,10 +3,15 @@
 A morph never changes its inputs: it returns a new graph and a new weights dict (unchanged
 tensors may be shared, changed ones are new tensors). ``exact`` claims that in eval mode the
 child computes the parent's function on any input, borders included; the verifier checks it.
+
+Every morph lists its sites in program order (:meth:`ArchGraph.program_order`), so a position
+among them (the grammar's, ``verify``'s) means the same place in the network after a morph
+elsewhere: networkx lists edges in insertion order, which a morph changes.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -62,9 +67,52 @@ class MorphResult:
 MorphFn = Callable[[ArchGraph, Weights, str, dict[str, Any], MorphContext], MorphResult]
 
 
+def in_program_order(graph: ArchGraph, sites: list[str]) -> list[str]:
+    """``sites`` sorted from the input to the output (:meth:`ArchGraph.program_order`).
+
+    A site is a layer name, a blob name or a pair ``"u->v"`` of blobs (sorted by u, then v). A
+    list holding a name that is a blob and no layer is a list of blobs, sorted by blob order
+    alone (a name can be both: the seeds name a blob after the layer that makes it). Names the
+    graph does not know go last, in the order given.
+    """
+    sites = list(sites)
+    if len(sites) < 2:
+        return sites
+    blobs = {blob: i for i, blob in enumerate(graph.program_blobs())}
+    layers = {e.name for e in graph.edges()}
+    rank = blobs if any(s in blobs and s not in layers for s in sites) else graph.program_order()
+
+    def key(site: str) -> tuple[int, int, int]:
+        if site in rank:
+            return (0, rank[site], -1)
+        u, sep, v = site.partition("->")
+        if sep and u in blobs and v in blobs:
+            return (0, blobs[u], blobs[v])
+        return (1, 0, 0)
+
+    return sorted(sites, key=key)
+
+
+def _program_ordered(sites: Callable[[ArchGraph], list[str]]) -> Callable[[ArchGraph], list[str]]:
+    if getattr(sites, "program_ordered", False):
+        return sites
+
+    @functools.wraps(sites)
+    def ordered(graph: ArchGraph) -> list[str]:
+        return in_program_order(graph, sites(graph))
+
+    ordered.program_ordered = True  # type: ignore[attr-defined]
+    return ordered
+
+
 @dataclass(frozen=True)
 class MorphSpec:
-    """A registered morph: the function, where it applies, and how to pick default parameters."""
+    """A registered morph: the function, where it applies, and how to pick default parameters.
+
+    ``sites`` comes out in program order (:func:`in_program_order`) whatever order the given
+    function lists them in, so every consumer (the grammar's positions, ``apply_morph``'s check,
+    ``verify``'s seeded pick) sees the same order.
+    """
 
     name: str
     fn: MorphFn
@@ -72,6 +120,9 @@ class MorphSpec:
     default_params: Callable[[ArchGraph, str, torch.Generator], dict[str, Any]]
     exact: bool
     summary: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sites", _program_ordered(self.sites))
 
 
 REGISTRY: dict[str, MorphSpec] = {}
