@@ -83,8 +83,9 @@ def test_list_shows_every_study_with_counts_and_best(workdir):
     for name, row in rows.items():
         s = study(workdir, name)
         best = best_trial(s)
-        assert row["n_trials"] == len(s.trials) == 5
-        assert row["complete"] + row["pruned"] + row["fail"] == 5 and row["running"] == 0
+        n = 6 if name == "tiny" else 5  # seed + 2 x 2 children (+ the final phase, single-objective only)
+        assert row["n_trials"] == len(s.trials) == n
+        assert row["complete"] + row["pruned"] + row["fail"] == n and row["running"] == 0
         assert row["complete"] == sum(t.state == TrialState.COMPLETE for t in s.trials)
         assert (row["best_trial"], row["best_val_error"]) == (best.number, best.values[0])
         assert row["first"] <= row["last"] and row["first"].replace("T", " ") in table
@@ -96,13 +97,14 @@ def test_show_lists_every_trial_and_top_sorts_by_val_error(workdir):
     s = study(workdir, "tiny")
     table = run("studies", "show", "tiny", "--workdir", str(workdir)).output
     assert "pareto" not in table
-    for t in s.trials[1:]:
+    assert s.trials[-1].user_attrs["rule"] == "final" and not s.trials[-1].user_attrs["morphs"]
+    for t in s.trials[1:-1]:
         morph = t.user_attrs["morphs"][0]
         assert f"{morph['name']}@{morph['site']}" in table
     assert f"{best_trial(s).number} *" in table
     info = json.loads(run("studies", "show", "tiny", "--workdir", str(workdir), "--json").output)
     assert info["multi_objective"] is False and info["best_trial"] == best_trial(s).number
-    assert [r["number"] for r in info["trials"]] == [0, 1, 2, 3, 4]
+    assert [r["number"] for r in info["trials"]] == [0, 1, 2, 3, 4, 5]
     assert info["trials"][0]["parent"] is None and info["trials"][0]["rule"] == "seed"
     assert all(r["pareto"] is None for r in info["trials"])
     top = json.loads(run("studies", "show", "tiny", "--top", "2", "--workdir", str(workdir), "--json").output)
@@ -152,13 +154,13 @@ def test_failed_and_pruned_children_show_their_state_and_reason(workdir, tmp_pat
     assert "fail " in table and "TrainingDivergedError: nan" in table
     assert "pruned" in table and "over limits" in table
     row = json.loads(run("studies", "list", *w, "--json").output)["studies"][0]
-    assert (row["n_trials"], row["fail"], row["pruned"]) == (7, 1, 1)
-    output = run("studies", "lineage", "tiny", "--trial", "5", *w).output
-    assert "trial 5  widen@c1_conv (channels=32)  ->  fail: TrainingDivergedError: nan" in output
+    assert (row["n_trials"], row["fail"], row["pruned"]) == (8, 1, 1)
     output = run("studies", "lineage", "tiny", "--trial", "6", *w).output
-    assert "trial 6  widen@c1_conv (channels=32)  ->  pruned: over limits" in output and "trial 5" not in output
+    assert "trial 6  widen@c1_conv (channels=32)  ->  fail: TrainingDivergedError: nan" in output
+    output = run("studies", "lineage", "tiny", "--trial", "7", *w).output
+    assert "trial 7  widen@c1_conv (channels=32)  ->  pruned: over limits" in output and "trial 6" not in output
     top = json.loads(run("studies", "show", "tiny", "--top", "10", *w, "--json").output)["trials"]
-    assert all(r["state"] == "COMPLETE" for r in top) and len(top) == 5
+    assert all(r["state"] == "COMPLETE" for r in top) and len(top) == 6
 
 
 def test_unknown_study_trial_or_database_is_one_line_exit_2(workdir, tmp_path):

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from morphnas.errors import DataError
-from morphnas.train import DATASETS, cifar_augment, load_dataset
+from morphnas.train import DATASETS, augment, cifar_augment, load_dataset
 
 
 def _check_normalised(split_x: torch.Tensor) -> None:
@@ -28,7 +28,8 @@ def test_datasets_lists_every_name() -> None:
 
 def test_mnist5k_split_is_4000_500_500_disjoint_and_seeded() -> None:
     data = load_dataset("mnist5k")
-    assert data.input_shape == (1, 28, 28) and data.num_classes == 10 and not data.augment
+    assert data.input_shape == (1, 28, 28) and data.num_classes == 10 and data.augment == "shift"
+    assert load_dataset("mnist5k", augment=False).augment == "none"
     assert (len(data.train), len(data.val), len(data.test)) == (4000, 500, 500)
     assert data.train.y.dtype == torch.int64
     assert torch.bincount(data.test.y).tolist() == [50] * 10  # stratified
@@ -107,7 +108,7 @@ def _archive() -> tuple[list[tuple[np.ndarray, np.ndarray]], tuple[np.ndarray, n
 
 
 def _assert_matches(data, batches, test) -> None:
-    assert data.input_shape == (3, 32, 32) and data.num_classes == 10 and data.augment
+    assert data.input_shape == (3, 32, 32) and data.num_classes == 10 and data.augment == "crop_flip"
     assert (len(data.train), len(data.val), len(data.test)) == (90, 10, 10)
     all_labels = np.concatenate([y for _, y in batches])
     assert sorted(torch.cat([data.train.y, data.val.y]).tolist()) == sorted(all_labels.tolist())
@@ -203,12 +204,13 @@ def test_cifar_binary_incomplete_or_malformed(tmp_path: Path) -> None:
 # --- augmentation --------------------------------------------------------------------------------
 
 
-def _view_of(out: torch.Tensor, image: torch.Tensor) -> tuple[int, int, bool] | None:
+def _view_of(out: torch.Tensor, image: torch.Tensor, pad: int = 4) -> tuple[int, int, bool] | None:
     """The (dy, dx, flipped) crop of the zero-padded ``image`` that equals ``out``, if any."""
-    padded = torch.nn.functional.pad(image, (4, 4, 4, 4))
-    for dy in range(9):
-        for dx in range(9):
-            crop = padded[:, dy : dy + 32, dx : dx + 32]
+    padded = torch.nn.functional.pad(image, (pad, pad, pad, pad))
+    h, w = image.shape[-2:]
+    for dy in range(2 * pad + 1):
+        for dx in range(2 * pad + 1):
+            crop = padded[:, dy : dy + h, dx : dx + w]
             for flipped in (False, True):
                 if torch.equal(out, crop.flip(-1) if flipped else crop):
                     return dy, dx, flipped
@@ -225,6 +227,17 @@ def test_cifar_augment_crops_and_flips_each_image_from_the_generator() -> None:
     assert None not in views  # every output is a padded crop of its own image, maybe flipped
     assert 16 <= sum(flipped for _, _, flipped in views) <= 48
     assert len({(dy, dx) for dy, dx, _ in views}) > 30
+
+
+def test_shift_moves_digits_by_up_to_two_pixels_and_never_flips() -> None:
+    x = torch.arange(1, 64 * 28 * 28 + 1, dtype=torch.float32).reshape(64, 1, 28, 28)
+    out = augment(x, "shift", torch.Generator().manual_seed(0))
+    views = [_view_of(out[i], x[i], pad=2) for i in range(64)]
+    assert None not in views and not any(flipped for _, _, flipped in views)
+    assert len({(dy, dx) for dy, dx, _ in views}) > 15  # of the 25 shifts by -2..2 pixels
+    assert augment(x, "none", torch.Generator()) is x
+    with pytest.raises(ValueError, match="unknown augmentation"):
+        augment(x, "rotate", torch.Generator())
 
 
 def test_cifar_augment_keeps_channels_last() -> None:

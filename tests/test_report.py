@@ -141,7 +141,7 @@ def test_report_draws_failed_and_pruned_children_in_the_lineage(workdir, tmp_pat
     run("report", "tiny", "--workdir", str(with_failures(workdir, tmp_path)), "--out", str(out))
     text = out.read_text(encoding="utf-8")
     assert "failed \\u002f pruned" in text  # the legend entry; plotly escapes "/" in its JSON
-    assert "trial 5 (fail)" in text and "trial 6 (pruned)" in text
+    assert "trial 6 (fail)" in text and "trial 7 (pruned)" in text
     assert "TrainingDivergedError: nan" in text
 
 

@@ -29,15 +29,16 @@ def tiny_space(**overrides) -> dict:
         "rules": {"widen": {"params": {"factor": [1.5, 2.0]}}, "deepen": {}, "insert_pact": {}},
         "finetune": {"lr": {"low": 0.01, "high": 0.05, "log": True}, "epochs": {"low": 1, "high": 1, "int": True},
                      "batch_size": 64},
+        "final": {"lr": 0.02, "epochs": 1, "batch_size": 64},
         "budget": {"generations": 2, "children": 2},
     }
     space.update(overrides)
     return space
 
 
-def search(tmp_path, executor="local", **overrides):
+def search(tmp_path, executor="local", options=None, **overrides):
     options = SearchOptions(space=parse_space(tiny_space(**overrides)), workdir=tmp_path, study="t",
-                            executor=executor, seed=3)
+                            executor=executor, seed=3, **(options or {}))
     return run_search(options)
 
 
@@ -45,9 +46,9 @@ def test_local_search_records_lineage_and_best_checkpoint_reproduces(tmp_path):
     summary = search(tmp_path)
     study = load_study(open_storage(summary.storage), "t")
     trials = study.get_trials()
-    assert summary.n_trials == len(trials) == 5  # seed + 2 generations x 2 children
+    assert summary.n_trials == len(trials) == 6  # seed + 2 generations x 2 children + the final phase
     assert trials[0].user_attrs["generation"] == 0 and trials[0].user_attrs["parent"] is None
-    for t in trials[1:]:
+    for t in trials[1:-1]:
         assert t.user_attrs["parent"] < t.number
         assert t.user_attrs["morphs"] and t.user_attrs["generation"] in (1, 2)
         if t.state == TrialState.COMPLETE:
@@ -59,8 +60,58 @@ def test_local_search_records_lineage_and_best_checkpoint_reproduces(tmp_path):
     data = load_dataset("digits")
     assert evaluate(model, data.val) == pytest.approx(best.values[0], abs=1e-9)
     frame = trials_frame(study)
-    assert list(frame["number"]) == [0, 1, 2, 3, 4]
+    assert list(frame["number"]) == [0, 1, 2, 3, 4, 5]
     assert frame.loc[summary.best_trial, "test_error"] == pytest.approx(summary.test_error)
+
+
+def test_final_phase_trains_the_lowest_validation_loss_on(tmp_path):
+    summary = search(tmp_path, final={"lr": 0.02, "epochs": 2, "batch_size": 64})
+    study = load_study(open_storage(summary.storage), "t")
+    *others, final = study.get_trials()
+    chosen = min((t for t in others if t.state == TrialState.COMPLETE),
+                 key=lambda t: (t.user_attrs["val_loss"], t.number))
+    assert final.user_attrs["rule"] == "final" and final.user_attrs["parent"] == chosen.number
+    assert final.user_attrs["generation"] == chosen.user_attrs["generation"] + 1
+    assert len(final.user_attrs["history"]) == 2 and study.user_attrs["final_trial"] == final.number
+    assert summary.best_trial == final.number and summary.lineage[-2:] == [chosen.number, final.number]
+    # it trained on from the chosen network's weights: its first epoch starts from them
+    _, parent_weights, _ = load_checkpoint(trial_checkpoint(study, chosen))
+    _, final_weights, _ = load_checkpoint(trial_checkpoint(study, final))
+    assert parent_weights.keys() == final_weights.keys()
+    assert summary.seed_test_error == study.user_attrs["test_error/0"]
+
+
+def test_selection_on_error_ranks_by_validation_error(tmp_path):
+    summary = search(tmp_path, selection={"parents": 1, "metric": "error"})
+    study = load_study(open_storage(summary.storage), "t")
+    *others, final = study.get_trials()
+    chosen = min((t for t in others if t.state == TrialState.COMPLETE), key=lambda t: (t.values[0], t.number))
+    assert final.user_attrs["parent"] == chosen.number
+
+
+def test_without_inheritance_children_start_from_fresh_weights(tmp_path):
+    summary = search(tmp_path, options={"inherit": False, "sampler": optuna.samplers.RandomSampler(seed=0)},
+                     budget={"generations": 1, "children": 2})
+    study = load_study(open_storage(summary.storage), "t")
+    children = study.trials[1:]
+    assert all(t.user_attrs["inherit"] is False and "preservation_error" not in t.user_attrs for t in children)
+    assert summary.best_trial == children[-1].number  # the final phase ran, from fresh weights too
+
+
+@pytest.mark.slow
+def test_time_budgeted_search_on_digits_ends_within_five_percent(tmp_path):
+    budget = 30.0
+    started = time.monotonic()
+    summary = search(tmp_path, seed={"arch": "cnn", "epochs": 1000, "lr": 0.1, "batch_size": 64},
+                     final={"lr": 0.05, "epochs": 1000, "batch_size": 64},
+                     budget={"generations": 100, "children": 2, "time_budget": budget})
+    wall = time.monotonic() - started
+    study = load_study(open_storage(summary.storage), "t")
+    assert 0.95 * budget <= summary.seconds <= 1.05 * budget, summary.seconds
+    assert wall <= 1.05 * budget + 5  # + opening the study and loading digits, before the clock starts
+    seed, final = study.trials[0], study.trials[summary.best_trial]
+    assert len(seed.user_attrs["history"]) > 3 and final.user_attrs["rule"] == "final"
+    assert summary.test_error < 0.1
 
 
 def test_same_seed_same_search(tmp_path):
@@ -79,13 +130,13 @@ def test_diverging_children_fail_with_reason_and_search_completes(tmp_path):
     failed = [t for t in study.trials if t.state == TrialState.FAIL]
     assert failed and summary.n_failed == len(failed)
     assert all("TrainingDivergedError" in t.user_attrs["reason"] for t in failed)
-    assert summary.best_trial == 0  # only the seed learned
+    assert summary.lineage == [0, summary.best_trial]  # only the seed learned: the final phase trains it on
 
 
 def test_children_over_the_limits_are_pruned_before_training(tmp_path):
     summary = search(tmp_path, limits={"max_params": 10})
     study = load_study(open_storage(summary.storage), "t")
-    children = study.trials[1:]
+    children = study.trials[1:-1]
     assert children and all(t.state == TrialState.PRUNED for t in children)
     assert all(t.user_attrs["reason"].startswith("over limits: params") for t in children)
     assert all("history" not in t.user_attrs for t in children)  # never trained
@@ -133,7 +184,7 @@ def test_sigkill_mid_generation_then_resume(tmp_path):
     assert interrupted, "the killed child was not marked"
     per_generation = {}
     for t in trials:
-        if "interrupted" not in t.user_attrs.get("reason", ""):
+        if "interrupted" not in t.user_attrs.get("reason", "") and t.user_attrs["rule"] != "final":
             per_generation.setdefault(t.user_attrs["generation"], []).append(t.number)
     assert {g: len(n) for g, n in per_generation.items()} == {0: 1, 1: 3, 2: 3, 3: 3}
     assert sum(1 for t in trials if t.user_attrs["generation"] == 0) == 1  # the seed is never retrained
@@ -151,7 +202,7 @@ def test_cli_search_json(tmp_path):
     out = json.loads(result.output.strip().splitlines()[-1])
     assert set(out) >= {"study", "storage", "best_trial", "val_error", "test_error", "params", "macs", "n_trials",
                         "n_failed"}
-    assert out["n_trials"] == 3 and 0 <= out["val_error"] <= 1
+    assert out["n_trials"] == 4 and 0 <= out["val_error"] <= 1
     again = runner.invoke(app, ["search", "--space", str(space), "--workdir", str(tmp_path), "--study", "c"])
     assert again.exit_code == 2 and "already exists" in again.output
 

@@ -18,7 +18,7 @@ from morphnas.train import (
     load_dataset,
     train,
 )
-from morphnas.train.trainer import lr_at, param_groups
+from morphnas.train.trainer import _fit_to_time, lr_at, param_groups, validate
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +82,7 @@ def test_same_seed_same_weights_and_history(digits) -> None:
 
 def test_augmented_runs_are_deterministic_too() -> None:
     data = load_dataset("synthetic", synthetic_shape=(3, 32, 32), synthetic_classes=3, synthetic_size=120)
-    data = dataclasses.replace(data, augment=True)
+    data = dataclasses.replace(data, augment="crop_flip")
 
     def run() -> dict:
         model = small_cnn(3, channels=3)
@@ -278,3 +278,34 @@ def test_extra_loss_is_added_and_reported_apart(synthetic) -> None:
     pulled = train(pulled_model, synthetic, config, extra_loss=pull_to_zero)
     assert plain.history[0].extra_loss == 0.0 and pulled.history[0].extra_loss > 0.0
     assert pulled_model[1].weight.abs().sum() < plain_model[1].weight.abs().sum()  # the term was optimised
+
+
+def test_time_limit_fits_whole_epochs_to_the_time_left() -> None:
+    # 10 s budget, 2 epochs done in 4 s (2 s each): 3 more fit, capped by the configured steps
+    assert _fit_to_time(step=20, max_steps=1000, epochs_done=2, steps_per_epoch=10, elapsed=4.0, limit=10.0) == 50
+    assert _fit_to_time(step=20, max_steps=30, epochs_done=2, steps_per_epoch=10, elapsed=4.0, limit=10.0) == 30
+    assert _fit_to_time(step=20, max_steps=1000, epochs_done=2, steps_per_epoch=10, elapsed=11.0, limit=10.0) == 20
+
+
+def test_time_limited_run_ends_in_time_with_the_rate_decayed(digits, monkeypatch) -> None:
+    seen: list[float] = []
+
+    class Spy(torch.optim.SGD):
+        def step(self, closure=None):  # noqa: ANN001 - records the learning rate of every step
+            seen.append(self.param_groups[0]["lr"])
+            return super().step(closure)
+
+    monkeypatch.setattr(torch.optim, "SGD", Spy)
+    result = train(small_cnn(), digits, TrainConfig(epochs=10_000, lr=0.1, batch_size=64, time_limit=2.0))
+    assert 1 <= result.epochs < 10_000 and result.epochs == len(result.history)
+    assert result.seconds < 2.0 + 3 * max(h.seconds for h in result.history)
+    assert seen[0] == pytest.approx(0.1, rel=1e-3) and seen[-1] < 0.1 * 0.05  # decayed to about zero
+
+
+def test_validation_loss_is_the_mean_cross_entropy(digits) -> None:
+    model = small_cnn()
+    error, loss = validate(model, digits.val)
+    with torch.no_grad():
+        logits = model.eval()(digits.val.x)
+    assert error == evaluate(model, digits.val)
+    assert loss == pytest.approx(torch.nn.functional.cross_entropy(logits, digits.val.y).item(), rel=1e-5)

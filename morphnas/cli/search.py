@@ -40,7 +40,10 @@ class LiveView:
         s = self.state
         if kind == "seed":
             s["running"] = 1
-            self.last = f"training seed {info['arch']} ({info['epochs']} epochs)"
+            self.last = f"training seed {info['arch']} ({_length(info)})"
+        elif kind == "final":
+            s["running"] = 1
+            self.last = f"final phase: trial {info['trial']} trains trial {info['parent']} on ({_length(info)})"
         elif kind == "generation":
             s["generation"], s["running"] = info["generation"], info["children"]
             self.last = f"generation {info['generation']}: {info['children']} children"
@@ -64,7 +67,9 @@ class LiveView:
 def log_events(kind: str, info: dict[str, Any]) -> None:
     """One plain line per event, for logs and CI (stdout is not a terminal)."""
     if kind == "seed":
-        line = f"training seed {info['arch']} ({info['epochs']} epochs) as trial {info['trial']}"
+        line = f"training seed {info['arch']} ({_length(info)}) as trial {info['trial']}"
+    elif kind == "final":
+        line = f"final phase: trial {info['trial']} trains trial {info['parent']} on ({_length(info)})"
     elif kind == "generation":
         line = f"generation {info['generation']}: {info['children']} children"
     elif kind == "child":
@@ -79,12 +84,22 @@ def log_events(kind: str, info: dict[str, Any]) -> None:
     typer.echo(line)
 
 
+def _length(info: dict[str, Any]) -> str:
+    if info.get("seconds") is None:
+        return f"{info['epochs']:g} epochs"
+    return f"{info['seconds']:.0f} s, at most {info['epochs']:g} epochs"
+
+
 def _print_summary(console: Console, s: SearchSummary) -> None:
     console.print(f"[bold]best trial {s.best_trial}[/] of study {s.study} ({s.n_trials} trials, {s.n_failed} failed)")
-    console.print(f"  validation error {s.val_error:.2%} (seed {s.seed_val_error:.2%}), test error {s.test_error:.2%}")
     console.print(f"  params {s.params:,}, MACs {s.macs / 1e6:.2f} M, lineage {' -> '.join(map(str, s.lineage))}")
     console.print(f"  checkpoint {s.checkpoint}")
     console.print(f"  storage {s.storage}  ({s.seconds:.0f} s)")
+    console.print(f"  validation error {s.val_error:.2%} (seed {s.seed_val_error:.2%})")
+    change = s.seed_test_error - s.test_error
+    verdict = f"{abs(change):.2%} {'better' if change > 0 else 'worse'} than" if change else "the same as"
+    console.print(f"[bold]test error {s.test_error:.2%}[/]: {verdict} its seed network's {s.seed_test_error:.2%} "
+                  f"({len(s.lineage) - 1} steps from it)")
 
 
 def search(
@@ -138,7 +153,7 @@ def search(
     if as_json:
         typer.echo(json.dumps({k: summary.to_json()[k] for k in (
             "study", "storage", "best_trial", "val_error", "test_error", "params", "macs", "n_trials", "n_failed",
-            "seed_val_error", "lineage", "checkpoint", "seconds")}))
+            "seed_val_error", "seed_test_error", "lineage", "checkpoint", "seconds")}))
     else:
         _print_summary(console, summary)
 

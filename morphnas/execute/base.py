@@ -44,6 +44,7 @@ class DatasetSpec:
     name: str
     data_root: str | None = None
     split_seed: int = 0
+    augment: bool = True
 
 
 @dataclass
@@ -72,7 +73,8 @@ class ChildResult:
     ``val_error`` and ``weights`` are those after the last finished epoch) or ``"failed"``
     (``reason`` says why as ``"ExceptionType: message"``; ``weights`` is None and ``val_error``
     None). ``history`` holds the validation error after each finished epoch (also for failed
-    children, up to the failure). ``weights`` are detached, contiguous CPU tensors.
+    children, up to the failure). ``weights`` are detached, contiguous CPU tensors. ``val_loss``
+    is the mean validation cross-entropy that goes with ``val_error`` (None when unknown).
     """
 
     key: int
@@ -82,6 +84,7 @@ class ChildResult:
     seconds: float = 0.0
     weights: dict[str, torch.Tensor] | None = None
     reason: str | None = None
+    val_loss: float | None = None
 
 
 def child_seed(search_seed: int, key: int) -> int:

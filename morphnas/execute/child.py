@@ -47,7 +47,7 @@ def cached_dataset(spec: DatasetSpec, load: Callable[[], Dataset] | None = None)
     """The data set ``spec`` names, loaded once per process (the last 4 are kept).
 
     On a miss, ``load()`` provides it (default: :func:`morphnas.train.load_dataset` with the
-    spec's name, data root and split seed); Ray workers pass one that fetches it from the object
+    spec's name, data root, split seed and augmentation); Ray workers pass one that fetches it from the object
     store. Errors from loading propagate and nothing is cached.
     """
     with _DATASETS_LOCK:
@@ -55,7 +55,7 @@ def cached_dataset(spec: DatasetSpec, load: Callable[[], Dataset] | None = None)
             _DATASETS.move_to_end(spec)
             return _DATASETS[spec]
     if load is None:
-        data = load_dataset(spec.name, data_root=spec.data_root, split_seed=spec.split_seed)
+        data = load_dataset(spec.name, data_root=spec.data_root, split_seed=spec.split_seed, augment=spec.augment)
     else:
         data = load()
     with _DATASETS_LOCK:
@@ -123,12 +123,14 @@ def run_child_hooked(
     """
     started = time.perf_counter()
     history: list[float] = []
+    losses: list[float] = []
     threads = threads if threads is not None else job.train.threads
     config = dataclasses.replace(job.train, seed=child_seed(job.train.seed, job.key), threads=threads)
     model: torch.nn.Module | None = None
 
     def after_epoch(report: EpochReport) -> None:
         history.append(float(report.val_error))
+        losses.append(float(report.val_loss))
         if hook is None:
             return
         assert model is not None
@@ -151,7 +153,8 @@ def run_child_hooked(
         except _Pruned:
             assert model is not None
             return ChildResult(
-                job.key, "pruned", history[-1], history, time.perf_counter() - started, cpu_weights(model)
+                job.key, "pruned", history[-1], history, time.perf_counter() - started, cpu_weights(model),
+                val_loss=losses[-1],
             )
         except Exception as err:  # noqa: BLE001 - every fault of the child becomes a failed result
             failure = f"{type(err).__name__}: {err}"
@@ -161,5 +164,6 @@ def run_child_hooked(
             torch.cuda.empty_cache()  # after an out-of-memory error, give the memory back to the next child
         return ChildResult(job.key, "failed", None, history, time.perf_counter() - started, None, failure)
     return ChildResult(
-        job.key, "ok", float(result.val_error), history, time.perf_counter() - started, cpu_weights(model)
+        job.key, "ok", float(result.val_error), history, time.perf_counter() - started, cpu_weights(model),
+        val_loss=float(result.val_loss),
     )

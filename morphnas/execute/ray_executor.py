@@ -309,6 +309,7 @@ def _trainable(
         "final": True,
         "status": result.status,
         "val_error": result.val_error,
+        "val_loss": result.val_loss,
         "history": result.history,
         "seconds": result.seconds,
         "reason": result.reason,
@@ -502,7 +503,11 @@ def _to_result(done: _Done) -> ChildResult:
         weights = _read_weights(done.checkpoint)
     except Exception as err:  # noqa: BLE001 - an unreadable checkpoint fails this child only
         return ChildResult(done.key, "failed", None, history, seconds, None, f"{type(err).__name__}: {err}")
-    return ChildResult(done.key, status, None if val_error is None else float(val_error), history, seconds, weights)
+    val_loss = metrics.get("val_loss") if done.status == "final" else None
+    return ChildResult(
+        done.key, status, None if val_error is None else float(val_error), history, seconds, weights,
+        val_loss=None if val_loss is None else float(val_loss),
+    )
 
 
 def _read_weights(checkpoint: tune.Checkpoint | None) -> dict[str, torch.Tensor]:

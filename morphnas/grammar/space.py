@@ -57,6 +57,8 @@ class RuleConfig(_Strict):
 
 
 class SeedConfig(_Strict):
+    """The seed network and its training; with a time budget ``epochs`` is an upper bound."""
+
     arch: str = "resnet20"
     shortcut: Literal["A", "B"] = "A"
     epochs: float = Field(5.0, gt=0)
@@ -68,6 +70,7 @@ class DataConfig(_Strict):
     name: str = "mnist5k"
     data_root: str | None = None
     split_seed: int = 0
+    augment: bool = Field(True, description="the data set's training augmentation (shifts for digits)")
 
 
 class Limits(_Strict):
@@ -83,10 +86,31 @@ class FineTune(_Strict):
     schedule: Literal["cosine", "step", "constant"] = "cosine"
 
 
+class Final(_Strict):
+    """The final phase: the best network trained on with a learning rate decaying to zero.
+
+    With a time budget it gets ``budget.final_share`` of it and ``epochs`` is an upper bound.
+    ``final: null`` in a space turns it off (the generations then run to the end of the budget).
+    """
+
+    lr: float = Field(0.05, gt=0)
+    epochs: float = Field(10.0, gt=0)
+    batch_size: int = Field(128, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+
+
 class Budget(_Strict):
-    generations: int = Field(4, gt=0)
+    generations: int = Field(4, gt=0, description="at most this many; a time budget may end them sooner")
     children: int = Field(4, gt=0)
     time_budget: float | None = Field(None, gt=0, description="seconds")
+    seed_share: float = Field(0.3, gt=0, lt=1, description="of the time budget, for training the seed")
+    final_share: float = Field(0.3, gt=0, lt=1, description="of the time budget, for the final phase")
+
+    @model_validator(mode="after")
+    def _shares(self) -> Budget:
+        if self.seed_share + self.final_share >= 1:
+            raise ValueError("seed_share + final_share must leave time for the generations (sum < 1)")
+        return self
 
     @field_validator("time_budget", mode="before")
     @classmethod
@@ -97,6 +121,9 @@ class Budget(_Strict):
 class Selection(_Strict):
     parents: int = Field(2, gt=0, description="how many of the best trials may parent a generation")
     max_children_per_parent: int | None = Field(None, gt=0)
+    metric: Literal["loss", "error"] = Field(
+        "loss", description="what ranks parents and the final network: validation loss or 0/1 error"
+    )
 
 
 class SearchSpace(_Strict):
@@ -106,6 +133,7 @@ class SearchSpace(_Strict):
     rules: dict[str, RuleConfig]
     limits: Limits = Limits()
     finetune: FineTune = FineTune()
+    final: Final | None = Final()  # None (``final: null``): no final phase, the generations take its time
     budget: Budget = Budget()
     selection: Selection = Selection()
     objectives: list[Literal["error", "macs", "params"]] = ["error"]

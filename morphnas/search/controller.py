@@ -3,9 +3,12 @@
 Trial 0 is the seed network (trained first). Each generation selects parents from the best
 lineages, asks Optuna for each child's descriptor (define-by-run), morphs the parent through
 the grammar, measures the preservation error, prunes children over the cost limits before any
-training, hands the rest to the executor, and tells Optuna the results. The study and the
-work directory are the whole state: a killed search resumes from them without repeating or
-losing a finished child.
+training, hands the rest to the executor, and tells Optuna the results. A final phase then
+trains the best network on with a learning rate that decays to zero, as NASH and the 2017
+paper's ResNet experiments do: a child inherits its parent's training, but only the final
+phase gives it the convergence a network trained from scratch gets. A time budget is split
+across the three phases (:mod:`morphnas.search.budget`). The study and the work directory are
+the whole state: a killed search resumes from them without repeating or losing a finished child.
 """
 
 from __future__ import annotations
@@ -29,13 +32,16 @@ from morphnas.grammar.sampling import suggest_descriptor, suggest_value
 from morphnas.grammar.space import SearchSpace, parse_space
 from morphnas.ir import ArchGraph, compile_graph, cost, init_weights, load_arch
 from morphnas.morph import verify
+from morphnas.search.budget import BudgetPlan, plan_budget
 from morphnas.search.lineages import select_parents
 from morphnas.search.study import (
+    FINAL_TRIAL,
     best_trial,
     default_storage,
     is_multi_objective,
     lineage,
     open_storage,
+    selection_score,
     study_names,
     val_error,
 )
@@ -63,6 +69,8 @@ class SearchOptions:
     budget_overrides: dict[str, Any] = field(default_factory=dict)  # generations, children, time_budget
     finetune_epochs: float | None = None  # fixed fine-tuning epochs instead of the space's range
     device: str = "cpu"
+    sampler: optuna.samplers.BaseSampler | None = None  # default: TPE seeded with ``seed``
+    inherit: bool = True  # False: every child starts from fresh random weights (learning from scratch)
 
 
 @dataclass
@@ -73,6 +81,7 @@ class SearchSummary:
     val_error: float
     test_error: float
     seed_val_error: float
+    seed_test_error: float
     params: int
     macs: int
     n_trials: int
@@ -107,7 +116,7 @@ class Search:
         self.seed = int(attrs["seed"])
         self.trial_dir = Path(attrs["workdir"]) / "studies" / self.study.study_name / "trials"
         ds = self.space.dataset
-        self.dataset_spec = DatasetSpec(ds.name, ds.data_root, ds.split_seed)
+        self.dataset_spec = DatasetSpec(ds.name, ds.data_root, ds.split_seed, ds.augment)
         self.calibration = self.data.train.x[:CALIBRATION_IMAGES]
         self.live: dict[int, optuna.Trial] = {}
 
@@ -121,7 +130,9 @@ class Search:
                 raise StudyError("--resume needs --study NAME (see `morphnas studies list`)")
             if o.study not in names:
                 raise StudyError(f"cannot resume: no study named {o.study!r} in {self.storage_url}")
-            study = optuna.load_study(study_name=o.study, storage=self.storage, pruner=_pruner(o.space))
+            study = optuna.load_study(
+                study_name=o.study, storage=self.storage, sampler=self._sampler(), pruner=_pruner(o.space)
+            )
             self._mark_interrupted(study)
             return study
         name = o.study or f"{o.space.name}-{datetime.now():%Y%m%d-%H%M%S}"
@@ -131,13 +142,16 @@ class Search:
             study_name=name,
             storage=self.storage,
             directions=["minimize"] * len(objectives),
-            sampler=optuna.samplers.TPESampler(seed=o.seed, n_startup_trials=8),
+            sampler=self._sampler(),
             pruner=_pruner(o.space),
         )
         study.set_user_attr("space", o.space.model_dump(mode="json"))
         study.set_user_attr("seed", o.seed)
         study.set_user_attr("workdir", str(self.workdir))
         return study
+
+    def _sampler(self) -> optuna.samplers.BaseSampler:
+        return self.options.sampler or optuna.samplers.TPESampler(seed=self.options.seed, n_startup_trials=8)
 
     @staticmethod
     def _mark_interrupted(study: optuna.Study) -> None:
@@ -152,7 +166,8 @@ class Search:
     # the search ---------------------------------------------------------------------------
     def run(self) -> SearchSummary:
         started = time.monotonic()
-        deadline = started + (self.space.budget.time_budget or math.inf)
+        b = self.space.budget
+        plan = plan_budget(started, b.time_budget, b.seed_share, b.final_share if self.space.final else 0.0)
         cpus = self.options.cpus_per_child or (torch.get_num_threads() if self.options.executor == "local" else 1)
         with make_executor(
             self.options.executor,
@@ -161,15 +176,21 @@ class Search:
             ray_address=self.options.ray_address,
             storage_path=str(self.workdir / "ray"),
         ) as executor:
-            self._train_seed(executor)
-            for generation in range(1, self.space.budget.generations + 1):
-                if time.monotonic() >= deadline:
+            self._train_seed(executor, plan)
+            generation, last = 0, 0.0
+            for generation in range(1, b.generations + 1):
+                if self._final() is not None:
+                    break
+                started_generation = time.monotonic()
+                if started_generation + last > plan.generations_until:  # it would not end in its phase
                     self.on_event("budget", {"generation": generation})
                     break
-                self._generation(executor, generation, deadline)
+                self._generation(executor, generation, plan.generations_until)
+                last = time.monotonic() - started_generation
+            self._final_phase(executor, generation, plan)
         return self._summary(time.monotonic() - started)
 
-    def _train_seed(self, executor) -> None:
+    def _train_seed(self, executor, plan: BudgetPlan) -> None:
         if any(val_error(t) < math.inf for t in self._trials() if t.user_attrs.get("generation") == 0):
             return
         s = self.space.seed
@@ -183,10 +204,12 @@ class Search:
         for key in ("params", "macs"):
             trial.set_user_attr(key, child_cost[key])
         config = TrainConfig(
-            epochs=s.epochs, lr=s.lr, batch_size=s.batch_size, seed=self.seed, device=self.options.device
+            epochs=s.epochs, lr=s.lr, batch_size=s.batch_size, seed=self.seed, device=self.options.device,
+            time_limit=plan.seed_seconds,
         )
         job = ChildJob(trial.number, graph.to_json(), init_weights(graph, self.seed), config, self.dataset_spec)
-        self.on_event("seed", {"trial": trial.number, "arch": s.arch, "epochs": s.epochs})
+        self.on_event("seed", {"trial": trial.number, "arch": s.arch, "epochs": s.epochs,
+                               "seconds": plan.seed_seconds})
         self.live[trial.number] = trial
         for result in executor.run([job]):
             self._finish(trial, graph, child_cost, result)
@@ -198,6 +221,7 @@ class Search:
         done = [
             t for t in trials
             if t.user_attrs.get("generation") == generation and t.user_attrs.get("reason") != INTERRUPTED
+            and t.user_attrs.get("rule") != "final"
         ]
         slots = self.space.budget.children - len(done)
         if slots <= 0:
@@ -205,7 +229,8 @@ class Search:
         pareto = {t.number for t in self.study.best_trials} if is_multi_objective(self.study) else None
         sel = self.space.selection
         parents = select_parents(
-            trials, slots, parents=sel.parents, max_children_per_parent=sel.max_children_per_parent, pareto=pareto
+            trials, slots, parents=sel.parents, max_children_per_parent=sel.max_children_per_parent, pareto=pareto,
+            score=self._score,
         )
         self.on_event("generation", {"generation": generation, "children": len(parents)})
         jobs, pending = [], {}
@@ -250,9 +275,14 @@ class Search:
                 self.study.tell(trial, state=TrialState.PRUNED)
                 self.on_event("pruned", {"trial": number, "reason": over})
                 return None
-            check = verify(parent_graph, weights, result.graph, result.weights, inputs=[self.calibration[:64]])
-            trial.set_user_attr("preservation_error", check.max_rel_err)
-            trial.set_user_attr("train_preservation_error", check.train_max_rel_err)
+            if self.options.inherit:
+                check = verify(parent_graph, weights, result.graph, result.weights, inputs=[self.calibration[:64]])
+                trial.set_user_attr("preservation_error", check.max_rel_err)
+                trial.set_user_attr("train_preservation_error", check.train_max_rel_err)
+                child_weights = result.weights
+            else:  # learning from scratch: the child's architecture, fresh weights
+                trial.set_user_attr("inherit", False)
+                child_weights = init_weights(result.graph, _child_seed(self.seed, number))
         except MorphnasError as err:
             trial.set_user_attr("reason", f"{type(err).__name__}: {err}")
             self.study.tell(trial, state=TrialState.FAIL)
@@ -264,8 +294,51 @@ class Search:
         )
         self.live[number] = trial
         self.on_event("child", {"trial": number, "parent": parent.number, "rule": descriptor.rule})
-        job = ChildJob(number, result.graph.to_json(), result.weights, config, self.dataset_spec)
+        job = ChildJob(number, result.graph.to_json(), child_weights, config, self.dataset_spec)
         return job, result.graph, child_cost
+
+    def _final_phase(self, executor, generation: int, plan: BudgetPlan) -> None:
+        """Train the best network on, from its own weights, with a cosine decay to zero; its
+        trial (rule ``final``, parent the chosen network) becomes the search's result. Without
+        weight inheritance it starts from fresh weights, like every child of such a search.
+        Multi-objective searches skip it: their result is a Pareto front, not one network."""
+        f = self.space.final
+        if f is None or is_multi_objective(self.study) or self._final() is not None:
+            return
+        done = [t for t in self._trials() if t.state == TrialState.COMPLETE and t.user_attrs.get("checkpoint")]
+        parent = min(done, key=lambda t: (self._score(t), t.number))
+        seconds = plan.final_seconds(time.monotonic())
+        if seconds is not None and seconds <= 0:
+            self.on_event("budget", {"generation": generation})
+            return
+        arch, weights, _ = load_checkpoint(self._checkpoint_dir(parent.number))
+        graph = ArchGraph.from_json(arch)
+        trial = self.study.ask()
+        if not self.options.inherit:
+            weights = init_weights(graph, _child_seed(self.seed, trial.number))
+        for key, value in (("generation", int(parent.user_attrs["generation"]) + 1), ("parent", parent.number),
+                           ("rule", "final"), ("morphs", []), ("inherit", self.options.inherit)):
+            trial.set_user_attr(key, value)
+        child_cost = cost(graph)
+        for key in ("params", "macs"):
+            trial.set_user_attr(key, child_cost[key])
+        config = TrainConfig(
+            epochs=f.epochs, lr=f.lr, batch_size=f.batch_size, weight_decay=f.weight_decay, seed=self.seed,
+            device=self.options.device, time_limit=seconds,
+        )
+        self.live[trial.number] = trial
+        self.on_event("final", {"trial": trial.number, "parent": parent.number, "epochs": f.epochs,
+                                "seconds": seconds})
+        for result in executor.run([ChildJob(trial.number, arch, weights, config, self.dataset_spec)]):
+            self._finish(trial, graph, child_cost, result)
+        if self.study.trials[trial.number].state == TrialState.COMPLETE:
+            self.study.set_user_attr(FINAL_TRIAL, trial.number)
+
+    def _final(self) -> int | None:
+        return self.study.user_attrs.get(FINAL_TRIAL)
+
+    def _score(self, trial: FrozenTrial) -> float:
+        return selection_score(trial, self.space.selection.metric)
 
     def _on_epoch(self, key: int, epoch: int, error: float) -> bool:
         if is_multi_objective(self.study):
@@ -289,6 +362,7 @@ class Search:
             save_checkpoint(directory, arch=graph.to_json(), weights=result.weights, metrics=metrics)
             trial.set_user_attr("checkpoint", str(directory.relative_to(self.trial_dir.parents[2])))
             trial.set_user_attr("val_error", result.val_error)
+            trial.set_user_attr("val_loss", result.val_loss)
             self.study.tell(trial, self._objectives(result.val_error, child_cost))
         self.live.pop(trial.number, None)
         self.on_event("done", {"trial": trial.number, "status": result.status, "val_error": result.val_error,
@@ -304,12 +378,16 @@ class Search:
     def _best_error(self) -> float:
         return min((val_error(t) for t in self._trials()), default=math.inf)
 
+    def _test_error(self, number: int) -> float:
+        """Test error of trial ``number``'s network, recorded in the study (reported, never selected on)."""
+        arch, weights, _ = load_checkpoint(self._checkpoint_dir(number))
+        error = evaluate(compile_graph(ArchGraph.from_json(arch), weights), self.data.test)
+        self.study.set_user_attr(f"test_error/{number}", error)
+        return error
+
     def _summary(self, seconds: float) -> SearchSummary:
         best = best_trial(self.study)
-        arch, weights, _ = load_checkpoint(self._checkpoint_dir(best.number))
-        model = compile_graph(ArchGraph.from_json(arch), weights)
-        test_error = evaluate(model, self.data.test)
-        self.study.set_user_attr(f"test_error/{best.number}", test_error)
+        test_error = self._test_error(best.number)
         trials = self._trials()
         seed = next(t for t in trials if t.user_attrs.get("generation") == 0 and t.state == TrialState.COMPLETE)
         return SearchSummary(
@@ -319,6 +397,7 @@ class Search:
             val_error=val_error(best),
             test_error=test_error,
             seed_val_error=val_error(seed),
+            seed_test_error=self._test_error(seed.number),
             params=best.user_attrs["params"],
             macs=best.user_attrs["macs"],
             n_trials=len(trials),
@@ -331,7 +410,7 @@ class Search:
 
 def _load_data(space: SearchSpace) -> Dataset:
     ds = space.dataset
-    return load_dataset(ds.name, data_root=ds.data_root, split_seed=ds.split_seed)
+    return load_dataset(ds.name, data_root=ds.data_root, split_seed=ds.split_seed, augment=ds.augment)
 
 
 def _pruner(space: SearchSpace) -> optuna.pruners.BasePruner:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 from optuna.trial import FrozenTrial, TrialState
 
@@ -16,15 +17,17 @@ def select_parents(
     parents: int,
     max_children_per_parent: int | None = None,
     pareto: set[int] | None = None,
+    score: Callable[[FrozenTrial], float] = val_error,
 ) -> list[FrozenTrial]:
     """The parent of each of ``slots`` children.
 
-    The best ``parents`` completed trials (lowest validation error; Pareto-front members first in
-    a multi-objective study) take the slots round-robin, best first, so no single lineage takes
-    every slot; ``max_children_per_parent`` caps any one parent (default: an even share).
+    The best ``parents`` completed trials (lowest ``score``, by default the validation error;
+    Pareto-front members first in a multi-objective study) take the slots round-robin, best
+    first, so no single lineage takes every slot; ``max_children_per_parent`` caps any one
+    parent (default: an even share).
     """
     done = [t for t in trials if t.state == TrialState.COMPLETE and t.user_attrs.get("checkpoint")]
-    ranked = sorted(done, key=lambda t: (pareto is not None and t.number not in pareto, val_error(t), t.number))
+    ranked = sorted(done, key=lambda t: (pareto is not None and t.number not in pareto, score(t), t.number))
     pool = ranked[:parents]
     if not pool:
         return []

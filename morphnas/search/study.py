@@ -20,6 +20,8 @@ from morphnas.errors import StudyError
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
+FINAL_TRIAL = "final_trial"  # study attribute: the trial number of the final phase's network
+
 
 def default_storage(workdir: str | Path) -> str:
     return f"sqlite:///{Path(workdir).resolve() / 'morphnas.db'}"
@@ -55,8 +57,24 @@ def val_error(trial: FrozenTrial) -> float:
     return float(trial.values[0])
 
 
+def selection_score(trial: FrozenTrial, metric: str = "error") -> float:
+    """What ranks ``trial`` as a parent or final network: its validation ``"loss"`` (mean
+    cross-entropy, recorded as the ``val_loss`` attribute) or its validation ``"error"``; inf for
+    trials without one. Loss falls back to the error for trials that have no loss recorded."""
+    if metric == "loss" and trial.state == TrialState.COMPLETE and trial.user_attrs.get("val_loss") is not None:
+        return float(trial.user_attrs["val_loss"])
+    return val_error(trial)
+
+
 def best_trial(study: optuna.Study) -> FrozenTrial:
-    """Lowest validation error; on the Pareto front for a multi-objective study."""
+    """The search's result: its final network once the final phase has run (the study attribute
+    ``final_trial``); before that, the lowest validation error, on the Pareto front for a
+    multi-objective study."""
+    final = study.user_attrs.get(FINAL_TRIAL)
+    if final is not None and not is_multi_objective(study):
+        trial = study.get_trials(deepcopy=False)[final]
+        if trial.state == TrialState.COMPLETE:
+            return trial
     candidates = study.best_trials if is_multi_objective(study) else study.get_trials(states=(TrialState.COMPLETE,))
     if not candidates:
         raise StudyError(f"study {study.study_name!r} has no completed trial")

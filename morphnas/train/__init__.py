@@ -3,7 +3,7 @@
 Knows nothing of morphing: it trains any ``torch.nn.Module``.
 """
 
-from morphnas.train.augment import cifar_augment
+from morphnas.train.augment import AUGMENTS, augment, cifar_augment
 from morphnas.train.checkpoint import load_checkpoint, save_checkpoint
 from morphnas.train.data import DATASETS, Dataset, Split, load_dataset
 from morphnas.train.trainer import (
@@ -17,7 +17,7 @@ from morphnas.train.trainer import (
 )
 
 __all__ = [
-    "DATASETS", "Dataset", "DeviceSettings", "EpochReport", "Split", "TrainConfig", "TrainResult",
-    "cifar_augment", "device_settings", "evaluate", "load_checkpoint", "load_dataset", "save_checkpoint",
+    "AUGMENTS", "DATASETS", "Dataset", "DeviceSettings", "EpochReport", "Split", "TrainConfig", "TrainResult",
+    "augment", "cifar_augment", "device_settings", "evaluate", "load_checkpoint", "load_dataset", "save_checkpoint",
     "train",
 ]

@@ -8,6 +8,7 @@ torchvision, which checks each file's MD5 before unpickling it.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +37,8 @@ class Split:
 
 @dataclass(frozen=True)
 class Dataset:
-    """A named data set with its three splits; ``augment`` asks for CIFAR-style crop and flip."""
+    """A named data set with its three splits; ``augment`` names the training augmentation
+    (:data:`~morphnas.train.augment.AUGMENTS`: ``"shift"`` for digits, ``"crop_flip"`` for CIFAR)."""
 
     name: str
     input_shape: tuple[int, int, int]
@@ -44,7 +46,7 @@ class Dataset:
     train: Split
     val: Split
     test: Split
-    augment: bool
+    augment: str
 
 
 def load_dataset(
@@ -55,29 +57,35 @@ def load_dataset(
     synthetic_shape: Sequence[int] = (1, 28, 28),
     synthetic_classes: int = 10,
     synthetic_size: int = 1000,
+    augment: bool = True,
 ) -> Dataset:
     """Load data set ``name`` (one of :data:`DATASETS`).
 
     ``split_seed`` chooses the train / validation (/ test) partition; ``data_root`` (default
     ``./data``) is where CIFAR lives; the ``synthetic_*`` options shape the synthetic set, whose
-    ``synthetic_size`` images are split 70 / 15 / 15.
+    ``synthetic_size`` images are split 70 / 15 / 15. ``augment=False`` turns the data set's
+    training augmentation off (shifts of up to 2 pixels for MNIST, crop and flip for CIFAR; none
+    for digits, whose 8 x 8 images a one-pixel shift already moves by an eighth, nor for the
+    synthetic set).
     """
     if name == "mnist5k":
-        return _mnist5k(split_seed)
-    if name == "digits":
-        return _digits(split_seed)
-    if name in ("cifar10", "cifar100"):
-        return _cifar(name, Path(data_root) if data_root is not None else DEFAULT_DATA_ROOT, split_seed)
-    if name == "synthetic":
-        return _synthetic(tuple(synthetic_shape), synthetic_classes, synthetic_size, split_seed)
-    raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+        data = _mnist5k(split_seed)
+    elif name == "digits":
+        data = _digits(split_seed)
+    elif name in ("cifar10", "cifar100"):
+        data = _cifar(name, Path(data_root) if data_root is not None else DEFAULT_DATA_ROOT, split_seed)
+    elif name == "synthetic":
+        data = _synthetic(tuple(synthetic_shape), synthetic_classes, synthetic_size, split_seed)
+    else:
+        raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    return data if augment else dataclasses.replace(data, augment="none")
 
 
 def _make(
     name: str,
     num_classes: int,
     parts: tuple[tuple[np.ndarray, np.ndarray], ...],
-    augment: bool,
+    augment: str,
 ) -> Dataset:
     """Normalise (train, val, test) image arrays with the train split's per-channel statistics."""
     train_x = torch.as_tensor(parts[0][0], dtype=torch.float32)
@@ -112,7 +120,7 @@ def _mnist5k(seed: int) -> Dataset:
 
     x, y = mnist_data()
     x = (x / 255.0).astype(np.float32).reshape(-1, 1, 28, 28)
-    return _make("mnist5k", 10, _split_three(x, y, 500, 500, seed), augment=False)
+    return _make("mnist5k", 10, _split_three(x, y, 500, 500, seed), augment="shift")
 
 
 def _digits(seed: int) -> Dataset:
@@ -121,7 +129,7 @@ def _digits(seed: int) -> Dataset:
     bunch = load_digits()
     x = (bunch.data / 16.0).astype(np.float32).reshape(-1, 1, 8, 8)
     n_held = round(0.15 * len(x))
-    return _make("digits", 10, _split_three(x, bunch.target, n_held, n_held, seed), augment=False)
+    return _make("digits", 10, _split_three(x, bunch.target, n_held, n_held, seed), augment="none")
 
 
 def _synthetic(shape: tuple[int, ...], num_classes: int, size: int, seed: int) -> Dataset:
@@ -144,7 +152,7 @@ def _synthetic(shape: tuple[int, ...], num_classes: int, size: int, seed: int) -
     images = patterns[labels] + torch.randn(size, c, h, w, generator=gen)
     n_held = round(0.15 * size)
     return _make(
-        "synthetic", num_classes, _split_three(images.numpy(), labels.numpy(), n_held, n_held, seed), False
+        "synthetic", num_classes, _split_three(images.numpy(), labels.numpy(), n_held, n_held, seed), "none"
     )
 
 
@@ -165,7 +173,7 @@ def _cifar(name: str, root: Path, seed: int) -> Dataset:
     n_val = len(order) // 10
     fit, val = order[:-n_val], order[-n_val:]
     parts = ((train_x[fit], train_y[fit]), (train_x[val], train_y[val]), test)
-    return _make(name, classes, parts, augment=True)
+    return _make(name, classes, parts, augment="crop_flip")
 
 
 def _read_cifar_file(path: Path, classes: int) -> tuple[np.ndarray, np.ndarray]:

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from morphnas.errors import ConfigError, DataError, TrainingDivergedError
-from morphnas.train.augment import cifar_augment
+from morphnas.train.augment import augment
 from morphnas.train.data import Dataset, Split
 
 SCHEDULES: tuple[str, ...] = ("cosine", "step", "constant")
@@ -31,7 +31,13 @@ STEP_MILESTONES: tuple[float, ...] = (0.5, 0.75)  # "step": x0.1 at these fracti
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Hyper-parameters of one training run; ``epochs`` may be fractional."""
+    """Hyper-parameters of one training run; ``epochs`` may be fractional.
+
+    ``time_limit`` (seconds) makes the run fit a wall-clock budget: ``epochs`` becomes an upper
+    bound, and after every epoch the schedule is stretched or cut to the number of whole epochs
+    that fit in the time left at the mean epoch time so far, so the learning rate still decays
+    to its end within the budget.
+    """
 
     epochs: float = 10
     lr: float = 0.1
@@ -47,6 +53,7 @@ class TrainConfig:
     compile: bool = False
     threads: int | None = None
     max_train_batches: int | None = None
+    time_limit: float | None = None
 
     def __post_init__(self) -> None:
         checks = [
@@ -59,6 +66,7 @@ class TrainConfig:
             (self.warmup_epochs >= 0, f"warmup_epochs must be >= 0, got {self.warmup_epochs}"),
             (0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {self.label_smoothing}"),
             (self.threads is None or self.threads >= 1, f"threads must be >= 1, got {self.threads}"),
+            (self.time_limit is None or self.time_limit > 0, f"time_limit must be > 0, got {self.time_limit}"),
             (
                 self.max_train_batches is None or self.max_train_batches >= 1,
                 f"max_train_batches must be >= 1, got {self.max_train_batches}",
@@ -72,13 +80,15 @@ class TrainConfig:
 @dataclass
 class EpochReport:
     """One finished epoch: 1-based index (the last may be partial when ``epochs`` is fractional),
-    mean training loss over its batches, validation error, wall seconds including validation."""
+    mean training loss over its batches, validation error, wall seconds including validation,
+    and the mean validation cross-entropy (a steadier signal than the 0/1 error on few images)."""
 
     epoch: int
     train_loss: float
     val_error: float
     seconds: float
     extra_loss: float = 0.0  # mean of the extra loss term (e.g. a regulariser) over the epoch
+    val_loss: float = math.nan
 
 
 @dataclass
@@ -91,6 +101,7 @@ class TrainResult:
     epochs: float
     seconds: float
     history: list[EpochReport] = field(default_factory=list)
+    val_loss: float = math.nan
 
 
 @dataclass(frozen=True)
@@ -176,16 +187,26 @@ def _mode(model: nn.Module, training: bool) -> Iterator[None]:
 
 def evaluate(model: nn.Module, split: Split, *, batch_size: int = 1000, device: str | torch.device = "cpu") -> float:
     """Error fraction of ``model`` on ``split`` in eval mode without gradients (mode is restored)."""
+    return validate(model, split, batch_size=batch_size, device=device)[0]
+
+
+def validate(
+    model: nn.Module, split: Split, *, batch_size: int = 1000, device: str | torch.device = "cpu"
+) -> tuple[float, float]:
+    """(error fraction, mean cross-entropy) of ``model`` on ``split``, as :func:`evaluate`."""
     if len(split.y) == 0:
         raise DataError("cannot evaluate on an empty split")
     settings = device_settings(device)
     wrong = torch.zeros((), dtype=torch.int64, device=settings.device)
+    loss = torch.zeros((), dtype=torch.float64, device=settings.device)
     with _mode(model, False), torch.no_grad(), settings.autocast():
         for start in range(0, len(split.y), batch_size):
             x = settings.put(split.x[start : start + batch_size])
             y = split.y[start : start + batch_size].to(settings.device)
-            wrong += (model(x).argmax(dim=1) != y).sum()
-    return wrong.item() / len(split.y)
+            logits = model(x)
+            wrong += (logits.argmax(dim=1) != y).sum()
+            loss += F.cross_entropy(logits.float(), y, reduction="sum").double()
+    return wrong.item() / len(split.y), loss.item() / len(split.y)
 
 
 def train(
@@ -236,7 +257,7 @@ def _train(
     steps_per_epoch = n // batch_size  # the last partial batch is dropped (it changes every epoch)
     if config.max_train_batches is not None:
         steps_per_epoch = min(steps_per_epoch, config.max_train_batches)
-    total_steps = max(1, round(config.epochs * steps_per_epoch))
+    total_steps = max_steps = max(1, round(config.epochs * steps_per_epoch))
     warmup_steps = min(round(config.warmup_epochs * steps_per_epoch), total_steps)
     optimizer = torch.optim.SGD(
         param_groups(model, config.weight_decay),
@@ -246,16 +267,16 @@ def _train(
     )
     net = torch.compile(model) if config.compile else model
     history: list[EpochReport] = []
-    step = 0
+    step = epoch = 0
     with _mode(model, True):
-        for epoch in range(1, math.ceil(total_steps / steps_per_epoch) + 1):
+        while step < total_steps:
+            epoch += 1
             epoch_start = time.perf_counter()
             order = torch.randperm(n, generator=generator, device=settings.device)
             loss_sum, extra_sum, batches = 0.0, 0.0, 0
             for index in order[: min(steps_per_epoch, total_steps - step) * batch_size].split(batch_size):
                 x = x_train[index]
-                if data.augment:
-                    x = cifar_augment(x, generator)
+                x = augment(x, data.augment, generator)
                 for group in optimizer.param_groups:
                     group["lr"] = lr_at(step, total_steps, warmup_steps, config)
                 with settings.autocast():
@@ -276,19 +297,31 @@ def _train(
                 loss_sum += value
                 batches += 1
                 step += 1
-            val_error = evaluate(net, val, device=settings.device)
+            val_error, val_loss = validate(net, val, device=settings.device)
             report = EpochReport(
-                epoch, loss_sum / batches, val_error, time.perf_counter() - epoch_start, extra_sum / batches
+                epoch, loss_sum / batches, val_error, time.perf_counter() - epoch_start, extra_sum / batches, val_loss
             )
             history.append(report)
             if on_epoch is not None:
                 on_epoch(report)
+            if config.time_limit is not None:
+                total_steps = _fit_to_time(step, max_steps, epoch, steps_per_epoch, time.perf_counter() - started,
+                                           config.time_limit)
     test_error = evaluate(net, data.test, device=settings.device) if evaluate_test else None
     return TrainResult(
         val_error=history[-1].val_error,
+        val_loss=history[-1].val_loss,
         test_error=test_error,
         train_loss=history[-1].train_loss,
-        epochs=total_steps / steps_per_epoch,
+        epochs=step / steps_per_epoch,
         seconds=time.perf_counter() - started,
         history=history,
     )
+
+
+def _fit_to_time(step: int, max_steps: int, epochs_done: int, steps_per_epoch: int, elapsed: float,
+                 limit: float) -> int:
+    """The run's new step count: the whole epochs that still fit in ``limit - elapsed`` seconds at
+    the mean epoch time so far, never beyond the configured ``max_steps``."""
+    fit = math.floor((limit - elapsed) / (elapsed / epochs_done)) if elapsed < limit else 0
+    return min(max_steps, step + max(0, fit) * steps_per_epoch)

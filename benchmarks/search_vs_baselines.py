@@ -1,0 +1,175 @@
+"""The default search against the obvious alternatives, at one wall-clock budget, on several splits.
+
+Arms, run one at a time on the same machine, each by the project's own trainer and data
+pipeline (augmentation included, alike for all):
+
+- ``search``: the default search (``search_spaces/default.yaml``) with ``--budget`` seconds;
+- ``seed``: its seed architecture trained from scratch for the whole budget (cosine to zero);
+- ``resnet20``: ResNet-20 trained from scratch for the whole budget;
+- ``scratch``: the same search with weight inheritance off (every child, and the final network,
+  starts from fresh random weights): learning by morphing against learning from scratch;
+- ``random``: the same search with Optuna's RandomSampler instead of TPE.
+
+Ablations of the search's levers (one lever off each): ``search-error`` (parents and final
+network chosen by validation error, not loss), ``search-nofinal`` (no final phase), and
+``search-noaug`` (no augmentation: compare with ``seed-noaug``).
+
+One JSON line per (arm, split) is appended to ``--out``; rows already there for the same
+(arm, split, budget, commit) are skipped, so the table can be built in parts. Every row records
+the load average: a figure is only worth as much as the quiet of the machine that made it.
+
+    .venv/bin/python benchmarks/search_vs_baselines.py --budget 600 --splits 0 1 2
+    .venv/bin/python benchmarks/search_vs_baselines.py --budget 120 --splits 0 1 2   # quick mode
+    .venv/bin/python benchmarks/search_vs_baselines.py --table --budget 600          # print the table only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from morphnas.grammar.space import SearchSpace, load_space, parse_space
+from morphnas.ir import compile_graph, cost, init_weights, load_arch
+from morphnas.search import SearchOptions, run_search
+from morphnas.search.study import lineage, load_study, open_storage
+from morphnas.train import TrainConfig, evaluate, load_dataset, train
+
+ARMS = ("search", "seed", "resnet20", "scratch", "random")
+ABLATIONS = ("search-error", "search-nofinal", "search-noaug", "seed-noaug")
+OUT = Path(__file__).resolve().parents[1] / "experiments" / "search_vs_baselines.jsonl"
+
+
+def commit() -> str:
+    """HEAD, with ``+dirty`` when the code differs from it (such rows belong to no commit)."""
+    root = Path(__file__).resolve().parents[1]
+    head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True, text=True)
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "morphnas", "search_spaces",
+                            "benchmarks", "pyproject.toml"], cwd=root, capture_output=True, text=True)
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
+def space_for(arm: str, split: int, budget: float) -> SearchSpace:
+    data = load_space("default").model_dump(mode="json")
+    data["dataset"]["split_seed"] = split
+    data["budget"]["time_budget"] = budget
+    if arm == "search-error":
+        data["selection"]["metric"] = "error"
+    elif arm == "search-nofinal":
+        data["final"] = None
+    elif arm in ("search-noaug", "seed-noaug"):
+        data["dataset"]["augment"] = False
+    return parse_space(data, f"arm {arm}")
+
+
+def run_search_arm(arm: str, space: SearchSpace, split: int) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    if arm == "scratch":
+        options["inherit"] = False
+    elif arm == "random":
+        options["sampler"] = optuna.samplers.RandomSampler(seed=split)
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory() as workdir:
+        summary = run_search(SearchOptions(space=space, workdir=Path(workdir), study="bench", seed=split, **options))
+        study = load_study(open_storage(summary.storage), "bench")
+        epochs = sum(len(t.user_attrs.get("history", [])) for t in lineage(study, summary.best_trial))
+        val_loss = study.trials[summary.best_trial].user_attrs.get("val_loss")
+    return {"wall_seconds": round(time.monotonic() - started, 1), "epochs": epochs, "val_error": summary.val_error,
+            "val_loss": val_loss,
+            "test_error": summary.test_error, "params": summary.params, "macs": summary.macs,
+            "n_trials": summary.n_trials, "seed_test_error": summary.seed_test_error}
+
+
+def run_training_arm(arch: str, space: SearchSpace, split: int, budget: float) -> dict[str, Any]:
+    """``arch`` trained from scratch with the seed's learning rate, cosine to zero, for ``budget`` s."""
+    started = time.monotonic()
+    ds = space.dataset
+    data = load_dataset(ds.name, data_root=ds.data_root, split_seed=split, augment=ds.augment)
+    graph = load_arch(arch, data.input_shape, data.num_classes, shortcut=space.seed.shortcut)
+    model = compile_graph(graph, init_weights(graph, split))
+    s = space.seed
+    config = TrainConfig(epochs=10_000, lr=s.lr, batch_size=s.batch_size, seed=split,
+                         time_limit=budget - (time.monotonic() - started))
+    result = train(model, data, config)
+    test_error = evaluate(model, data.test)
+    graph_cost = cost(graph)
+    return {"wall_seconds": round(time.monotonic() - started, 1), "epochs": result.epochs,
+            "val_error": result.val_error, "val_loss": result.val_loss, "test_error": test_error,
+            "params": graph_cost["params"], "macs": graph_cost["macs"]}
+
+
+def run_arm(arm: str, split: int, budget: float) -> dict[str, Any]:
+    space = space_for(arm, split, budget)
+    if arm in ("seed", "seed-noaug"):
+        return run_training_arm(space.seed.arch, space, split, budget)
+    if arm == "resnet20":
+        return run_training_arm("resnet20", space, split, budget)
+    return run_search_arm(arm, space, split)
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def print_table(rows: list[dict[str, Any]], budget: float) -> None:
+    rows = [r for r in rows if r["budget"] == budget]
+    arms = [a for a in (*ARMS, *ABLATIONS) if any(r["arm"] == a for r in rows)]
+    splits = sorted({r["split"] for r in rows})
+    print(f"test error at a {budget:g} s budget (validation error in brackets); mean and spread over splits")
+    print("| arm | " + " | ".join(f"split {s}" for s in splits) + " | mean test | sd | mean val | wall s | commit |")
+    print("|---|" + "---:|" * (len(splits) + 5) + "---|")
+    for arm in arms:
+        cells, tests, vals, walls, commits = [], [], [], [], set()
+        for split in splits:
+            mine = [r for r in rows if r["arm"] == arm and r["split"] == split]
+            if not mine:
+                cells.append("-")
+                continue
+            r = mine[-1]
+            cells.append(f"{r['test_error']:.2%} ({r['val_error']:.2%})")
+            tests.append(r["test_error"])
+            vals.append(r["val_error"])
+            walls.append(r["wall_seconds"])
+            commits.add(r["commit"])
+        sd = f"{statistics.stdev(tests):.2%}" if len(tests) > 1 else "-"
+        print(f"| {arm} | " + " | ".join(cells) + f" | {statistics.mean(tests):.2%} | {sd} | "
+              f"{statistics.mean(vals):.2%} | {statistics.mean(walls):.0f} | {', '.join(sorted(commits))} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--budget", type=float, default=600.0, help="seconds per arm (120: quick mode)")
+    parser.add_argument("--splits", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=[*ARMS, *ABLATIONS])
+    parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--table", action="store_true", help="only print the table of what --out holds")
+    args = parser.parse_args()
+    if not args.table:
+        head = commit()
+        for split in args.splits:
+            for arm in args.arms:
+                done = {(r["arm"], r["split"], r["budget"], r["commit"]) for r in read_rows(args.out)}
+                if (arm, split, args.budget, head) in done:
+                    print(f"skip {arm} split {split}: already in {args.out}", flush=True)
+                    continue
+                load_before = os.getloadavg()[0]
+                row = {"commit": head, "arm": arm, "split": split, "budget": args.budget,
+                       **run_arm(arm, split, args.budget), "load_before": load_before, "load_after": os.getloadavg()[0]}
+                with args.out.open("a") as out:
+                    out.write(json.dumps(row) + "\n")
+                print(json.dumps(row), flush=True)
+    print_table(read_rows(args.out), args.budget)
+
+
+if __name__ == "__main__":
+    main()

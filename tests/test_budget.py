@@ -1,0 +1,27 @@
+"""The time-budget planner: how a search splits its wall-clock budget across its phases."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from morphnas.search.budget import SUMMARY_RESERVE, plan_budget
+
+
+def test_budget_is_split_into_seed_generations_and_final_phase() -> None:
+    plan = plan_budget(start=100.0, total=600.0, seed_share=0.3, final_share=0.3)
+    assert plan.seed_seconds == pytest.approx(180.0)
+    assert plan.generations_until == pytest.approx(100.0 + 420.0)
+    assert plan.end == pytest.approx(700.0)
+    # started on time, the final phase gets its share minus the summary's reserve
+    assert plan.final_seconds(now=520.0) == pytest.approx(180.0 - SUMMARY_RESERVE * 600)
+    # generations that overran take their time from the final phase; nothing is left after the end
+    assert plan.final_seconds(now=600.0) == pytest.approx(100.0 - SUMMARY_RESERVE * 600)
+    assert plan.final_seconds(now=700.0) == 0.0
+
+
+def test_no_budget_means_no_deadlines() -> None:
+    plan = plan_budget(start=5.0, total=None, seed_share=0.3, final_share=0.3)
+    assert plan.seed_seconds is None and plan.final_seconds(now=1e9) is None
+    assert math.isinf(plan.generations_until) and math.isinf(plan.end)
