@@ -127,7 +127,7 @@ def print_table(rows: list[dict[str, Any]], budget: float) -> None:
     splits = sorted({r["split"] for r in rows})
     print(f"test error at a {budget:g} s budget (validation error in brackets); mean and spread over splits")
     print("| arm | " + " | ".join(f"split {s}" for s in splits) + " | mean test | sd | mean val | wall s | commit |")
-    print("|---|" + "---:|" * (len(splits) + 5) + "---|")
+    print("|---|" + "---:|" * (len(splits) + 4) + "---|")
     for arm in arms:
         cells, tests, vals, walls, commits = [], [], [], [], set()
         for split in splits:

@@ -55,7 +55,7 @@ def fit(graph: ArchGraph, weights: dict, budget: float, seed: int) -> tuple[Arch
 
 
 def run_seed(args: argparse.Namespace, seed: int, log) -> dict:
-    data = load_dataset("mnist5k", split_seed=seed)
+    data = load_dataset("mnist5k", split_seed=seed, augment=False)
     seed_graph = build_seed(args.arch, data.input_shape, data.num_classes)
     budget = args.budget * cost(seed_graph)["macs"]
     weights = init_weights(seed_graph, seed)

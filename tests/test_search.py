@@ -114,6 +114,49 @@ def test_time_budgeted_search_on_digits_ends_within_five_percent(tmp_path):
     assert summary.test_error < 0.1
 
 
+def test_resume_after_a_failed_final_phase_redoes_it_without_more_children(tmp_path):
+    space = parse_space(tiny_space(budget={"generations": 1, "children": 2},
+                                   final={"lr": 1e7, "epochs": 1, "batch_size": 64}))
+    first = run_search(SearchOptions(space=space, workdir=tmp_path, study="f", seed=3))
+    study = load_study(open_storage(first.storage), "f")
+    assert study.trials[-1].user_attrs["rule"] == "final" and study.trials[-1].state == TrialState.FAIL
+    fallback = min((t for t in study.trials if t.state == TrialState.COMPLETE),
+                   key=lambda t: (t.user_attrs["val_loss"], t.number))
+    assert first.best_trial == fallback.number  # no final network: the best by the study's metric
+    before = len(study.trials)
+    again = run_search(SearchOptions(space=space, workdir=tmp_path, study="f", seed=3, resume=True,
+                                     budget_overrides={"generations": 3}))
+    trials = load_study(open_storage(again.storage), "f").trials
+    assert len(trials) == before + 1  # one more final attempt, no new generation
+    assert [t.user_attrs["rule"] for t in trials[-2:]] == ["final", "final"]
+
+
+def test_loss_selection_never_compares_a_loss_with_an_error():
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import create_trial
+
+    from morphnas.search.study import selection_score
+
+    def trial(value, **attrs):
+        return create_trial(value=value, params={"x": 0.5}, distributions={"x": FloatDistribution(0, 1)},
+                            user_attrs=attrs)
+
+    with_loss, without, nan = trial(0.05, val_loss=0.2), trial(0.01), trial(0.0, val_loss=float("nan"))
+    ranked = sorted([without, nan, with_loss], key=lambda t: selection_score(t, "loss"))
+    assert ranked[0] is with_loss  # an old trial's small error does not beat a loss
+    assert sorted([with_loss, without], key=lambda t: selection_score(t, "error"))[0] is without
+
+
+def test_a_study_stored_before_the_final_phase_resumes_as_it_was_started():
+    from morphnas.search.controller import _stored_space
+
+    old = {k: v for k, v in parse_space(tiny_space()).model_dump(mode="json").items() if k != "final"}
+    upgraded = parse_space(_stored_space(old))
+    assert upgraded.final is None and upgraded.dataset.augment is False and upgraded.selection.metric == "error"
+    current = parse_space(tiny_space()).model_dump(mode="json")
+    assert _stored_space(current) == current
+
+
 def test_same_seed_same_search(tmp_path):
     a = search(tmp_path / "a", budget={"generations": 1, "children": 2})
     b = search(tmp_path / "b", budget={"generations": 1, "children": 2})
@@ -222,6 +265,17 @@ def test_cli_search_bad_input_one_line_exit_2(tmp_path, args, message):
     assert len(lines) == 1 and message in lines[0], result.output
     if args[0] != "--resume":
         assert not marker.exists() or marker.stat().st_size > 0
+
+
+@pytest.mark.parametrize("command", [["search", "--space"], ["arch", "show"]])
+def test_a_binary_file_is_one_line_exit_2(tmp_path, command):
+    binary = tmp_path / "space.yaml"
+    binary.write_bytes(bytes(range(256)) * 4)
+    result = runner.invoke(app, [*command, str(binary), "--workdir" if command[0] == "search" else "--json",
+                                 *([str(tmp_path)] if command[0] == "search" else [])])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "not a UTF-8 text file" in lines[0], result.output
 
 
 def test_ray_search_matches_local_search(tmp_path):

@@ -56,6 +56,7 @@ def morphnet_command(
     strength: float = typer.Option(DEFAULT_STRENGTH, "--strength", help="Regulariser strength (x 1 / seed cost)."),
     threshold: float = typer.Option(DEFAULT_THRESHOLD, "--threshold", help="|gamma| below this: channel removed."),
     seed: int = typer.Option(0, "--seed", help="Seeds the weights, shuffling and new filters."),
+    augment: bool = typer.Option(True, "--augment/--no-augment", help="The data set's training augmentation."),
     data_root: Path | None = typer.Option(None, "--data-root", help="Where CIFAR lives (default ./data)."),
     out: Path = typer.Option(..., "--out", help="Checkpoint directory to write (replaced if it is one)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
@@ -67,7 +68,7 @@ def morphnet_command(
         raise ConfigError(f"--iterations must be >= 1, got {iterations}")
     parse_budget(budget, 1.0)  # fail on a malformed budget before loading anything
     _check_out(out)
-    data = load_dataset(dataset, data_root=data_root)
+    data = load_dataset(dataset, data_root=data_root, augment=augment)
     graph = load_arch(arch, input_shape=data.input_shape, num_classes=data.num_classes)
     _check_fits(graph, data.input_shape, data.num_classes, dataset)
     before_cost = cost(graph)

@@ -22,11 +22,13 @@ from morphnas.errors import StudyError
 from morphnas.search.study import (
     best_trial,
     default_storage,
+    final_trial,
     find_trial,
     is_multi_objective,
     lineage,
     load_study,
     open_storage,
+    study_metric,
     study_names,
     trials_frame,
 )
@@ -184,7 +186,13 @@ def show(
         table.add_row(*(escape(c) for c in cells))
     Console().print(table)
     if best is not None:
-        Console().print("* best: lowest validation error" + (" on the Pareto front" if multi else ""))
+        Console().print(f"* best: {_best_rule(s)}" + (" on the Pareto front" if multi else ""))
+
+
+def _best_rule(study: optuna.Study) -> str:
+    if not is_multi_objective(study) and final_trial(study) is not None:
+        return "the network of the search's final phase"
+    return "lowest validation " + ("loss" if study_metric(study) == "loss" else "error")
 
 
 def _morphs(trial: FrozenTrial) -> str:

@@ -58,6 +58,7 @@ def _progress(
 def train_command(
     arch: str = typer.Option(..., "--arch", help="A seed name (resnet20, cnn, mlp, ...) or an architecture JSON file."),
     dataset: str = typer.Option("mnist5k", "--dataset", help=f"One of {', '.join(DATASETS)}."),
+    augment: bool = typer.Option(True, "--augment/--no-augment", help="The data set's training augmentation."),
     data_root: Path | None = typer.Option(None, "--data-root", help="Where CIFAR lives (default ./data)."),
     epochs: float = typer.Option(10.0, "--epochs", help="Epochs to train (may be fractional)."),
     lr: float = typer.Option(TrainConfig.lr, "--lr", help="Peak learning rate (cosine schedule)."),
@@ -67,7 +68,7 @@ def train_command(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a summary."),
 ) -> None:
     """Train a network on a data set, write its checkpoint and report its errors."""
-    data = load_dataset(dataset, data_root=data_root)
+    data = load_dataset(dataset, data_root=data_root, augment=augment)
     graph = load_arch(arch, input_shape=data.input_shape, num_classes=data.num_classes)
     _check_fits(graph, data.input_shape, data.num_classes, dataset)
     config = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed)

@@ -70,7 +70,7 @@ class DataConfig(_Strict):
     name: str = "mnist5k"
     data_root: str | None = None
     split_seed: int = 0
-    augment: bool = Field(True, description="the data set's training augmentation (shifts for digits)")
+    augment: bool = Field(True, description="the data set's training augmentation (shifts for MNIST)")
 
 
 class Limits(_Strict):
@@ -103,8 +103,8 @@ class Budget(_Strict):
     generations: int = Field(4, gt=0, description="at most this many; a time budget may end them sooner")
     children: int = Field(4, gt=0)
     time_budget: float | None = Field(None, gt=0, description="seconds")
-    seed_share: float = Field(0.3, gt=0, lt=1, description="of the time budget, for training the seed")
-    final_share: float = Field(0.3, gt=0, lt=1, description="of the time budget, for the final phase")
+    seed_share: float = Field(0.25, gt=0, lt=1, description="of the time budget, for training the seed")
+    final_share: float = Field(0.35, gt=0, lt=1, description="of the time budget, for the final phase")
 
     @model_validator(mode="after")
     def _shares(self) -> Budget:
@@ -180,6 +180,8 @@ def load_space(path_or_name: str | Path | None = None) -> SearchSpace:
         data = yaml.safe_load(path.read_text())
     except OSError as err:
         raise ConfigError(f"cannot read search space {str(path)!r}: {err.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"cannot read search space {str(path)!r}: not a UTF-8 text file") from None
     except yaml.YAMLError as err:
         where = getattr(err, "problem_mark", None)
         line = f" at line {where.line + 1}" if where else ""

@@ -153,6 +153,8 @@ def load_arch(
             return ArchGraph.loads(path.read_text())
         except OSError as err:
             raise ConfigError(f"cannot read architecture {text!r}: {err.strerror}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"cannot read architecture {text!r}: not a UTF-8 text file") from None
         except GraphError as err:
             raise GraphError(f"{text}: {err}") from None
     return build_seed(text, input_shape, num_classes, **options)

@@ -38,6 +38,7 @@ from morphnas.search.study import (
     FINAL_TRIAL,
     best_trial,
     default_storage,
+    final_trial,
     is_multi_objective,
     lineage,
     open_storage,
@@ -109,8 +110,10 @@ class Search:
             self.data = _load_data(options.space)
         self.study = self._open_study()
         attrs = self.study.user_attrs
-        space = parse_space(attrs["space"], f"study {self.study.study_name!r}")
-        self.space = space.model_copy(update={"budget": space.budget.model_copy(update=options.budget_overrides)})
+        space = parse_space(_stored_space(attrs["space"]), f"study {self.study.study_name!r}")
+        budget = {**space.budget.model_dump(), **options.budget_overrides}
+        self.space = space.model_copy(update={"budget": type(space.budget).model_validate(budget)})
+        self.inherit = bool(attrs.get("inherit", True))
         if options.resume:
             self.data = _load_data(self.space)
         self.seed = int(attrs["seed"])
@@ -148,6 +151,7 @@ class Search:
         study.set_user_attr("space", o.space.model_dump(mode="json"))
         study.set_user_attr("seed", o.seed)
         study.set_user_attr("workdir", str(self.workdir))
+        study.set_user_attr("inherit", o.inherit)
         return study
 
     def _sampler(self) -> optuna.samplers.BaseSampler:
@@ -167,7 +171,8 @@ class Search:
     def run(self) -> SearchSummary:
         started = time.monotonic()
         b = self.space.budget
-        plan = plan_budget(started, b.time_budget, b.seed_share, b.final_share if self.space.final else 0.0)
+        final_share = b.final_share if self.space.final and len(self.space.objectives) == 1 else 0.0
+        plan = plan_budget(started, b.time_budget, b.seed_share, final_share)
         cpus = self.options.cpus_per_child or (torch.get_num_threads() if self.options.executor == "local" else 1)
         with make_executor(
             self.options.executor,
@@ -177,17 +182,17 @@ class Search:
             storage_path=str(self.workdir / "ray"),
         ) as executor:
             self._train_seed(executor, plan)
-            generation, last = 0, 0.0
+            last = 0.0
             for generation in range(1, b.generations + 1):
-                if self._final() is not None:
-                    break
+                if any(t.user_attrs.get("rule") == "final" for t in self._trials()):
+                    break  # the final phase has started: a resume goes on with it, not with more children
                 started_generation = time.monotonic()
                 if started_generation + last > plan.generations_until:  # it would not end in its phase
                     self.on_event("budget", {"generation": generation})
                     break
                 self._generation(executor, generation, plan.generations_until)
                 last = time.monotonic() - started_generation
-            self._final_phase(executor, generation, plan)
+            self._final_phase(executor, plan)
         return self._summary(time.monotonic() - started)
 
     def _train_seed(self, executor, plan: BudgetPlan) -> None:
@@ -228,9 +233,10 @@ class Search:
             return
         pareto = {t.number for t in self.study.best_trials} if is_multi_objective(self.study) else None
         sel = self.space.selection
+        candidates = [t for t in trials if t.user_attrs.get("rule") != "final"]
         parents = select_parents(
-            trials, slots, parents=sel.parents, max_children_per_parent=sel.max_children_per_parent, pareto=pareto,
-            score=self._score,
+            candidates, slots, parents=sel.parents, max_children_per_parent=sel.max_children_per_parent,
+            pareto=pareto, score=self._score,
         )
         self.on_event("generation", {"generation": generation, "children": len(parents)})
         jobs, pending = [], {}
@@ -275,7 +281,7 @@ class Search:
                 self.study.tell(trial, state=TrialState.PRUNED)
                 self.on_event("pruned", {"trial": number, "reason": over})
                 return None
-            if self.options.inherit:
+            if self.inherit:
                 check = verify(parent_graph, weights, result.graph, result.weights, inputs=[self.calibration[:64]])
                 trial.set_user_attr("preservation_error", check.max_rel_err)
                 trial.set_user_attr("train_preservation_error", check.train_max_rel_err)
@@ -297,27 +303,29 @@ class Search:
         job = ChildJob(number, result.graph.to_json(), child_weights, config, self.dataset_spec)
         return job, result.graph, child_cost
 
-    def _final_phase(self, executor, generation: int, plan: BudgetPlan) -> None:
+    def _final_phase(self, executor, plan: BudgetPlan) -> None:
         """Train the best network on, from its own weights, with a cosine decay to zero; its
         trial (rule ``final``, parent the chosen network) becomes the search's result. Without
         weight inheritance it starts from fresh weights, like every child of such a search.
-        Multi-objective searches skip it: their result is a Pareto front, not one network."""
+        Multi-objective searches skip it: their result is a Pareto front, not one network; so
+        does a search whose generations left it less than two of the chosen network's epochs."""
         f = self.space.final
-        if f is None or is_multi_objective(self.study) or self._final() is not None:
+        if f is None or is_multi_objective(self.study) or final_trial(self.study) is not None:
             return
         done = [t for t in self._trials() if t.state == TrialState.COMPLETE and t.user_attrs.get("checkpoint")]
         parent = min(done, key=lambda t: (self._score(t), t.number))
         seconds = plan.final_seconds(time.monotonic())
-        if seconds is not None and seconds <= 0:
-            self.on_event("budget", {"generation": generation})
+        epoch_seconds = parent.user_attrs.get("seconds", 0.0) / max(1, len(parent.user_attrs.get("history", [])))
+        if seconds is not None and seconds < 2 * epoch_seconds:
+            self.on_event("budget", {"phase": "final"})
             return
         arch, weights, _ = load_checkpoint(self._checkpoint_dir(parent.number))
         graph = ArchGraph.from_json(arch)
         trial = self.study.ask()
-        if not self.options.inherit:
+        if not self.inherit:
             weights = init_weights(graph, _child_seed(self.seed, trial.number))
         for key, value in (("generation", int(parent.user_attrs["generation"]) + 1), ("parent", parent.number),
-                           ("rule", "final"), ("morphs", []), ("inherit", self.options.inherit)):
+                           ("rule", "final"), ("morphs", []), ("inherit", self.inherit)):
             trial.set_user_attr(key, value)
         child_cost = cost(graph)
         for key in ("params", "macs"):
@@ -333,9 +341,6 @@ class Search:
             self._finish(trial, graph, child_cost, result)
         if self.study.trials[trial.number].state == TrialState.COMPLETE:
             self.study.set_user_attr(FINAL_TRIAL, trial.number)
-
-    def _final(self) -> int | None:
-        return self.study.user_attrs.get(FINAL_TRIAL)
 
     def _score(self, trial: FrozenTrial) -> float:
         return selection_score(trial, self.space.selection.metric)
@@ -358,7 +363,8 @@ class Search:
             self.study.tell(trial, state=TrialState.PRUNED)
         else:
             directory = self._checkpoint_dir(trial.number)
-            metrics = {"val_error": result.val_error, "history": result.history, **child_cost}
+            metrics = {"val_error": result.val_error, "val_loss": result.val_loss, "history": result.history,
+                       **child_cost}
             save_checkpoint(directory, arch=graph.to_json(), weights=result.weights, metrics=metrics)
             trial.set_user_attr("checkpoint", str(directory.relative_to(self.trial_dir.parents[2])))
             trial.set_user_attr("val_error", result.val_error)
@@ -411,6 +417,15 @@ class Search:
 def _load_data(space: SearchSpace) -> Dataset:
     ds = space.dataset
     return load_dataset(ds.name, data_root=ds.data_root, split_seed=ds.split_seed, augment=ds.augment)
+
+
+def _stored_space(data: dict[str, Any]) -> dict[str, Any]:
+    """A study's stored space; one stored before the final phase existed keeps the behaviour it
+    was started with on resume (no final phase, no augmentation, selection by error)."""
+    if "final" in data:
+        return data
+    dataset = {**data.get("dataset", {}), "augment": False}
+    return {**data, "final": None, "dataset": dataset, "selection": {**data.get("selection", {}), "metric": "error"}}
 
 
 def _pruner(space: SearchSpace) -> optuna.pruners.BasePruner:

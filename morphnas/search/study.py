@@ -57,28 +57,47 @@ def val_error(trial: FrozenTrial) -> float:
     return float(trial.values[0])
 
 
-def selection_score(trial: FrozenTrial, metric: str = "error") -> float:
-    """What ranks ``trial`` as a parent or final network: its validation ``"loss"`` (mean
-    cross-entropy, recorded as the ``val_loss`` attribute) or its validation ``"error"``; inf for
-    trials without one. Loss falls back to the error for trials that have no loss recorded."""
-    if metric == "loss" and trial.state == TrialState.COMPLETE and trial.user_attrs.get("val_loss") is not None:
-        return float(trial.user_attrs["val_loss"])
-    return val_error(trial)
+def study_metric(study: optuna.Study) -> str:
+    """What ranks a study's trials (its space's ``selection.metric``; ``"error"`` for studies
+    made before the metric existed)."""
+    return str(study.user_attrs.get("space", {}).get("selection", {}).get("metric", "error"))
+
+
+def selection_score(trial: FrozenTrial, metric: str = "error") -> tuple[int, float]:
+    """The key that ranks ``trial`` as a parent or final network (lower is better).
+
+    ``"error"``: its validation error. ``"loss"``: its validation loss (mean cross-entropy, the
+    ``val_loss`` attribute); trials without a finite loss rank after every trial that has one,
+    by their error, so a loss and an error are never compared. Unfinished trials rank last.
+    """
+    loss = trial.user_attrs.get("val_loss")
+    if metric == "loss" and trial.state == TrialState.COMPLETE and loss is not None and math.isfinite(loss):
+        return (0, float(loss))
+    return (0 if metric == "error" else 1, val_error(trial))
+
+
+def final_trial(study: optuna.Study) -> FrozenTrial | None:
+    """The network the final phase trained, once it has completed (None before)."""
+    trials = study.get_trials(deepcopy=False)
+    number = study.user_attrs.get(FINAL_TRIAL)
+    done = [t for t in trials if t.user_attrs.get("rule") == "final" and t.state == TrialState.COMPLETE]
+    if number is not None:
+        return trials[number]
+    return done[-1] if done else None
 
 
 def best_trial(study: optuna.Study) -> FrozenTrial:
-    """The search's result: its final network once the final phase has run (the study attribute
-    ``final_trial``); before that, the lowest validation error, on the Pareto front for a
-    multi-objective study."""
-    final = study.user_attrs.get(FINAL_TRIAL)
-    if final is not None and not is_multi_objective(study):
-        trial = study.get_trials(deepcopy=False)[final]
-        if trial.state == TrialState.COMPLETE:
-            return trial
+    """The search's result: its final network once the final phase has run; before that (or
+    without one) the best by the study's selection metric (validation loss or error), on the
+    Pareto front for a multi-objective study."""
+    final = None if is_multi_objective(study) else final_trial(study)
+    if final is not None:
+        return final
     candidates = study.best_trials if is_multi_objective(study) else study.get_trials(states=(TrialState.COMPLETE,))
     if not candidates:
         raise StudyError(f"study {study.study_name!r} has no completed trial")
-    return min(candidates, key=lambda t: (val_error(t), t.number))
+    metric = study_metric(study)
+    return min(candidates, key=lambda t: (selection_score(t, metric), t.number))
 
 
 def find_trial(study: optuna.Study, number: int | None) -> FrozenTrial:
@@ -101,8 +120,8 @@ def lineage(study: optuna.Study, number: int) -> list[FrozenTrial]:
 
 
 COLUMNS = [
-    "number", "state", "generation", "parent", "rule", "morphs", "val_error", "test_error", "params", "macs",
-    "preservation_error", "exact", "duration_s", "reason",
+    "number", "state", "generation", "parent", "rule", "morphs", "val_error", "val_loss", "test_error", "params",
+    "macs", "preservation_error", "exact", "duration_s", "reason",
 ]
 
 
@@ -120,6 +139,7 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
             "rule": a.get("rule"),
             "morphs": " + ".join(f"{m['name']}@{m['site']}" for m in a.get("morphs", [])) or None,
             "val_error": t.values[0] if t.values else a.get("val_error"),
+            "val_loss": a.get("val_loss"),
             "test_error": test_error(study, t.number),
             "params": a.get("params"),
             "macs": a.get("macs"),

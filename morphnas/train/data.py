@@ -38,7 +38,7 @@ class Split:
 @dataclass(frozen=True)
 class Dataset:
     """A named data set with its three splits; ``augment`` names the training augmentation
-    (:data:`~morphnas.train.augment.AUGMENTS`: ``"shift"`` for digits, ``"crop_flip"`` for CIFAR)."""
+    (:data:`~morphnas.train.augment.AUGMENTS`: ``"shift"`` for MNIST, ``"crop_flip"`` for CIFAR)."""
 
     name: str
     input_shape: tuple[int, int, int]

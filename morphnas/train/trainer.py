@@ -34,9 +34,10 @@ class TrainConfig:
     """Hyper-parameters of one training run; ``epochs`` may be fractional.
 
     ``time_limit`` (seconds) makes the run fit a wall-clock budget: ``epochs`` becomes an upper
-    bound, and after every epoch the schedule is stretched or cut to the number of whole epochs
-    that fit in the time left at the mean epoch time so far, so the learning rate still decays
-    to its end within the budget.
+    bound, and after every epoch the run is cut to the whole epochs that fit in the time left at
+    the mean epoch time so far (re-estimated each epoch), so the learning rate decays to its end
+    within the budget. The first epoch runs on the schedule of ``epochs``; a limit shorter than
+    one epoch still runs that epoch.
     """
 
     epochs: float = 10
