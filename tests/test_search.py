@@ -256,6 +256,7 @@ def test_cli_search_json(tmp_path):
     (["--storage", "nosuchdb://x"], "cannot open storage"),
     (["--resume", "--study", "ghost"], "no study named 'ghost'"),
     (["--executor", "slurm"], "--executor"),
+    (["--epochs", "0"], "--epochs must be > 0"),
 ])
 def test_cli_search_bad_input_one_line_exit_2(tmp_path, args, message):
     marker = tmp_path / "morphnas.db"
@@ -265,6 +266,15 @@ def test_cli_search_bad_input_one_line_exit_2(tmp_path, args, message):
     assert len(lines) == 1 and message in lines[0], result.output
     if args[0] != "--resume":
         assert not marker.exists() or marker.stat().st_size > 0
+
+
+def test_a_workdir_that_is_a_file_is_one_line_exit_2(tmp_path):
+    afile = tmp_path / "runs"
+    afile.write_text("not a directory")
+    result = runner.invoke(app, ["search", "--workdir", str(afile)])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "is a file, not a directory" in lines[0], result.output
 
 
 @pytest.mark.parametrize("command", [["search", "--space"], ["arch", "show"]])

@@ -125,6 +125,8 @@ def search(
     """Search by morphing: seed, generations of fine-tuned children, the best child."""
     if executor not in ("local", "ray"):
         raise ConfigError(f"--executor must be 'local' or 'ray', got {executor!r}")
+    if epochs is not None and epochs <= 0:
+        raise ConfigError(f"--epochs must be > 0, got {epochs:g}")
     loaded = load_space(space)
     overrides = {"objectives": [o.strip() for o in objectives.split(",")]} if objectives else {}
     if dataset or data_root:

@@ -25,7 +25,7 @@ import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
-from morphnas.errors import MorphnasError, StudyError
+from morphnas.errors import ConfigError, MorphnasError, StudyError
 from morphnas.execute import ChildJob, ChildResult, DatasetSpec, make_executor
 from morphnas.grammar.rules import get_rule
 from morphnas.grammar.sampling import suggest_descriptor, suggest_value
@@ -103,6 +103,8 @@ class Search:
         self.on_event = on_event or (lambda kind, info: None)
         self.workdir = Path(options.workdir).resolve()
         self.storage_url = options.storage or default_storage(self.workdir)
+        if self.workdir.exists() and not self.workdir.is_dir():
+            raise ConfigError(f"--workdir {str(options.workdir)!r} is a file, not a directory")
         if options.storage is None:
             self.workdir.mkdir(parents=True, exist_ok=True)
         self.storage = open_storage(self.storage_url)
