@@ -35,7 +35,6 @@ from morphnas.morph import verify
 from morphnas.search.budget import BudgetPlan, plan_budget
 from morphnas.search.lineages import select_parents
 from morphnas.search.study import (
-    FINAL_TRIAL,
     best_trial,
     default_storage,
     final_trial,
@@ -185,9 +184,10 @@ class Search:
         ) as executor:
             self._train_seed(executor, plan)
             last = 0.0
-            for generation in range(1, b.generations + 1):
-                if any(t.user_attrs.get("rule") == "final" for t in self._trials()):
-                    break  # the final phase has started: a resume goes on with it, not with more children
+            # once the final phase has started, a resume goes on with it, not with more children
+            final_started = any(t.user_attrs.get("rule") == "final" for t in self._trials())
+            generations = 0 if final_started else b.generations
+            for generation in range(1, generations + 1):
                 started_generation = time.monotonic()
                 if started_generation + last > plan.generations_until:  # it would not end in its phase
                     self.on_event("budget", {"generation": generation})
@@ -341,10 +341,8 @@ class Search:
                                 "seconds": seconds})
         for result in executor.run([ChildJob(trial.number, arch, weights, config, self.dataset_spec)]):
             self._finish(trial, graph, child_cost, result)
-        if self.study.trials[trial.number].state == TrialState.COMPLETE:
-            self.study.set_user_attr(FINAL_TRIAL, trial.number)
 
-    def _score(self, trial: FrozenTrial) -> float:
+    def _score(self, trial: FrozenTrial) -> tuple[int, float]:
         return selection_score(trial, self.space.selection.metric)
 
     def _on_epoch(self, key: int, epoch: int, error: float) -> bool:

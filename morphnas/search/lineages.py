@@ -17,7 +17,7 @@ def select_parents(
     parents: int,
     max_children_per_parent: int | None = None,
     pareto: set[int] | None = None,
-    score: Callable[[FrozenTrial], float] = val_error,
+    score: Callable[[FrozenTrial], float | tuple[int, float]] = val_error,
 ) -> list[FrozenTrial]:
     """The parent of each of ``slots`` children.
 

@@ -20,8 +20,6 @@ from morphnas.errors import StudyError
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
-FINAL_TRIAL = "final_trial"  # study attribute: the trial number of the final phase's network
-
 
 def default_storage(workdir: str | Path) -> str:
     return f"sqlite:///{Path(workdir).resolve() / 'morphnas.db'}"
@@ -77,12 +75,9 @@ def selection_score(trial: FrozenTrial, metric: str = "error") -> tuple[int, flo
 
 
 def final_trial(study: optuna.Study) -> FrozenTrial | None:
-    """The network the final phase trained, once it has completed (None before)."""
-    trials = study.get_trials(deepcopy=False)
-    number = study.user_attrs.get(FINAL_TRIAL)
-    done = [t for t in trials if t.user_attrs.get("rule") == "final" and t.state == TrialState.COMPLETE]
-    if number is not None:
-        return trials[number]
+    """The network the final phase trained (the completed trial of rule ``final``), or None."""
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if t.user_attrs.get("rule") == "final"]
     return done[-1] if done else None
 
 
