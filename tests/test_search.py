@@ -81,6 +81,37 @@ def test_final_phase_trains_the_lowest_validation_loss_on(tmp_path):
     assert summary.seed_test_error == study.user_attrs["test_error/0"]
 
 
+HALVING = {"lr": {"low": 0.01, "high": 0.05, "log": True}, "epochs": 1, "halving": 2, "batch_size": 64}
+
+
+def test_successive_halving_trains_the_best_half_on_until_one_is_left(tmp_path):
+    summary = search(tmp_path, finetune=HALVING, budget={"generations": 1, "children": 4},
+                     selection={"metric": "error"})  # ranks by the reported values
+    study = load_study(open_storage(summary.storage), "t")
+    seed, *children, final = study.get_trials()
+    assert sorted(len(t.user_attrs["history"]) for t in children) == [1, 1, 1 + 2, 1 + 2 + 4]
+    winner = next(t for t in children if t.state == TrialState.COMPLETE)
+    assert [t.state for t in children].count(TrialState.PRUNED) == 3
+    assert len(winner.user_attrs["history"]) == 7 and sorted(winner.intermediate_values) == list(range(1, 8))
+    for step in (1, 3):  # the end of rungs 1 and 2: who went on was never worse than who stopped there
+        went_on = [t.intermediate_values[step] for t in children if len(t.user_attrs["history"]) > step]
+        stopped = [t.intermediate_values[step] for t in children if len(t.user_attrs["history"]) == step]
+        assert len(went_on) == {1: 2, 3: 1}[step] and max(went_on) <= min(stopped)
+    for t in children:
+        if t.state == TrialState.PRUNED:
+            assert t.user_attrs["reason"].startswith("halved out after rung") and t.user_attrs["val_loss"] > 0
+    assert final.user_attrs["parent"] in (seed.number, winner.number)
+    # the winner's checkpoint is its network after all its rungs
+    arch, weights, _ = load_checkpoint(trial_checkpoint(study, winner))
+    model = compile_graph(ArchGraph.from_json(arch), weights)
+    assert evaluate(model, load_dataset("digits").val) == pytest.approx(winner.values[0], abs=1e-9)
+
+
+def test_halving_needs_one_number_of_epochs():
+    with pytest.raises(Exception, match="with halving, epochs must be one number"):
+        parse_space(tiny_space(finetune={**HALVING, "epochs": {"low": 1, "high": 2, "int": True}}))
+
+
 def test_selection_on_error_ranks_by_validation_error(tmp_path):
     summary = search(tmp_path, selection={"parents": 1, "metric": "error"})
     study = load_study(open_storage(summary.storage), "t")
@@ -289,9 +320,9 @@ def test_a_binary_file_is_one_line_exit_2(tmp_path, command):
 
 
 def test_ray_search_matches_local_search(tmp_path):
-    budget = {"generations": 1, "children": 2}
-    local = search(tmp_path / "local", budget=budget)
-    ray_run = search(tmp_path / "ray", executor="ray", budget=budget)
+    budget = {"generations": 1, "children": 2}  # with successive halving: the better child trains on
+    local = search(tmp_path / "local", budget=budget, finetune=HALVING)
+    ray_run = search(tmp_path / "ray", executor="ray", budget=budget, finetune=HALVING)
     a = load_study(open_storage(local.storage), "t").trials
     b = load_study(open_storage(ray_run.storage), "t").trials
     assert [t.state for t in b] == [t.state for t in a]

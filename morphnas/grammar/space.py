@@ -79,11 +79,29 @@ class Limits(_Strict):
 
 
 class FineTune(_Strict):
+    """How children are fine-tuned: each child's run is one warm restart (``schedule`` from ``lr``).
+
+    ``epochs`` is a range Optuna samples per child, or a number. ``halving`` turns on successive
+    halving across a generation: all children train ``epochs`` (a number, so they compare on
+    equal terms), then only the best ``1 / halving`` of them (by the selection metric) train on
+    for ``halving`` times the epochs of the rung before, until one child is left and has trained
+    its rung; the others end as pruned trials. None: every child trains once, to completion.
+    """
+
     lr: Range = Range(low=0.005, high=0.05, log=True)
-    epochs: Range = Range(low=1, high=2, int=True)
+    epochs: Range | float = Range(low=1, high=2, int=True)
     batch_size: int = Field(128, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     schedule: Literal["cosine", "step", "constant"] = "cosine"
+    halving: int | None = Field(None, ge=2)
+
+    @model_validator(mode="after")
+    def _fixed_rung(self) -> FineTune:
+        if self.halving is not None and isinstance(self.epochs, Range):
+            raise ValueError("with halving, epochs must be one number: the first rung's epochs for every child")
+        if isinstance(self.epochs, float) and self.epochs <= 0:
+            raise ValueError(f"epochs must be > 0, got {self.epochs}")
+        return self
 
 
 class Final(_Strict):

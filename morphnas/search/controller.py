@@ -13,6 +13,8 @@ the whole state: a killed search resumes from them without repeating or losing a
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import math
 import time
 from collections.abc import Callable
@@ -29,7 +31,7 @@ from morphnas.errors import ConfigError, MorphnasError, StudyError
 from morphnas.execute import ChildJob, ChildResult, DatasetSpec, make_executor
 from morphnas.grammar.rules import get_rule
 from morphnas.grammar.sampling import suggest_descriptor, suggest_value
-from morphnas.grammar.space import SearchSpace, parse_space
+from morphnas.grammar.space import Range, SearchSpace, parse_space
 from morphnas.ir import ArchGraph, compile_graph, cost, init_weights, load_arch
 from morphnas.morph import verify
 from morphnas.search.budget import BudgetPlan, plan_budget
@@ -123,6 +125,7 @@ class Search:
         self.dataset_spec = DatasetSpec(ds.name, ds.data_root, ds.split_seed, ds.augment)
         self.calibration = self.data.train.x[:CALIBRATION_IMAGES]
         self.live: dict[int, optuna.Trial] = {}
+        self.epochs_done: dict[int, int] = {}  # epochs of a child's earlier rungs (successive halving)
 
     # study --------------------------------------------------------------------------------
     def _open_study(self) -> optuna.Study:
@@ -250,9 +253,45 @@ class Search:
                 job, graph, child_cost = made
                 jobs.append(job)
                 pending[job.key] = (graph, child_cost)
-        for result in executor.run(jobs, on_epoch=self._on_epoch):
-            graph, child_cost = pending[result.key]
-            self._finish(self.live[result.key], graph, child_cost, result)
+        self._rungs(executor, jobs, pending)
+
+    def _rungs(self, executor, jobs: list[ChildJob], pending: dict[int, tuple[ArchGraph, dict]]) -> None:
+        """Train a generation's children; with ``finetune.halving`` (eta) as successive halving:
+        after each rung only the best ``ceil(n / eta)`` train on, for eta times the epochs, from
+        their own weights; the rest end as pruned trials. Without it, one rung, every child."""
+        eta = self.space.finetune.halving
+        runs: dict[int, ChildResult] = {}  # each child's rungs so far, joined
+        for rung in itertools.count():
+            for result in executor.run(jobs, on_epoch=self._on_epoch):
+                runs[result.key] = _joined(runs.get(result.key), result)
+            ranked = sorted((runs[j.key] for j in jobs if runs[j.key].status == "ok"), key=self._result_score)
+            keep = len(ranked) if eta is None or len(ranked) <= 1 else math.ceil(len(ranked) / eta)
+            losers = {r.key for r in ranked[keep:]}
+            for job in jobs:
+                if job.key in losers:
+                    self._halve_out(runs[job.key], rung, keep, len(ranked))
+                elif runs[job.key].status != "ok" or keep == len(ranked):
+                    self._finish(self.live[job.key], *pending[job.key], runs[job.key])
+            if keep == len(ranked):
+                return
+            jobs = [self._next_rung(job, runs[job.key], rung + 1, eta) for job in jobs if job.key in
+                    {r.key for r in ranked[:keep]}]
+
+    def _next_rung(self, job: ChildJob, result: ChildResult, rung: int, eta: int) -> ChildJob:
+        """``job``'s child trained on from its weights for ``eta`` times the epochs (a warm restart)."""
+        self.epochs_done[job.key] = len(result.history)
+        config = dataclasses.replace(job.train, epochs=job.train.epochs * eta, seed=self.seed + rung)
+        return dataclasses.replace(job, weights=result.weights, train=config)
+
+    def _halve_out(self, result: ChildResult, rung: int, kept: int, ranked: int) -> None:
+        trial = self.live.pop(result.key)
+        for key, value in (("history", result.history), ("seconds", round(result.seconds, 3)),
+                           ("val_error", result.val_error), ("val_loss", result.val_loss),
+                           ("reason", f"halved out after rung {rung + 1}: not among the best {kept} of {ranked}")):
+            trial.set_user_attr(key, value)
+        self.study.tell(trial, state=TrialState.PRUNED)
+        self.on_event("done", {"trial": result.key, "status": "pruned", "val_error": result.val_error,
+                               "best": self._best_error()})
 
     def _make_child(self, generation: int, parent: FrozenTrial) -> tuple[ChildJob, ArchGraph, dict] | None:
         """Ask a trial, morph the parent per its descriptor; None when the child is pruned or failed."""
@@ -264,7 +303,9 @@ class Search:
             descriptor = suggest_descriptor(trial, self.space.rules)
             ft = self.space.finetune
             lr = suggest_value(trial, "finetune.lr", ft.lr)
-            epochs = self.options.finetune_epochs or suggest_value(trial, "finetune.epochs", ft.epochs)
+            epochs = self.options.finetune_epochs or (
+                suggest_value(trial, "finetune.epochs", ft.epochs) if isinstance(ft.epochs, Range) else ft.epochs
+            )
             trial.set_user_attr("rule", descriptor.rule)
             trial.set_user_attr("descriptor", descriptor.to_json())
             arch, weights, _ = load_checkpoint(self._checkpoint_dir(parent.number))
@@ -345,11 +386,18 @@ class Search:
     def _score(self, trial: FrozenTrial) -> tuple[int, float]:
         return selection_score(trial, self.space.selection.metric)
 
+    def _result_score(self, result: ChildResult) -> tuple[int, float]:
+        """:func:`selection_score` of a child not yet told to the study."""
+        loss = result.val_loss
+        if self.space.selection.metric == "loss" and loss is not None and math.isfinite(loss):
+            return (0, loss)
+        return (0 if self.space.selection.metric == "error" else 1, result.val_error)
+
     def _on_epoch(self, key: int, epoch: int, error: float) -> bool:
         if is_multi_objective(self.study):
             return True
         trial = self.live[key]
-        trial.report(error, epoch)
+        trial.report(error, self.epochs_done.get(key, 0) + epoch)
         return not trial.should_prune()
 
     def _finish(self, trial: optuna.Trial, graph: ArchGraph, child_cost: dict, result: ChildResult) -> None:
@@ -428,8 +476,16 @@ def _stored_space(data: dict[str, Any]) -> dict[str, Any]:
     return {**data, "final": None, "dataset": dataset, "selection": {**data.get("selection", {}), "metric": "error"}}
 
 
+def _joined(earlier: ChildResult | None, later: ChildResult) -> ChildResult:
+    """One child's result over its rungs: the later rung's outcome, the whole history and time."""
+    if earlier is None:
+        return later
+    return dataclasses.replace(later, history=earlier.history + later.history, seconds=earlier.seconds + later.seconds)
+
+
 def _pruner(space: SearchSpace) -> optuna.pruners.BasePruner:
-    if len(space.objectives) > 1:
+    """Median pruning of children within their epochs; none with successive halving (it decides)."""
+    if len(space.objectives) > 1 or space.finetune.halving is not None:
         return optuna.pruners.NopPruner()
     return optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=0)
 
