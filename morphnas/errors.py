@@ -36,3 +36,7 @@ class TrainingDivergedError(MorphnasError):
 
 class StudyError(MorphnasError):
     """An Optuna study or trial is unknown, or its storage cannot be opened."""
+
+
+class SearchInterrupted(MorphnasError):
+    """The user stopped a search (Ctrl-C); the message says how to resume it."""

@@ -32,10 +32,10 @@ def study(tmp_path_factory) -> dict:
         "dataset": {"name": "digits"},
         "seed": {"arch": "cnn", "epochs": 0.5, "lr": 0.1, "batch_size": 64},
         "rules": {"widen": {"params": {"factor": [1.5, 2.0]}}},
-        "finetune": {"lr": {"low": 0.01, "high": 0.05, "log": True}, "batch_size": 64},
+        "finetune": {"lr": {"low": 0.01, "high": 0.05, "log": True}, "epochs": 0.5, "batch_size": 64},
         "budget": {"generations": 1, "children": 2},
     })
-    summary = run_search(SearchOptions(space=space, workdir=workdir, study="t", seed=0, finetune_epochs=0.5))
+    summary = run_search(SearchOptions(space=space, workdir=workdir, study="t", seed=0))
     storage = open_storage(summary.storage)
     opt_study = optuna.load_study(study_name="t", storage=storage)
     failed = opt_study.ask()

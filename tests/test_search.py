@@ -216,25 +216,20 @@ def test_children_over_the_limits_are_pruned_before_training(tmp_path):
     assert all("history" not in t.user_attrs for t in children)  # never trained
 
 
-KILL_SCRIPT = """
-import sys
-from pathlib import Path
-from morphnas.grammar.space import parse_space
-from morphnas.search import SearchOptions, run_search
-space = parse_space({space})
-run_search(SearchOptions(space=space, workdir=Path(sys.argv[1]), study="k", seed=5, resume=len(sys.argv) > 2))
-"""
+def start_cli_search(tmp_path, *args):
+    """``morphnas search`` in a subprocess on the tiny space (2 generations x 2 children unless flags say)."""
+    space = tmp_path / "tiny.yaml"
+    space.write_text(json.dumps(tiny_space()))  # JSON is YAML
+    command = [sys.executable, "-c", "from morphnas.cli import app; app()", "search", "--space", str(space),
+               "--study", "k", "--workdir", str(tmp_path / "w"), "--seed", "5", *args]
+    return subprocess.Popen(command, env={**os.environ, "PYTHONHASHSEED": "0"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
 
 
-def test_sigkill_mid_generation_then_resume(tmp_path):
-    space = tiny_space(budget={"generations": 3, "children": 3})
-    script = tmp_path / "run.py"
-    script.write_text(KILL_SCRIPT.format(space=repr(space)))
-    env = {**os.environ, "PYTHONHASHSEED": "0"}
-    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path)], env=env)
-    db = f"sqlite:///{tmp_path / 'morphnas.db'}"
+def stop_mid_generation(proc, tmp_path, sig) -> dict[int, tuple]:
+    """Send ``sig`` once some trials have finished and a child is training; the finished trials then."""
+    db = f"sqlite:///{tmp_path / 'w' / 'morphnas.db'}"
     deadline = time.time() + 240
-    finished_before: dict[int, tuple] = {}
     while time.time() < deadline and proc.poll() is None:
         time.sleep(0.5)
         try:
@@ -242,26 +237,53 @@ def test_sigkill_mid_generation_then_resume(tmp_path):
         except Exception:
             continue
         done = [t for t in trials if t.state.is_finished()]
-        if len(done) >= 3 and any(t.state == TrialState.RUNNING for t in trials):
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            finished_before = {t.number: (t.state, t.values, t.user_attrs.get("morphs")) for t in done}
-            break
-    assert proc.returncode == -signal.SIGKILL, "the search ended before it could be killed"
-    subprocess.run([sys.executable, str(script), str(tmp_path), "resume"], env=env, check=True, timeout=600)
-    trials = optuna.load_study(study_name="k", storage=db).get_trials()
+        if len(done) >= 3 and any(t.state == TrialState.RUNNING and t.user_attrs.get("generation") for t in trials):
+            proc.send_signal(sig)
+            proc.wait(timeout=120)
+            return {t.number: (t.state, t.values, t.user_attrs.get("morphs")) for t in done}
+    raise AssertionError("the search ended before it could be stopped")
+
+
+def study_trials(tmp_path):
+    return optuna.load_study(study_name="k", storage=f"sqlite:///{tmp_path / 'w' / 'morphnas.db'}").get_trials()
+
+
+def test_sigkill_mid_generation_then_resume_with_study_alone_keeps_the_budget_flags(tmp_path):
+    proc = start_cli_search(tmp_path, "--generations", "3", "--children", "3", "--epochs", "1")
+    finished_before = stop_mid_generation(proc, tmp_path, signal.SIGKILL)
+    assert proc.returncode == -signal.SIGKILL
+    resumed = start_cli_search(tmp_path, "--resume")  # the flags are the study's, not given again
+    _, err = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, err
+    trials = study_trials(tmp_path)
     for number, (state, values, morphs) in finished_before.items():
         assert (trials[number].state, trials[number].values, trials[number].user_attrs.get("morphs")) == (
             state, values, morphs)
     assert not [t for t in trials if t.state == TrialState.RUNNING]
-    interrupted = [t for t in trials if "interrupted" in t.user_attrs.get("reason", "")]
-    assert interrupted, "the killed child was not marked"
+    assert [t for t in trials if "interrupted" in t.user_attrs.get("reason", "")], "the killed child was not marked"
     per_generation = {}
     for t in trials:
         if "interrupted" not in t.user_attrs.get("reason", "") and t.user_attrs["rule"] != "final":
             per_generation.setdefault(t.user_attrs["generation"], []).append(t.number)
-    assert {g: len(n) for g, n in per_generation.items()} == {0: 1, 1: 3, 2: 3, 3: 3}
+    assert {g: len(n) for g, n in per_generation.items()} == {0: 1, 1: 3, 2: 3, 3: 3}  # the original budget
     assert sum(1 for t in trials if t.user_attrs["generation"] == 0) == 1  # the seed is never retrained
+    for t in trials[1:]:  # generations keep counting along every lineage
+        assert t.user_attrs["generation"] > trials[t.user_attrs["parent"]].user_attrs["generation"]
+
+
+def test_ctrl_c_marks_the_children_in_flight_and_says_how_to_resume(tmp_path):
+    proc = start_cli_search(tmp_path, "--generations", "3", "--children", "3", "--epochs", "1")
+    finished_before = stop_mid_generation(proc, tmp_path, signal.SIGINT)
+    err = proc.stderr.read()
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines() == [
+        f"interrupted; resume with `morphnas search --study k --resume --workdir {tmp_path / 'w'}`"]
+    trials = study_trials(tmp_path)
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    stopped = [t for t in trials if t.number not in finished_before]
+    assert stopped and all(t.state == TrialState.FAIL and "interrupted" in t.user_attrs["reason"] for t in stopped)
+    for number, (state, values, _) in finished_before.items():
+        assert (trials[number].state, trials[number].values) == (state, values)
 
 
 runner = CliRunner()

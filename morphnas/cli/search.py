@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from morphnas.errors import ConfigError
+from morphnas.errors import ConfigError, SearchInterrupted
 from morphnas.grammar.space import load_space, parse_duration, parse_space
 from morphnas.search import SearchOptions, SearchSummary, run_search
 
@@ -144,14 +144,18 @@ def search(
         budget_overrides=budget, finetune_epochs=epochs,
     )
     console = Console()
-    if as_json:
-        summary = run_search(options)
-    elif not sys.stdout.isatty():
-        summary = run_search(options, log_events)
-    else:
-        view = LiveView(console)
-        with view.live:
-            summary = run_search(options, view)
+    try:
+        if as_json:
+            summary = run_search(options)
+        elif not sys.stdout.isatty():
+            summary = run_search(options, log_events)
+        else:
+            view = LiveView(console)
+            with view.live:
+                summary = run_search(options, view)
+    except SearchInterrupted as stop:  # Ctrl-C: finished trials are kept, the message says how to go on
+        typer.echo(str(stop), err=True)
+        raise typer.Exit(130) from None
     if as_json:
         typer.echo(json.dumps({k: summary.to_json()[k] for k in (
             "study", "storage", "best_trial", "val_error", "test_error", "params", "macs", "n_trials", "n_failed",

@@ -26,8 +26,9 @@ from typing import Any
 import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy.engine import make_url
 
-from morphnas.errors import ConfigError, MorphnasError, StudyError
+from morphnas.errors import ConfigError, MorphnasError, SearchInterrupted, StudyError
 from morphnas.execute import ChildJob, ChildResult, DatasetSpec, make_executor
 from morphnas.grammar.rules import get_rule
 from morphnas.grammar.sampling import suggest_descriptor, suggest_value
@@ -69,7 +70,7 @@ class SearchOptions:
     seed: int = 0
     resume: bool = False
     budget_overrides: dict[str, Any] = field(default_factory=dict)  # generations, children, time_budget
-    finetune_epochs: float | None = None  # fixed fine-tuning epochs instead of the space's range
+    finetune_epochs: float | None = None  # fixed fine-tuning epochs (the first rung's with halving)
     device: str = "cpu"
     sampler: optuna.samplers.BaseSampler | None = None  # default: TPE seeded with ``seed``
     inherit: bool = True  # False: every child starts from fresh random weights (learning from scratch)
@@ -113,9 +114,10 @@ class Search:
             self.data = _load_data(options.space)
         self.study = self._open_study()
         attrs = self.study.user_attrs
-        space = parse_space(_stored_space(attrs["space"]), f"study {self.study.study_name!r}")
-        budget = {**space.budget.model_dump(), **options.budget_overrides}
-        self.space = space.model_copy(update={"budget": type(space.budget).model_validate(budget)})
+        # the study keeps the flags it was started with; flags given again on resume change them
+        self.space = _overridden(parse_space(_stored_space(attrs["space"]), f"study {self.study.study_name!r}"),
+                                 options)
+        self.study.pruner = _pruner(self.space)
         self.inherit = bool(attrs.get("inherit", True))
         if options.resume:
             self.data = _load_data(self.space)
@@ -137,9 +139,7 @@ class Search:
                 raise StudyError("--resume needs --study NAME (see `morphnas studies list`)")
             if o.study not in names:
                 raise StudyError(f"cannot resume: no study named {o.study!r} in {self.storage_url}")
-            study = optuna.load_study(
-                study_name=o.study, storage=self.storage, sampler=self._sampler(), pruner=_pruner(o.space)
-            )
+            study = optuna.load_study(study_name=o.study, storage=self.storage, sampler=self._sampler())
             self._mark_interrupted(study)
             return study
         name = o.study or f"{o.space.name}-{datetime.now():%Y%m%d-%H%M%S}"
@@ -150,9 +150,8 @@ class Search:
             storage=self.storage,
             directions=["minimize"] * len(objectives),
             sampler=self._sampler(),
-            pruner=_pruner(o.space),
         )
-        study.set_user_attr("space", o.space.model_dump(mode="json"))
+        study.set_user_attr("space", _overridden(o.space, o).model_dump(mode="json"))
         study.set_user_attr("seed", o.seed)
         study.set_user_attr("workdir", str(self.workdir))
         study.set_user_attr("inherit", o.inherit)
@@ -173,7 +172,29 @@ class Search:
 
     # the search ---------------------------------------------------------------------------
     def run(self) -> SearchSummary:
-        started = time.monotonic()
+        """The search to the end of its budget; on Ctrl-C the children in flight are marked
+        interrupted and :class:`SearchInterrupted` says how to resume."""
+        try:
+            return self._run()
+        except KeyboardInterrupt:
+            for trial in list(self.live.values()):
+                trial.set_user_attr("reason", INTERRUPTED)
+                self.study.tell(trial, state=TrialState.FAIL)
+            raise SearchInterrupted(f"interrupted; resume with `{self._resume_command()}`") from None
+
+    def _resume_command(self) -> str:
+        o = self.options
+        words = ["morphnas search", f"--study {self.study.study_name}", "--resume"]
+        if o.storage is not None:
+            words.append(f"--storage {make_url(o.storage).render_as_string(hide_password=True)}")
+        elif Path(o.workdir) != Path("runs"):
+            words.append(f"--workdir {o.workdir}")
+        return " ".join(words)
+
+    def _run(self) -> SearchSummary:
+        # a resumed search goes on from the time its earlier drivers had spent when their last trial ended
+        started = time.monotonic() - float(self.study.user_attrs.get("seconds_spent", 0.0))
+        self.started = started
         b = self.space.budget
         final_share = b.final_share if self.space.final and len(self.space.objectives) == 1 else 0.0
         plan = plan_budget(started, b.time_budget, b.seed_share, final_share)
@@ -187,10 +208,13 @@ class Search:
         ) as executor:
             self._train_seed(executor, plan)
             last = 0.0
-            # once the final phase has started, a resume goes on with it, not with more children
-            final_started = any(t.user_attrs.get("rule") == "final" for t in self._trials())
+            # once the final phase has started, a resume goes on with it, not with more children;
+            # otherwise with the last generation it had begun, so generations keep counting
+            trials = self._trials()
+            final_started = any(t.user_attrs.get("rule") == "final" for t in trials)
             generations = 0 if final_started else b.generations
-            for generation in range(1, generations + 1):
+            begun = max((int(t.user_attrs.get("generation", 0)) for t in trials), default=0)
+            for generation in range(max(1, begun), generations + 1):
                 started_generation = time.monotonic()
                 if started_generation + last > plan.generations_until:  # it would not end in its phase
                     self.on_event("budget", {"generation": generation})
@@ -238,7 +262,8 @@ class Search:
             return
         pareto = {t.number for t in self.study.best_trials} if is_multi_objective(self.study) else None
         sel = self.space.selection
-        candidates = [t for t in trials if t.user_attrs.get("rule") != "final"]
+        candidates = [t for t in trials if t.user_attrs.get("rule") != "final"
+                      and int(t.user_attrs.get("generation", 0)) < generation]  # parents come from before
         parents = select_parents(
             candidates, slots, parents=sel.parents, max_children_per_parent=sel.max_children_per_parent,
             pareto=pareto, score=self._score,
@@ -290,6 +315,7 @@ class Search:
                            ("reason", f"halved out after rung {rung + 1}: not among the best {kept} of {ranked}")):
             trial.set_user_attr(key, value)
         self.study.tell(trial, state=TrialState.PRUNED)
+        self._spent()
         self.on_event("done", {"trial": result.key, "status": "pruned", "val_error": result.val_error,
                                "best": self._best_error()})
 
@@ -303,9 +329,7 @@ class Search:
             descriptor = suggest_descriptor(trial, self.space.rules)
             ft = self.space.finetune
             lr = suggest_value(trial, "finetune.lr", ft.lr)
-            epochs = self.options.finetune_epochs or (
-                suggest_value(trial, "finetune.epochs", ft.epochs) if isinstance(ft.epochs, Range) else ft.epochs
-            )
+            epochs = suggest_value(trial, "finetune.epochs", ft.epochs) if isinstance(ft.epochs, Range) else ft.epochs
             trial.set_user_attr("rule", descriptor.rule)
             trial.set_user_attr("descriptor", descriptor.to_json())
             arch, weights, _ = load_checkpoint(self._checkpoint_dir(parent.number))
@@ -383,6 +407,10 @@ class Search:
         for result in executor.run([ChildJob(trial.number, arch, weights, config, self.dataset_spec)]):
             self._finish(trial, graph, child_cost, result)
 
+    def _spent(self) -> None:
+        """Record the search's time so far: a resume's budget goes on from here."""
+        self.study.set_user_attr("seconds_spent", round(time.monotonic() - self.started, 3))
+
     def _score(self, trial: FrozenTrial) -> tuple[int, float]:
         return selection_score(trial, self.space.selection.metric)
 
@@ -419,6 +447,7 @@ class Search:
             trial.set_user_attr("val_loss", result.val_loss)
             self.study.tell(trial, self._objectives(result.val_error, child_cost))
         self.live.pop(trial.number, None)
+        self._spent()
         self.on_event("done", {"trial": trial.number, "status": result.status, "val_error": result.val_error,
                                "best": self._best_error()})
 
@@ -465,6 +494,15 @@ class Search:
 def _load_data(space: SearchSpace) -> Dataset:
     ds = space.dataset
     return load_dataset(ds.name, data_root=ds.data_root, split_seed=ds.split_seed, augment=ds.augment)
+
+
+def _overridden(space: SearchSpace, options: SearchOptions) -> SearchSpace:
+    """``space`` with the budget flags and fixed fine-tuning epochs of ``options``."""
+    data = space.model_dump(mode="json")
+    data["budget"].update(options.budget_overrides)
+    if options.finetune_epochs is not None:
+        data["finetune"]["epochs"] = options.finetune_epochs
+    return parse_space(data, "the flags")
 
 
 def _stored_space(data: dict[str, Any]) -> dict[str, Any]:
