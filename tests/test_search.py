@@ -307,6 +307,7 @@ def test_cli_search_json(tmp_path):
     (["--space", "/nonexistent.yaml"], "cannot read search space"),
     (["--dataset", "imagenet"], "unknown dataset"),
     (["--storage", "nosuchdb://x"], "cannot open storage"),
+    (["--storage", "postgresql://me:s3cret@127.0.0.1:1/db"], "'postgresql://me:***@127.0.0.1:1/db'"),
     (["--resume", "--study", "ghost"], "no study named 'ghost'"),
     (["--executor", "slurm"], "--executor"),
     (["--epochs", "0"], "--epochs must be > 0"),
@@ -317,6 +318,7 @@ def test_cli_search_bad_input_one_line_exit_2(tmp_path, args, message):
     assert result.exit_code == 2, result.output
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], result.output
+    assert "s3cret" not in result.output  # a storage URL is shown without its password
     if args[0] != "--resume":
         assert not marker.exists() or marker.stat().st_size > 0
 

@@ -15,6 +15,7 @@ from rich.table import Table
 from morphnas.errors import ConfigError, SearchInterrupted
 from morphnas.grammar.space import load_space, parse_duration, parse_space
 from morphnas.search import SearchOptions, SearchSummary, run_search
+from morphnas.search.study import shown_url
 
 
 class LiveView:
@@ -94,7 +95,7 @@ def _print_summary(console: Console, s: SearchSummary) -> None:
     console.print(f"[bold]best trial {s.best_trial}[/] of study {s.study} ({s.n_trials} trials, {s.n_failed} failed)")
     console.print(f"  params {s.params:,}, MACs {s.macs / 1e6:.2f} M, lineage {' -> '.join(map(str, s.lineage))}")
     console.print(f"  checkpoint {s.checkpoint}")
-    console.print(f"  storage {s.storage}  ({s.seconds:.0f} s)")
+    console.print(f"  storage {shown_url(s.storage)}  ({s.seconds:.0f} s)")
     console.print(f"  validation error {s.val_error:.2%} (seed {s.seed_val_error:.2%})")
     change = s.seed_test_error - s.test_error
     verdict = f"{abs(change):.2%} {'better' if change > 0 else 'worse'} than" if change else "the same as"
@@ -157,9 +158,10 @@ def search(
         typer.echo(str(stop), err=True)
         raise typer.Exit(130) from None
     if as_json:
-        typer.echo(json.dumps({k: summary.to_json()[k] for k in (
+        typer.echo(json.dumps({**{k: summary.to_json()[k] for k in (
             "study", "storage", "best_trial", "val_error", "test_error", "params", "macs", "n_trials", "n_failed",
-            "seed_val_error", "seed_test_error", "lineage", "checkpoint", "seconds")}))
+            "seed_val_error", "seed_test_error", "lineage", "checkpoint", "seconds")},
+                               "storage": shown_url(summary.storage)}))
     else:
         _print_summary(console, summary)
 

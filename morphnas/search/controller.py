@@ -26,7 +26,6 @@ from typing import Any
 import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
-from sqlalchemy.engine import make_url
 
 from morphnas.errors import ConfigError, MorphnasError, SearchInterrupted, StudyError
 from morphnas.execute import ChildJob, ChildResult, DatasetSpec, make_executor
@@ -45,6 +44,7 @@ from morphnas.search.study import (
     lineage,
     open_storage,
     selection_score,
+    shown_url,
     study_names,
     val_error,
 )
@@ -138,7 +138,7 @@ class Search:
             if o.study is None:
                 raise StudyError("--resume needs --study NAME (see `morphnas studies list`)")
             if o.study not in names:
-                raise StudyError(f"cannot resume: no study named {o.study!r} in {self.storage_url}")
+                raise StudyError(f"cannot resume: no study named {o.study!r} in {shown_url(self.storage_url)}")
             study = optuna.load_study(study_name=o.study, storage=self.storage, sampler=self._sampler())
             self._mark_interrupted(study)
             return study
@@ -186,7 +186,7 @@ class Search:
         o = self.options
         words = ["morphnas search", f"--study {self.study.study_name}", "--resume"]
         if o.storage is not None:
-            words.append(f"--storage {make_url(o.storage).render_as_string(hide_password=True)}")
+            words.append(f"--storage {shown_url(o.storage)}")
         elif Path(o.workdir) != Path("runs"):
             words.append(f"--workdir {o.workdir}")
         return " ".join(words)

@@ -15,6 +15,7 @@ from typing import Any
 import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy.engine import make_url
 
 from morphnas.errors import StudyError
 
@@ -25,12 +26,21 @@ def default_storage(workdir: str | Path) -> str:
     return f"sqlite:///{Path(workdir).resolve() / 'morphnas.db'}"
 
 
+def shown_url(url: str) -> str:
+    """``url`` as printed: its password, if any, replaced by ``***``."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL SQLAlchemy parses: nothing it could hide either
+        return url
+
+
 def open_storage(url: str) -> optuna.storages.BaseStorage:
     """An Optuna RDB storage for ``url``; a URL that cannot be opened raises StudyError."""
     try:
         return optuna.storages.RDBStorage(url)
     except Exception as err:  # SQLAlchemy and driver errors vary by backend
-        raise StudyError(f"cannot open storage {url!r}: {type(err).__name__}: {str(err).splitlines()[0]}") from None
+        message = str(err).splitlines()[0].replace(url, shown_url(url))
+        raise StudyError(f"cannot open storage {shown_url(url)!r}: {type(err).__name__}: {message}") from None
 
 
 def study_names(storage: optuna.storages.BaseStorage) -> list[str]:
