@@ -13,6 +13,7 @@ from optuna.trial import TrialState
 from typer.testing import CliRunner
 
 from morphnas.cli import app
+from morphnas.execute import make_executor
 from morphnas.grammar.space import parse_space
 from morphnas.ir import ArchGraph, compile_graph
 from morphnas.search import SearchOptions, load_study, open_storage, run_search, trial_checkpoint, trials_frame
@@ -37,9 +38,10 @@ def tiny_space(**overrides) -> dict:
 
 
 def search(tmp_path, executor="local", options=None, **overrides):
-    options = SearchOptions(space=parse_space(tiny_space(**overrides)), workdir=tmp_path, study="t",
-                            executor=executor, seed=3, **(options or {}))
-    return run_search(options)
+    with make_executor(executor, cpus_per_child=1, storage_path=str(tmp_path / "ray")) as runner:
+        options = SearchOptions(space=parse_space(tiny_space(**overrides)), workdir=tmp_path, study="t",
+                                executor=runner, seed=3, **(options or {}))
+        return run_search(options)
 
 
 def test_local_search_records_lineage_and_best_checkpoint_reproduces(tmp_path):
@@ -309,7 +311,7 @@ def test_cli_search_json(tmp_path):
     (["--storage", "nosuchdb://x"], "cannot open storage"),
     (["--storage", "postgresql://me:s3cret@127.0.0.1:1/db"], "'postgresql://me:***@127.0.0.1:1/db'"),
     (["--resume", "--study", "ghost"], "no study named 'ghost'"),
-    (["--executor", "slurm"], "--executor"),
+    (["--executor", "slurm"], "unknown executor 'slurm'"),
     (["--epochs", "0"], "--epochs must be > 0"),
 ])
 def test_cli_search_bad_input_one_line_exit_2(tmp_path, args, message):

@@ -111,7 +111,7 @@ def search(
     study: str = typer.Option(None, "--study", help="Study name (default: <space>-<timestamp>)."),
     workdir: Path = typer.Option(Path("runs"), "--workdir", help="Checkpoints and the default database."),
     executor: str = typer.Option("local", "--executor", help="local (in-process) or ray."),
-    ray_address: str = typer.Option(None, "--ray-address", help="Join an existing Ray cluster."),
+    ray_address: str = typer.Option(None, "--ray-address", help="Join a Ray cluster (implies --executor ray)."),
     gpus_per_child: float = typer.Option(0.0, "--gpus-per-child", min=0.0, help="Fraction of a GPU per child."),
     cpus_per_child: float = typer.Option(None, "--cpus-per-child", min=0.0, help="CPUs per child."),
     generations: int = typer.Option(None, "--generations", min=1),
@@ -124,8 +124,8 @@ def search(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object at the end."),
 ) -> None:
     """Search by morphing: seed, generations of fine-tuned children, the best child."""
-    if executor not in ("local", "ray"):
-        raise ConfigError(f"--executor must be 'local' or 'ray', got {executor!r}")
+    if ray_address is not None:  # joining a cluster means running the children there
+        executor = "ray"
     if epochs is not None and epochs <= 0:
         raise ConfigError(f"--epochs must be > 0, got {epochs:g}")
     loaded = load_space(space)
@@ -139,21 +139,28 @@ def search(
     budget = {k: v for k, v in (("generations", generations), ("children", children)) if v is not None}
     if time_budget is not None:
         budget["time_budget"] = parse_duration(time_budget)
-    options = SearchOptions(
-        space=loaded, workdir=workdir, storage=storage, study=study, executor=executor, ray_address=ray_address,
-        cpus_per_child=cpus_per_child, gpus_per_child=gpus_per_child, seed=seed, resume=resume,
-        budget_overrides=budget, finetune_epochs=epochs,
-    )
+    import torch
+
+    from morphnas.execute import make_executor
+
     console = Console()
+    # in-process children use every torch thread; on Ray each child gets one CPU unless told
+    cpus = cpus_per_child or (torch.get_num_threads() if executor == "local" else 1)
     try:
-        if as_json:
-            summary = run_search(options)
-        elif not sys.stdout.isatty():
-            summary = run_search(options, log_events)
-        else:
-            view = LiveView(console)
-            with view.live:
-                summary = run_search(options, view)
+        with make_executor(executor, cpus_per_child=cpus, gpus_per_child=gpus_per_child, ray_address=ray_address,
+                           storage_path=str(workdir.resolve() / "ray")) as runner:
+            options = SearchOptions(
+                space=loaded, workdir=workdir, storage=storage, study=study, executor=runner, seed=seed,
+                resume=resume, budget_overrides=budget, finetune_epochs=epochs,
+            )
+            if as_json:
+                summary = run_search(options)
+            elif not sys.stdout.isatty():
+                summary = run_search(options, log_events)
+            else:
+                view = LiveView(console)
+                with view.live:
+                    summary = run_search(options, view)
     except SearchInterrupted as stop:  # Ctrl-C: finished trials are kept, the message says how to go on
         typer.echo(str(stop), err=True)
         raise typer.Exit(130) from None

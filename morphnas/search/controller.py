@@ -9,6 +9,9 @@ paper's ResNet experiments do: a child inherits its parent's training, but only 
 phase gives it the convergence a network trained from scratch gets. A time budget is split
 across the three phases (:mod:`morphnas.search.budget`). The study and the work directory are
 the whole state: a killed search resumes from them without repeating or losing a finished child.
+Strategies are objects, as Optuna takes samplers: :class:`SearchOptions` carries the executor
+(where children train; default in-process) and the sampler; names are turned into them at the
+edge (the CLI), so a new executor is one class and no edit here.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 
 from morphnas.errors import ConfigError, MorphnasError, SearchInterrupted, StudyError
-from morphnas.execute import ChildJob, ChildResult, DatasetSpec, make_executor
+from morphnas.execute import ChildJob, ChildResult, DatasetSpec, Executor, LocalExecutor
 from morphnas.grammar.rules import get_rule
 from morphnas.grammar.sampling import suggest_descriptor, suggest_value
 from morphnas.grammar.space import Range, SearchSpace, parse_space
@@ -63,10 +66,7 @@ class SearchOptions:
     workdir: Path = Path("runs")
     storage: str | None = None
     study: str | None = None
-    executor: str = "local"
-    ray_address: str | None = None
-    cpus_per_child: float | None = None
-    gpus_per_child: float = 0.0
+    executor: Executor | None = None  # default: children one after another in this process, on all torch threads
     seed: int = 0
     resume: bool = False
     budget_overrides: dict[str, Any] = field(default_factory=dict)  # generations, children, time_budget
@@ -127,6 +127,7 @@ class Search:
         self.dataset_spec = DatasetSpec(ds.name, ds.data_root, ds.split_seed, ds.augment)
         self.calibration = self.data.train.x[:CALIBRATION_IMAGES]
         self.live: dict[int, optuna.Trial] = {}
+        self.executor = options.executor or LocalExecutor(cpus_per_child=torch.get_num_threads())
         self.epochs_done: dict[int, int] = {}  # epochs of a child's earlier rungs (successive halving)
 
     # study --------------------------------------------------------------------------------
@@ -198,33 +199,25 @@ class Search:
         b = self.space.budget
         final_share = b.final_share if self.space.final and len(self.space.objectives) == 1 else 0.0
         plan = plan_budget(started, b.time_budget, b.seed_share, final_share)
-        cpus = self.options.cpus_per_child or (torch.get_num_threads() if self.options.executor == "local" else 1)
-        with make_executor(
-            self.options.executor,
-            cpus_per_child=cpus,
-            gpus_per_child=self.options.gpus_per_child,
-            ray_address=self.options.ray_address,
-            storage_path=str(self.workdir / "ray"),
-        ) as executor:
-            self._train_seed(executor, plan)
-            last = 0.0
-            # once the final phase has started, a resume goes on with it, not with more children;
-            # otherwise with the last generation it had begun, so generations keep counting
-            trials = self._trials()
-            final_started = any(t.user_attrs.get("rule") == "final" for t in trials)
-            generations = 0 if final_started else b.generations
-            begun = max((int(t.user_attrs.get("generation", 0)) for t in trials), default=0)
-            for generation in range(max(1, begun), generations + 1):
-                started_generation = time.monotonic()
-                if started_generation + last > plan.generations_until:  # it would not end in its phase
-                    self.on_event("budget", {"generation": generation})
-                    break
-                self._generation(executor, generation, plan.generations_until)
-                last = time.monotonic() - started_generation
-            self._final_phase(executor, plan)
+        self._train_seed(plan)
+        last = 0.0
+        # once the final phase has started, a resume goes on with it, not with more children;
+        # otherwise with the last generation it had begun, so generations keep counting
+        trials = self._trials()
+        final_started = any(t.user_attrs.get("rule") == "final" for t in trials)
+        generations = 0 if final_started else b.generations
+        begun = max((int(t.user_attrs.get("generation", 0)) for t in trials), default=0)
+        for generation in range(max(1, begun), generations + 1):
+            started_generation = time.monotonic()
+            if started_generation + last > plan.generations_until:  # it would not end in its phase
+                self.on_event("budget", {"generation": generation})
+                break
+            self._generation(generation, plan.generations_until)
+            last = time.monotonic() - started_generation
+        self._final_phase(plan)
         return self._summary(time.monotonic() - started)
 
-    def _train_seed(self, executor, plan: BudgetPlan) -> None:
+    def _train_seed(self, plan: BudgetPlan) -> None:
         if any(val_error(t) < math.inf for t in self._trials() if t.user_attrs.get("generation") == 0):
             return
         s = self.space.seed
@@ -245,12 +238,12 @@ class Search:
         self.on_event("seed", {"trial": trial.number, "arch": s.arch, "epochs": s.epochs,
                                "seconds": plan.seed_seconds})
         self.live[trial.number] = trial
-        for result in executor.run([job]):
+        for result in self.executor.run([job]):
             self._finish(trial, graph, child_cost, result)
         if self.study.trials[trial.number].state != TrialState.COMPLETE:
             raise MorphnasError(f"the seed network failed to train: {self.study.trials[trial.number].user_attrs}")
 
-    def _generation(self, executor, generation: int, deadline: float) -> None:
+    def _generation(self, generation: int, deadline: float) -> None:
         trials = self._trials()
         done = [
             t for t in trials
@@ -278,16 +271,16 @@ class Search:
                 job, graph, child_cost = made
                 jobs.append(job)
                 pending[job.key] = (graph, child_cost)
-        self._rungs(executor, jobs, pending)
+        self._rungs(jobs, pending)
 
-    def _rungs(self, executor, jobs: list[ChildJob], pending: dict[int, tuple[ArchGraph, dict]]) -> None:
+    def _rungs(self, jobs: list[ChildJob], pending: dict[int, tuple[ArchGraph, dict]]) -> None:
         """Train a generation's children; with ``finetune.halving`` (eta) as successive halving:
         after each rung only the best ``ceil(n / eta)`` train on, for eta times the epochs, from
         their own weights; the rest end as pruned trials. Without it, one rung, every child."""
         eta = self.space.finetune.halving
         runs: dict[int, ChildResult] = {}  # each child's rungs so far, joined
         for rung in itertools.count():
-            for result in executor.run(jobs, on_epoch=self._on_epoch):
+            for result in self.executor.run(jobs, on_epoch=self._on_epoch):
                 runs[result.key] = _joined(runs.get(result.key), result)
             ranked = sorted((runs[j.key] for j in jobs if runs[j.key].status == "ok"), key=self._result_score)
             keep = len(ranked) if eta is None or len(ranked) <= 1 else math.ceil(len(ranked) / eta)
@@ -370,7 +363,7 @@ class Search:
         job = ChildJob(number, result.graph.to_json(), child_weights, config, self.dataset_spec)
         return job, result.graph, child_cost
 
-    def _final_phase(self, executor, plan: BudgetPlan) -> None:
+    def _final_phase(self, plan: BudgetPlan) -> None:
         """Train the best network on, from its own weights, with a cosine decay to zero; its
         trial (rule ``final``, parent the chosen network) becomes the search's result. Without
         weight inheritance it starts from fresh weights, like every child of such a search.
@@ -404,7 +397,7 @@ class Search:
         self.live[trial.number] = trial
         self.on_event("final", {"trial": trial.number, "parent": parent.number, "epochs": f.epochs,
                                 "seconds": seconds})
-        for result in executor.run([ChildJob(trial.number, arch, weights, config, self.dataset_spec)]):
+        for result in self.executor.run([ChildJob(trial.number, arch, weights, config, self.dataset_spec)]):
             self._finish(trial, graph, child_cost, result)
 
     def _spent(self) -> None:
