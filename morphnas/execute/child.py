@@ -8,18 +8,17 @@ into a :class:`ChildResult`: trained to the end (``"ok"``), stopped by the epoch
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import torch
 
 from morphnas.execute.base import ChildJob, ChildResult, DatasetSpec, EpochCallback, child_seed
 from morphnas.ir import ArchGraph, compile_graph
-from morphnas.train import Dataset, EpochReport, load_dataset, train
+from morphnas.train import Dataset, EpochReport, load_dataset, pinned_threads, train
 
 DATASET_CACHE_SIZE = 4
 
@@ -63,20 +62,6 @@ def cached_dataset(spec: DatasetSpec, load: Callable[[], Dataset] | None = None)
         while len(_DATASETS) > DATASET_CACHE_SIZE:
             _DATASETS.popitem(last=False)
     return data
-
-
-@contextlib.contextmanager
-def pinned_threads(threads: int | None) -> Iterator[None]:
-    """Set torch's intra-op threads to ``threads`` (None: leave alone) and restore them on exit."""
-    if threads is None:
-        yield
-        return
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def cpu_weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -31,7 +31,7 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 
 from morphnas.errors import ConfigError, MorphnasError, SearchInterrupted, StudyError
-from morphnas.execute import ChildJob, ChildResult, DatasetSpec, Executor, LocalExecutor
+from morphnas.execute import ChildJob, ChildResult, DatasetSpec, Executor, LocalExecutor, child_seed
 from morphnas.grammar.rules import get_rule
 from morphnas.grammar.sampling import suggest_descriptor, suggest_value
 from morphnas.grammar.space import Range, SearchSpace, parse_space
@@ -328,7 +328,7 @@ class Search:
             arch, weights, _ = load_checkpoint(self._checkpoint_dir(parent.number))
             parent_graph = ArchGraph.from_json(arch)
             result = get_rule(descriptor.rule).apply(
-                parent_graph, weights, descriptor, seed=_child_seed(self.seed, number), calibration=self.calibration
+                parent_graph, weights, descriptor, seed=child_seed(self.seed, number), calibration=self.calibration
             )
             trial.set_user_attr("morphs", [result.record.to_json()])
             trial.set_user_attr("exact", result.exact)
@@ -348,7 +348,7 @@ class Search:
                 child_weights = result.weights
             else:  # learning from scratch: the child's architecture, fresh weights
                 trial.set_user_attr("inherit", False)
-                child_weights = init_weights(result.graph, _child_seed(self.seed, number))
+                child_weights = init_weights(result.graph, child_seed(self.seed, number))
         except MorphnasError as err:
             trial.set_user_attr("reason", f"{type(err).__name__}: {err}")
             self.study.tell(trial, state=TrialState.FAIL)
@@ -383,7 +383,7 @@ class Search:
         graph = ArchGraph.from_json(arch)
         trial = self.study.ask()
         if not self.inherit:
-            weights = init_weights(graph, _child_seed(self.seed, trial.number))
+            weights = init_weights(graph, child_seed(self.seed, trial.number))
         for key, value in (("generation", int(parent.user_attrs["generation"]) + 1), ("parent", parent.number),
                            ("rule", "final"), ("morphs", []), ("inherit", self.inherit)):
             trial.set_user_attr(key, value)
@@ -523,10 +523,6 @@ def _pruner(space: SearchSpace) -> optuna.pruners.BasePruner:
 
 def _arch_options(seed) -> dict[str, Any]:
     return {"shortcut": seed.shortcut} if seed.arch.startswith("resnet") else {}
-
-
-def _child_seed(search_seed: int, number: int) -> int:
-    return (search_seed * 1_000_003 + number) % 2**31
 
 
 def _over_limits(space: SearchSpace, child_cost: dict[str, Any]) -> str | None:

@@ -13,11 +13,12 @@ from morphnas.train.trainer import (
     TrainResult,
     device_settings,
     evaluate,
+    pinned_threads,
     train,
 )
 
 __all__ = [
     "AUGMENTS", "DATASETS", "Dataset", "DeviceSettings", "EpochReport", "Split", "TrainConfig", "TrainResult",
-    "augment", "cifar_augment", "device_settings", "evaluate", "load_checkpoint", "load_dataset", "save_checkpoint",
-    "train",
+    "augment", "cifar_augment", "device_settings", "evaluate", "load_checkpoint", "load_dataset",
+    "pinned_threads", "save_checkpoint", "train",
 ]

@@ -164,7 +164,8 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 @contextlib.contextmanager
-def _threads(n: int | None) -> Iterator[None]:
+def pinned_threads(n: int | None) -> Iterator[None]:
+    """Set torch's intra-op threads to ``n`` (None: leave alone) and restore them on exit."""
     if n is None:
         yield
         return
@@ -232,7 +233,7 @@ def train(
     settings = device_settings(config.device)
     if settings.device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {config.device!r} requested but CUDA is not available")
-    with _threads(config.threads):
+    with pinned_threads(config.threads):
         return _train(model, data, config, settings, on_epoch, evaluate_test, extra_loss)
 
 
