@@ -16,7 +16,15 @@ from morphnas.cli import app
 from morphnas.execute import make_executor
 from morphnas.grammar.space import parse_space
 from morphnas.ir import ArchGraph, compile_graph
-from morphnas.search import SearchOptions, load_study, open_storage, run_search, trial_checkpoint, trials_frame
+from morphnas.search import (
+    ParentSelector,
+    SearchOptions,
+    load_study,
+    open_storage,
+    run_search,
+    trial_checkpoint,
+    trials_frame,
+)
 from morphnas.train import evaluate, load_checkpoint, load_dataset
 
 pytestmark = pytest.mark.slow
@@ -107,6 +115,16 @@ def test_successive_halving_trains_the_best_half_on_until_one_is_left(tmp_path):
     arch, weights, _ = load_checkpoint(trial_checkpoint(study, winner))
     model = compile_graph(ArchGraph.from_json(arch), weights)
     assert evaluate(model, load_dataset("digits").val) == pytest.approx(winner.values[0], abs=1e-9)
+
+
+def test_a_parent_selector_passed_in_chooses_every_parent(tmp_path):
+    class SeedOnly(ParentSelector):  # a new policy is one class and no other edit
+        def select(self, trials, slots, score, pareto):
+            return [t for t in trials if t.number == 0] * slots
+
+    summary = search(tmp_path, options={"selector": SeedOnly()})
+    study = load_study(open_storage(summary.storage), "t")
+    assert [t.user_attrs["parent"] for t in study.trials if t.user_attrs["rule"] != "final"] == [None, 0, 0, 0, 0]
 
 
 def test_halving_needs_one_number_of_epochs():

@@ -1,7 +1,7 @@
 """The search: controller, lineages and the Optuna study bridge."""
 
 from morphnas.search.controller import Search, SearchOptions, SearchSummary, run_search
-from morphnas.search.lineages import select_parents
+from morphnas.search.lineages import BestLineages, ParentSelector
 from morphnas.search.study import (
     best_trial,
     find_trial,
@@ -14,6 +14,7 @@ from morphnas.search.study import (
 )
 
 __all__ = [
-    "Search", "SearchOptions", "SearchSummary", "best_trial", "find_trial", "lineage", "load_study", "load_trials",
-    "open_storage", "run_search", "select_parents", "trial_checkpoint", "trials_frame",
+    "BestLineages", "ParentSelector", "Search", "SearchOptions", "SearchSummary", "best_trial", "find_trial",
+    "lineage", "load_study", "load_trials",
+    "open_storage", "run_search", "trial_checkpoint", "trials_frame",
 ]

@@ -38,7 +38,7 @@ from morphnas.grammar.space import Range, SearchSpace, parse_space
 from morphnas.ir import ArchGraph, compile_graph, cost, init_weights, load_arch
 from morphnas.morph import verify
 from morphnas.search.budget import BudgetPlan, plan_budget
-from morphnas.search.lineages import select_parents
+from morphnas.search.lineages import BestLineages, ParentSelector
 from morphnas.search.study import (
     best_trial,
     default_storage,
@@ -73,6 +73,7 @@ class SearchOptions:
     finetune_epochs: float | None = None  # fixed fine-tuning epochs (the first rung's with halving)
     device: str = "cpu"
     sampler: optuna.samplers.BaseSampler | None = None  # default: TPE seeded with ``seed``
+    selector: ParentSelector | None = None  # default: BestLineages as the space's ``selection`` says
     inherit: bool = True  # False: every child starts from fresh random weights (learning from scratch)
 
 
@@ -118,6 +119,8 @@ class Search:
         self.space = _overridden(parse_space(_stored_space(attrs["space"]), f"study {self.study.study_name!r}"),
                                  options)
         self.study.pruner = _pruner(self.space)
+        sel = self.space.selection
+        self.selector = options.selector or BestLineages(sel.parents, sel.max_children_per_parent)
         self.inherit = bool(attrs.get("inherit", True))
         if options.resume:
             self.data = _load_data(self.space)
@@ -254,13 +257,9 @@ class Search:
         if slots <= 0:
             return
         pareto = {t.number for t in self.study.best_trials} if is_multi_objective(self.study) else None
-        sel = self.space.selection
         candidates = [t for t in trials if t.user_attrs.get("rule") != "final"
                       and int(t.user_attrs.get("generation", 0)) < generation]  # parents come from before
-        parents = select_parents(
-            candidates, slots, parents=sel.parents, max_children_per_parent=sel.max_children_per_parent,
-            pareto=pareto, score=self._score,
-        )
+        parents = self.selector.select(candidates, slots, self._score, pareto)
         self.on_event("generation", {"generation": generation, "children": len(parents)})
         jobs, pending = [], {}
         for parent in parents:
