@@ -45,6 +45,7 @@ class DatasetSpec:
     data_root: str | None = None
     split_seed: int = 0
     augment: bool = True
+    image_size: int = 32
 
 
 @dataclass

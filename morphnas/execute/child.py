@@ -54,7 +54,8 @@ def cached_dataset(spec: DatasetSpec, load: Callable[[], Dataset] | None = None)
             _DATASETS.move_to_end(spec)
             return _DATASETS[spec]
     if load is None:
-        data = load_dataset(spec.name, data_root=spec.data_root, split_seed=spec.split_seed, augment=spec.augment)
+        data = load_dataset(spec.name, data_root=spec.data_root, split_seed=spec.split_seed, augment=spec.augment,
+                            image_size=spec.image_size)
     else:
         data = load()
     with _DATASETS_LOCK:

@@ -71,6 +71,7 @@ class DataConfig(_Strict):
     data_root: str | None = None
     split_seed: int = 0
     augment: bool = Field(True, description="the data set's training augmentation (shifts for MNIST)")
+    image_size: int = Field(32, gt=0, description="imagefolder:DIR images are resized and cropped to this")
 
 
 class Limits(_Strict):

@@ -127,7 +127,7 @@ class Search:
         self.seed = int(attrs["seed"])
         self.trial_dir = Path(attrs["workdir"]) / "studies" / self.study.study_name / "trials"
         ds = self.space.dataset
-        self.dataset_spec = DatasetSpec(ds.name, ds.data_root, ds.split_seed, ds.augment)
+        self.dataset_spec = DatasetSpec(ds.name, ds.data_root, ds.split_seed, ds.augment, ds.image_size)
         self.calibration = self.data.train.x[:CALIBRATION_IMAGES]
         self.live: dict[int, optuna.Trial] = {}
         self.executor = options.executor or LocalExecutor(cpus_per_child=torch.get_num_threads())
@@ -485,7 +485,8 @@ class Search:
 
 def _load_data(space: SearchSpace) -> Dataset:
     ds = space.dataset
-    return load_dataset(ds.name, data_root=ds.data_root, split_seed=ds.split_seed, augment=ds.augment)
+    return load_dataset(ds.name, data_root=ds.data_root, split_seed=ds.split_seed, augment=ds.augment,
+                        image_size=ds.image_size)
 
 
 def _overridden(space: SearchSpace, options: SearchOptions) -> SearchSpace:

@@ -17,8 +17,9 @@ import numpy as np
 import torch
 
 from morphnas.errors import DataError
+from morphnas.train.userdata import Parts, read_imagefolder, read_npz
 
-DATASETS: tuple[str, ...] = ("mnist5k", "digits", "cifar10", "cifar100", "synthetic")
+DATASETS: tuple[str, ...] = ("mnist5k", "digits", "cifar10", "cifar100", "synthetic", "npz:FILE", "imagefolder:DIR")
 DEFAULT_DATA_ROOT = Path("data")
 CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
 _CIFAR_PIXELS = 3 * 32 * 32
@@ -58,8 +59,12 @@ def load_dataset(
     synthetic_classes: int = 10,
     synthetic_size: int = 1000,
     augment: bool = True,
+    image_size: int = 32,
 ) -> Dataset:
     """Load data set ``name`` (one of :data:`DATASETS`).
+
+    ``npz:FILE`` and ``imagefolder:DIR`` are the user's own data (:mod:`morphnas.train.userdata`);
+    folder images are resized and centre-cropped to ``image_size``. They are not augmented.
 
     ``split_seed`` chooses the train / validation (/ test) partition; ``data_root`` (default
     ``./data``) is where CIFAR lives; the ``synthetic_*`` options shape the synthetic set, whose
@@ -76,6 +81,12 @@ def load_dataset(
         data = _cifar(name, Path(data_root) if data_root is not None else DEFAULT_DATA_ROOT, split_seed)
     elif name == "synthetic":
         data = _synthetic(tuple(synthetic_shape), synthetic_classes, synthetic_size, split_seed)
+    elif name.startswith("npz:"):
+        train, test = read_npz(Path(name.removeprefix("npz:")))
+        data = _user(name, train, test, split_seed)
+    elif name.startswith("imagefolder:"):
+        x, y, _ = read_imagefolder(Path(name.removeprefix("imagefolder:")), image_size)
+        data = _user(name, (x, y), None, split_seed)
     else:
         raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     return data if augment else dataclasses.replace(data, augment="none")
@@ -102,17 +113,39 @@ def _make(
     return Dataset(name, shape, num_classes, splits[0], splits[1], splits[2], augment)  # type: ignore[arg-type]
 
 
-def _split_three(
-    x: np.ndarray, y: np.ndarray, n_val: int, n_test: int, seed: int
-) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+def _split_three(x: np.ndarray, y: np.ndarray, n_val: int, n_test: int, seed: int, name: str = "the data set") -> Parts:
     """Stratified, seeded (train, val, test) partition with ``n_val`` and ``n_test`` images."""
+    rest, test = _split_two(x, y, n_test, seed, name)
+    train, val = _split_two(*rest, n_val, seed, name)
+    return train, val, test
+
+
+def _split_two(x: np.ndarray, y: np.ndarray, n_held: int, seed: int, name: str = "the data set") -> Parts:
+    """Stratified, seeded (rest, held out) partition with ``n_held`` images held out."""
     from sklearn.model_selection import train_test_split
 
-    rest_x, test_x, rest_y, test_y = train_test_split(x, y, test_size=n_test, stratify=y, random_state=seed)
-    train_x, val_x, train_y, val_y = train_test_split(
-        rest_x, rest_y, test_size=n_val, stratify=rest_y, random_state=seed
-    )
-    return (train_x, train_y), (val_x, val_y), (test_x, test_y)
+    try:
+        rest_x, held_x, rest_y, held_y = train_test_split(x, y, test_size=n_held, stratify=y, random_state=seed)
+    except ValueError as err:  # too few images, or a class with fewer than two
+        raise DataError(f"{name} cannot be split into train / validation / test: {err}") from None
+    return (rest_x, rest_y), (held_x, held_y)
+
+
+def _user(name: str, train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray] | None,
+          seed: int) -> Dataset:
+    """A user's images split as the built-in sets are: with a test split, a tenth of the rest
+    for validation (as CIFAR); without, a stratified 70 / 15 / 15 (as digits)."""
+    labels = np.concatenate([train[1], test[1]]) if test else train[1]
+    if len(np.unique(labels)) < 2:
+        raise DataError(f"{name}: needs at least two classes, found {len(np.unique(labels))}")
+    x, y = train
+    if test is None:
+        n_held = round(0.15 * len(y))
+        parts = _split_three(x, y, n_held, n_held, seed, name)
+    else:
+        fit, val = _split_two(x, y, len(y) // 10, seed, name)
+        parts = (fit, val, test)
+    return _make(name, int(labels.max()) + 1, parts, augment="none")
 
 
 def _mnist5k(seed: int) -> Dataset:
