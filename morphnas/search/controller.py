@@ -16,6 +16,7 @@ edge (the CLI), so a new executor is one class and no edit here.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import math
@@ -182,8 +183,9 @@ class Search:
             return self._run()
         except KeyboardInterrupt:
             for trial in list(self.live.values()):
-                trial.set_user_attr("reason", INTERRUPTED)
-                self.study.tell(trial, state=TrialState.FAIL)
+                with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):  # told just before
+                    trial.set_user_attr("reason", INTERRUPTED)
+                    self.study.tell(trial, state=TrialState.FAIL)
             raise SearchInterrupted(f"interrupted; resume with `{self._resume_command()}`") from None
 
     def _resume_command(self) -> str:
@@ -225,7 +227,7 @@ class Search:
             return
         s = self.space.seed
         graph = load_arch(s.arch, self.data.input_shape, self.data.num_classes, **_arch_options(s))
-        trial = self.study.ask()
+        trial = self._ask()
         trial.set_user_attr("generation", 0)
         trial.set_user_attr("parent", None)
         trial.set_user_attr("rule", "seed")
@@ -240,7 +242,6 @@ class Search:
         job = ChildJob(trial.number, graph.to_json(), init_weights(graph, self.seed), config, self.dataset_spec)
         self.on_event("seed", {"trial": trial.number, "arch": s.arch, "epochs": s.epochs,
                                "seconds": plan.seed_seconds})
-        self.live[trial.number] = trial
         for result in self.executor.run([job]):
             self._finish(trial, graph, child_cost, result)
         if self.study.trials[trial.number].state != TrialState.COMPLETE:
@@ -313,7 +314,7 @@ class Search:
 
     def _make_child(self, generation: int, parent: FrozenTrial) -> tuple[ChildJob, ArchGraph, dict] | None:
         """Ask a trial, morph the parent per its descriptor; None when the child is pruned or failed."""
-        trial = self.study.ask()
+        trial = self._ask()
         number = trial.number
         trial.set_user_attr("generation", generation)
         trial.set_user_attr("parent", parent.number)
@@ -337,7 +338,7 @@ class Search:
             over = _over_limits(self.space, child_cost)
             if over:
                 trial.set_user_attr("reason", over)
-                self.study.tell(trial, state=TrialState.PRUNED)
+                self.study.tell(self.live.pop(number), state=TrialState.PRUNED)
                 self.on_event("pruned", {"trial": number, "reason": over})
                 return None
             if self.inherit:
@@ -350,14 +351,13 @@ class Search:
                 child_weights = init_weights(result.graph, child_seed(self.seed, number))
         except MorphnasError as err:
             trial.set_user_attr("reason", f"{type(err).__name__}: {err}")
-            self.study.tell(trial, state=TrialState.FAIL)
+            self.study.tell(self.live.pop(number), state=TrialState.FAIL)
             self.on_event("failed", {"trial": number, "reason": str(err)})
             return None
         config = TrainConfig(
             epochs=epochs, lr=lr, batch_size=ft.batch_size, weight_decay=ft.weight_decay, schedule=ft.schedule,
             warmup_epochs=0.0, seed=self.seed, device=self.options.device,
         )
-        self.live[number] = trial
         self.on_event("child", {"trial": number, "parent": parent.number, "rule": descriptor.rule})
         job = ChildJob(number, result.graph.to_json(), child_weights, config, self.dataset_spec)
         return job, result.graph, child_cost
@@ -380,7 +380,7 @@ class Search:
             return
         arch, weights, _ = load_checkpoint(self._checkpoint_dir(parent.number))
         graph = ArchGraph.from_json(arch)
-        trial = self.study.ask()
+        trial = self._ask()
         if not self.inherit:
             weights = init_weights(graph, child_seed(self.seed, trial.number))
         for key, value in (("generation", int(parent.user_attrs["generation"]) + 1), ("parent", parent.number),
@@ -393,7 +393,6 @@ class Search:
             epochs=f.epochs, lr=f.lr, batch_size=f.batch_size, weight_decay=f.weight_decay, seed=self.seed,
             device=self.options.device, time_limit=seconds,
         )
-        self.live[trial.number] = trial
         self.on_event("final", {"trial": trial.number, "parent": parent.number, "epochs": f.epochs,
                                 "seconds": seconds})
         for result in self.executor.run([ChildJob(trial.number, arch, weights, config, self.dataset_spec)]):
@@ -419,6 +418,12 @@ class Search:
         trial = self.live[key]
         trial.report(error, self.epochs_done.get(key, 0) + epoch)
         return not trial.should_prune()
+
+    def _ask(self) -> optuna.Trial:
+        """A new trial, live (marked interrupted on Ctrl-C) until it is told."""
+        trial = self.study.ask()
+        self.live[trial.number] = trial
+        return trial
 
     def _finish(self, trial: optuna.Trial, graph: ArchGraph, child_cost: dict, result: ChildResult) -> None:
         trial.set_user_attr("history", result.history)
