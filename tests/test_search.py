@@ -251,7 +251,7 @@ def stop_mid_generation(proc, tmp_path, sig) -> dict[int, tuple]:
     db = f"sqlite:///{tmp_path / 'w' / 'morphnas.db'}"
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
-        time.sleep(0.5)
+        time.sleep(0.2)
         try:
             trials = optuna.load_study(study_name="k", storage=db).get_trials()
         except Exception:
@@ -261,7 +261,7 @@ def stop_mid_generation(proc, tmp_path, sig) -> dict[int, tuple]:
             proc.send_signal(sig)
             proc.wait(timeout=120)
             return {t.number: (t.state, t.values, t.user_attrs.get("morphs")) for t in done}
-    raise AssertionError("the search ended before it could be stopped")
+    raise AssertionError(f"the search ended before it could be stopped: {proc.communicate()[1][-2000:]}")
 
 
 def study_trials(tmp_path):
@@ -269,7 +269,7 @@ def study_trials(tmp_path):
 
 
 def test_sigkill_mid_generation_then_resume_with_study_alone_keeps_the_budget_flags(tmp_path):
-    proc = start_cli_search(tmp_path, "--generations", "3", "--children", "3", "--epochs", "1")
+    proc = start_cli_search(tmp_path, "--generations", "3", "--children", "3", "--epochs", "2")
     finished_before = stop_mid_generation(proc, tmp_path, signal.SIGKILL)
     assert proc.returncode == -signal.SIGKILL
     resumed = start_cli_search(tmp_path, "--resume")  # the flags are the study's, not given again
@@ -292,7 +292,7 @@ def test_sigkill_mid_generation_then_resume_with_study_alone_keeps_the_budget_fl
 
 
 def test_ctrl_c_marks_the_children_in_flight_and_says_how_to_resume(tmp_path):
-    proc = start_cli_search(tmp_path, "--generations", "3", "--children", "3", "--epochs", "1")
+    proc = start_cli_search(tmp_path, "--generations", "3", "--children", "3", "--epochs", "2")
     finished_before = stop_mid_generation(proc, tmp_path, signal.SIGINT)
     err = proc.stderr.read()
     assert proc.returncode == 130, err
