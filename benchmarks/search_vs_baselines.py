@@ -121,29 +121,39 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def print_table(rows: list[dict[str, Any]], budget: float) -> None:
-    rows = [r for r in rows if r["budget"] == budget]
+BUSY_LOAD = 2.5  # the benchmark itself keeps the 1-minute load near 2 on 2 cores; above this something else ran
+
+
+def print_table(rows: list[dict[str, Any]], budget: float, commits: list[str] | None = None) -> None:
+    """The last row of each (arm, split) at ``budget`` (of ``commits`` only, when given, each a
+    prefix): test error (validation error), the means, spread, validation loss, wall time and commits."""
+    rows = [r for r in rows if r["budget"] == budget and (not commits or r["commit"].startswith(tuple(commits)))]
     arms = [a for a in (*ARMS, *ABLATIONS) if any(r["arm"] == a for r in rows)]
     splits = sorted({r["split"] for r in rows})
-    print(f"test error at a {budget:g} s budget (validation error in brackets); mean and spread over splits")
-    print("| arm | " + " | ".join(f"split {s}" for s in splits) + " | mean test | sd | mean val | wall s | commit |")
-    print("|---|" + "---:|" * (len(splits) + 4) + "---|")
+    print(f"test error at a {budget:g} s budget (validation error in brackets); mean and spread over splits; "
+          f"* = measured with a load average over {BUSY_LOAD} (something else ran)")
+    print("| arm | " + " | ".join(f"split {s}" for s in splits)
+          + " | mean test | sd | mean val | mean val loss | wall s | commit |")
+    print("|---|" + "---:|" * (len(splits) + 5) + "---|")
     for arm in arms:
-        cells, tests, vals, walls, commits = [], [], [], [], set()
+        cells, tests, vals, losses, walls, commits_seen = [], [], [], [], [], set()
         for split in splits:
             mine = [r for r in rows if r["arm"] == arm and r["split"] == split]
             if not mine:
                 cells.append("-")
                 continue
             r = mine[-1]
-            cells.append(f"{r['test_error']:.2%} ({r['val_error']:.2%})")
+            busy = "*" if max(r["load_before"], r["load_after"]) > BUSY_LOAD else ""
+            cells.append(f"{r['test_error']:.2%} ({r['val_error']:.2%}){busy}")
             tests.append(r["test_error"])
             vals.append(r["val_error"])
+            losses.append(r["val_loss"])
             walls.append(r["wall_seconds"])
-            commits.add(r["commit"])
+            commits_seen.add(r["commit"])
         sd = f"{statistics.stdev(tests):.2%}" if len(tests) > 1 else "-"
         print(f"| {arm} | " + " | ".join(cells) + f" | {statistics.mean(tests):.2%} | {sd} | "
-              f"{statistics.mean(vals):.2%} | {statistics.mean(walls):.0f} | {', '.join(sorted(commits))} |")
+              f"{statistics.mean(vals):.2%} | {statistics.mean(losses):.4f} | {statistics.mean(walls):.0f} | "
+              f"{', '.join(sorted(commits_seen))} |")
 
 
 def main() -> None:
@@ -153,6 +163,7 @@ def main() -> None:
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=[*ARMS, *ABLATIONS])
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--table", action="store_true", help="only print the table of what --out holds")
+    parser.add_argument("--commits", nargs="+", help="the table shows rows of these commits (prefixes) only")
     args = parser.parse_args()
     if not args.table:
         head = commit()
@@ -168,7 +179,7 @@ def main() -> None:
                 with args.out.open("a") as out:
                     out.write(json.dumps(row) + "\n")
                 print(json.dumps(row), flush=True)
-    print_table(read_rows(args.out), args.budget)
+    print_table(read_rows(args.out), args.budget, args.commits)
 
 
 if __name__ == "__main__":
