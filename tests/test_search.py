@@ -323,6 +323,20 @@ def test_cli_search_json(tmp_path):
     assert again.exit_code == 2 and "already exists" in again.output
 
 
+def test_cli_multi_objective_json_gives_the_pareto_front_and_seed_epochs_bound_the_seed(tmp_path):
+    space = tmp_path / "space.json"
+    space.write_text(json.dumps(tiny_space(budget={"generations": 1, "children": 3})))
+    result = runner.invoke(app, ["search", "--space", str(space), "--workdir", str(tmp_path), "--study", "mo",
+                                 "--objectives", "error,macs", "--seed-epochs", "1", "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output.strip().splitlines()[-1])
+    study = load_study(open_storage(f"sqlite:///{tmp_path / 'morphnas.db'}"), "mo")
+    assert [p["trial"] for p in out["pareto_front"]] == sorted(
+        (t.number for t in study.best_trials), key=lambda n: (study.trials[n].values[0], n))
+    assert all(set(p) == {"trial", "val_error", "params", "macs"} for p in out["pareto_front"])
+    assert len(study.trials[0].user_attrs["history"]) == 1  # the seed trained 1 epoch, not the space's 3
+
+
 @pytest.mark.parametrize("args,message", [
     (["--space", "/nonexistent.yaml"], "cannot read search space"),
     (["--dataset", "imagenet"], "unknown dataset"),

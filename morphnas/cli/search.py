@@ -101,6 +101,10 @@ def _print_summary(console: Console, s: SearchSummary) -> None:
     verdict = f"{abs(change):.2%} {'better' if change > 0 else 'worse'} than" if change else "the same as"
     console.print(f"[bold]test error {s.test_error:.2%}[/]: {verdict} its seed network's {s.seed_test_error:.2%} "
                   f"({len(s.lineage) - 1} steps from it)")
+    if s.pareto_front:
+        console.print("Pareto front (validation error, params, MACs): " + "; ".join(
+            f"trial {p['trial']} {p['val_error']:.2%}, {p['params']:,}, {p['macs'] / 1e6:.2f} M"
+            for p in s.pareto_front))
 
 
 def search(
@@ -117,6 +121,7 @@ def search(
     generations: int = typer.Option(None, "--generations", min=1),
     children: int = typer.Option(None, "--children", min=1),
     epochs: float = typer.Option(None, "--epochs", min=0.0, help="Fine-tuning epochs per child."),
+    seed_epochs: float = typer.Option(None, "--seed-epochs", min=0.0, help="Bound the seed's training (quick looks)."),
     time_budget: str = typer.Option(None, "--time-budget", help="Wall-clock budget, e.g. 10m."),
     objectives: str = typer.Option(None, "--objectives", help="error, error,macs or error,params."),
     seed: int = typer.Option(0, "--seed"),
@@ -126,10 +131,13 @@ def search(
     """Search by morphing: seed, generations of fine-tuned children, the best child."""
     if ray_address is not None:  # joining a cluster means running the children there
         executor = "ray"
-    if epochs is not None and epochs <= 0:
-        raise ConfigError(f"--epochs must be > 0, got {epochs:g}")
+    for flag, value in (("--epochs", epochs), ("--seed-epochs", seed_epochs)):
+        if value is not None and value <= 0:
+            raise ConfigError(f"{flag} must be > 0, got {value:g}")
     loaded = load_space(space)
     overrides = {"objectives": [o.strip() for o in objectives.split(",")]} if objectives else {}
+    if seed_epochs is not None:
+        overrides["seed"] = {**loaded.seed.model_dump(), "epochs": seed_epochs}
     if dataset or data_root:
         data = loaded.dataset.model_dump()
         data.update({k: v for k, v in (("name", dataset), ("data_root", data_root)) if v})
@@ -168,7 +176,8 @@ def search(
         typer.echo(json.dumps({**{k: summary.to_json()[k] for k in (
             "study", "storage", "best_trial", "val_error", "test_error", "params", "macs", "n_trials", "n_failed",
             "seed_val_error", "seed_test_error", "lineage", "checkpoint", "seconds")},
-                               "storage": shown_url(summary.storage)}))
+                               "storage": shown_url(summary.storage),
+                               **({"pareto_front": summary.pareto_front} if summary.pareto_front else {})}))
     else:
         _print_summary(console, summary)
 

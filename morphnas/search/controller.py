@@ -94,6 +94,7 @@ class SearchSummary:
     lineage: list[int]
     checkpoint: str
     seconds: float
+    pareto_front: list[dict[str, Any]] | None = None  # multi-objective: trial, val_error and costs, by error
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -485,6 +486,11 @@ class Search:
             lineage=[t.number for t in lineage(self.study, best.number)],
             checkpoint=str(self._checkpoint_dir(best.number)),
             seconds=round(seconds, 1),
+            pareto_front=[
+                {"trial": t.number, "val_error": val_error(t), "params": t.user_attrs["params"],
+                 "macs": t.user_attrs["macs"]}
+                for t in sorted(self.study.best_trials, key=lambda t: (val_error(t), t.number))
+            ] if is_multi_objective(self.study) else None,
         )
 
 
