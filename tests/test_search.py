@@ -306,6 +306,31 @@ def test_ctrl_c_marks_the_children_in_flight_and_says_how_to_resume(tmp_path):
         assert (trials[number].state, trials[number].values) == (state, values)
 
 
+def test_a_second_driver_is_refused_while_the_first_runs_the_study(tmp_path):
+    proc = start_cli_search(tmp_path, "--generations", "2", "--children", "2", "--epochs", "2")
+    db = f"sqlite:///{tmp_path / 'w' / 'morphnas.db'}"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+        try:
+            running = [t for t in optuna.load_study(study_name="k", storage=db).get_trials()
+                       if t.state == TrialState.RUNNING]
+        except Exception:
+            continue
+        if running:
+            break
+    second = subprocess.run([sys.executable, "-c", "from morphnas.cli import app; app()", "search", "--study", "k",
+                             "--resume", "--workdir", str(tmp_path / "w")], capture_output=True, text=True)
+    assert second.returncode == 2, second.stderr
+    assert len(second.stderr.strip().splitlines()) == 1 and "being run by another driver" in second.stderr
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err  # the first driver was not disturbed
+    trials = study_trials(tmp_path)
+    assert not [t for t in trials if "interrupted" in t.user_attrs.get("reason", "")]
+    third = subprocess.run(second.args, capture_output=True, text=True)  # the lease was released at the end
+    assert third.returncode == 0, third.stderr
+
+
 runner = CliRunner()
 
 

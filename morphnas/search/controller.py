@@ -39,6 +39,7 @@ from morphnas.grammar.space import Range, SearchSpace, parse_space
 from morphnas.ir import ArchGraph, compile_graph, cost, init_weights, load_arch
 from morphnas.morph import verify
 from morphnas.search.budget import BudgetPlan, plan_budget
+from morphnas.search.lease import DriverLease
 from morphnas.search.lineages import BestLineages, ParentSelector
 from morphnas.search.study import (
     best_trial,
@@ -146,6 +147,8 @@ class Search:
             if o.study not in names:
                 raise StudyError(f"cannot resume: no study named {o.study!r} in {shown_url(self.storage_url)}")
             study = optuna.load_study(study_name=o.study, storage=self.storage, sampler=self._sampler())
+            self.lease = DriverLease(study)
+            self.lease.acquire()  # before touching any trial: another driver may be running it
             self._mark_interrupted(study)
             return study
         name = o.study or f"{o.space.name}-{datetime.now():%Y%m%d-%H%M%S}"
@@ -161,6 +164,8 @@ class Search:
         study.set_user_attr("seed", o.seed)
         study.set_user_attr("workdir", str(self.workdir))
         study.set_user_attr("inherit", o.inherit)
+        self.lease = DriverLease(study)
+        self.lease.acquire()
         return study
 
     def _sampler(self) -> optuna.samplers.BaseSampler:
@@ -181,7 +186,8 @@ class Search:
         """The search to the end of its budget; on Ctrl-C the children in flight are marked
         interrupted and :class:`SearchInterrupted` says how to resume."""
         try:
-            return self._run()
+            with self.lease:
+                return self._run()
         except KeyboardInterrupt:
             for trial in list(self.live.values()):
                 with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):  # told just before
