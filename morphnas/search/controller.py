@@ -31,7 +31,7 @@ import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
-from morphnas.errors import ConfigError, MorphnasError, SearchInterrupted, StudyError
+from morphnas.errors import CheckpointError, ConfigError, MorphnasError, SearchInterrupted, StudyError
 from morphnas.execute import ChildJob, ChildResult, DatasetSpec, Executor, LocalExecutor, child_seed
 from morphnas.grammar.rules import get_rule
 from morphnas.grammar.sampling import suggest_descriptor, suggest_value
@@ -445,7 +445,12 @@ class Search:
             directory = self._checkpoint_dir(trial.number)
             metrics = {"val_error": result.val_error, "val_loss": result.val_loss, "history": result.history,
                        **child_cost}
-            save_checkpoint(directory, arch=graph.to_json(), weights=result.weights, metrics=metrics)
+            try:
+                save_checkpoint(directory, arch=graph.to_json(), weights=result.weights, metrics=metrics)
+            except CheckpointError as err:  # a full disk: stop here; the study keeps every earlier trial
+                trial.set_user_attr("reason", str(err))
+                self.study.tell(self.live.pop(trial.number), state=TrialState.FAIL)
+                raise CheckpointError(f"{err}; the study keeps the trials before it: free space and resume") from None
             trial.set_user_attr("checkpoint", str(directory.relative_to(self.trial_dir.parents[2])))
             trial.set_user_attr("val_error", result.val_error)
             trial.set_user_attr("val_loss", result.val_loss)

@@ -41,8 +41,11 @@ def save_checkpoint(
         raise CheckpointError(f"refusing to overwrite {target}: it exists and is not a checkpoint directory")
     texts = {ARCH_FILE: _to_json(arch, ARCH_FILE), METRICS_FILE: _to_json(metrics, METRICS_FILE)}
     tensors = {name: t.detach().to("cpu").clone(memory_format=torch.contiguous_format) for name, t in weights.items()}
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    except OSError as err:
+        raise CheckpointError(f"cannot write checkpoint {target}: {err.strerror or err}") from None
     try:
         save_file(tensors, str(tmp / WEIGHTS_FILE))
         _fsync(tmp / WEIGHTS_FILE)
@@ -59,6 +62,10 @@ def save_checkpoint(
         else:
             os.replace(tmp, target)
             _fsync(target.parent)
+    except (OSError, SafetensorError) as err:  # a full disk, a read-only file system, a quota
+        shutil.rmtree(tmp, ignore_errors=True)
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        raise CheckpointError(f"cannot write checkpoint {target}: {reason}") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

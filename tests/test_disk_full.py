@@ -1,0 +1,51 @@
+"""A full disk (a real, tiny tmpfs) while writing checkpoints: one line, nothing partial left, the study kept."""
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+from optuna.trial import TrialState
+from typer.testing import CliRunner
+
+from morphnas.cli import app
+from morphnas.errors import CheckpointError
+from morphnas.search import load_study, open_storage
+from morphnas.train import save_checkpoint
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root (CI runs as root)")
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 16 KiB file system: too small for any checkpoint's weights."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_a_full_disk_is_a_checkpoint_error_and_leaves_nothing_behind(full_disk: Path):
+    with pytest.raises(CheckpointError, match="No space left on device"):
+        save_checkpoint(full_disk / "ckpt", arch={"a": 1}, weights={"w": torch.zeros(100_000)}, metrics={})
+    assert list(full_disk.iterdir()) == []
+
+
+def test_a_search_whose_disk_is_full_stops_with_one_line_and_keeps_its_study(tmp_path, full_disk: Path):
+    space = tmp_path / "tiny.json"
+    space.write_text(json.dumps({"name": "tiny", "dataset": {"name": "digits"}, "rules": {"widen": {}},
+                                 "seed": {"arch": "cnn", "epochs": 1, "batch_size": 64},
+                                 "budget": {"generations": 1, "children": 2}}))
+    storage = f"sqlite:///{tmp_path / 'studies.db'}"
+    result = CliRunner().invoke(app, ["search", "--space", str(space), "--workdir", str(full_disk), "--storage",
+                                      storage, "--study", "full"])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "No space left on device" in lines[0] and "free space and resume" in lines[0]
+    (seed,) = load_study(open_storage(storage), "full").get_trials()
+    assert seed.state == TrialState.FAIL and "cannot write checkpoint" in seed.user_attrs["reason"]
