@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -304,6 +305,15 @@ def test_ctrl_c_marks_the_children_in_flight_and_says_how_to_resume(tmp_path):
     assert interrupted and all(t.state == TrialState.FAIL for t in interrupted)
     for number, (state, values, _) in finished_before.items():
         assert (trials[number].state, trials[number].values) == (state, values)
+
+
+def test_resume_refuses_up_front_when_the_checkpoints_are_gone(tmp_path):
+    summary = search(tmp_path, budget={"generations": 1, "children": 2})
+    shutil.rmtree(tmp_path / "studies")
+    result = runner.invoke(app, ["search", "--study", "t", "--resume", "--workdir", str(tmp_path)])
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+    assert "checkpoints of trials [0," in result.output and "moved or deleted" in result.output
+    assert len(load_study(open_storage(summary.storage), "t").trials) == summary.n_trials  # nothing new was tried
 
 
 def test_a_second_driver_is_refused_while_the_first_runs_the_study(tmp_path):

@@ -129,6 +129,11 @@ class Search:
             self.data = _load_data(self.space)
         self.seed = int(attrs["seed"])
         self.trial_dir = Path(attrs["workdir"]) / "studies" / self.study.study_name / "trials"
+        missing = [t.number for t in self._trials() if t.state == TrialState.COMPLETE
+                   and t.user_attrs.get("checkpoint") and not self._checkpoint_dir(t.number).is_dir()]
+        if missing:  # refuse up front rather than fail every child of a missing parent
+            raise StudyError(f"cannot resume {self.study.study_name!r}: the checkpoints of trials {missing[:5]} are "
+                             f"missing under {self.trial_dir} (was the work directory moved or deleted?)")
         ds = self.space.dataset
         self.dataset_spec = DatasetSpec(ds.name, ds.data_root, ds.split_seed, ds.augment, ds.image_size)
         self.calibration = self.data.train.x[:CALIBRATION_IMAGES]
