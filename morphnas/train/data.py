@@ -39,7 +39,9 @@ class Split:
 @dataclass(frozen=True)
 class Dataset:
     """A named data set with its three splits; ``augment`` names the training augmentation
-    (:data:`~morphnas.train.augment.AUGMENTS`: ``"shift"`` for MNIST, ``"crop_flip"`` for CIFAR)."""
+    (:data:`~morphnas.train.augment.AUGMENTS`: ``"shift"`` for MNIST, ``"crop_flip"`` for CIFAR).
+    ``mean`` and ``std`` are the per-channel statistics of the raw train split (pixels in [0, 1])
+    that every split was normalised with: a network trained here expects ``(raw - mean) / std``."""
 
     name: str
     input_shape: tuple[int, int, int]
@@ -48,6 +50,8 @@ class Dataset:
     val: Split
     test: Split
     augment: str
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
 
 
 def load_dataset(
@@ -110,7 +114,8 @@ def _make(
         for x, y in parts
     ]
     shape = tuple(train_x.shape[1:])
-    return Dataset(name, shape, num_classes, splits[0], splits[1], splits[2], augment)  # type: ignore[arg-type]
+    return Dataset(name, shape, num_classes, splits[0], splits[1], splits[2], augment,  # type: ignore[arg-type]
+                   tuple(mean.flatten().tolist()), tuple(std.flatten().tolist()))
 
 
 def _split_three(x: np.ndarray, y: np.ndarray, n_val: int, n_test: int, seed: int, name: str = "the data set") -> Parts:
