@@ -211,7 +211,8 @@ def _cifar(name: str, root: Path, seed: int) -> Dataset:
     n_val = len(order) // 10
     fit, val = order[:-n_val], order[-n_val:]
     parts = ((train_x[fit], train_y[fit]), (train_x[val], train_y[val]), test)
-    return _make(name, classes, parts, augment="crop_flip")
+    scaled = tuple((x.astype(np.float32) / 255.0, y) for x, y in parts)  # pixels in [0, 1], as for every set
+    return _make(name, classes, scaled, augment="crop_flip")
 
 
 def _read_cifar_file(path: Path, classes: int) -> tuple[np.ndarray, np.ndarray]:
