@@ -39,7 +39,8 @@ def check_out(out: Path) -> None:
     and a temporary directory made and removed in it, as :func:`save_checkpoint` will do.
     """
     target = out.absolute()
-    if target.exists() and (not target.is_dir() or any(child.name not in FILES for child in target.iterdir())):
+    replaceable = target.is_dir() and not target.is_symlink() and all(c.name in FILES for c in target.iterdir())
+    if target.exists() and not replaceable:
         raise ConfigError(f"--out {out} exists and is not a checkpoint directory")
     ancestor = next(path for path in target.parents if path.exists())
     if not ancestor.is_dir():
