@@ -79,7 +79,7 @@ def test_train_checks_out_before_loading_or_training(tmp_path: Path, monkeypatch
         result = runner.invoke(app, ["train", "--arch", "mlp", "--dataset", "digits", "--out", str(out)])
         assert_one_line_error(result, f"cannot write --out {out}", named)
     result = runner.invoke(app, ["train", "--arch", "mlp", "--dataset", "digits", "--out", str(tmp_path / "file.txt")])
-    assert_one_line_error(result, "exists and is not a checkpoint directory")
+    assert_one_line_error(result, f"refusing to overwrite --out {tmp_path / 'file.txt'}: it exists and is not a")
     assert (tmp_path / "file.txt").read_text() == "kept"
 
 

@@ -41,7 +41,7 @@ def check_out(out: Path) -> None:
     target = out.absolute()
     replaceable = target.is_dir() and not target.is_symlink() and all(c.name in FILES for c in target.iterdir())
     if target.exists() and not replaceable:
-        raise ConfigError(f"--out {out} exists and is not a checkpoint directory")
+        raise ConfigError(f"refusing to overwrite --out {out}: it exists and is not a checkpoint directory")
     ancestor = next(path for path in target.parents if path.exists())
     if not ancestor.is_dir():
         raise ConfigError(f"cannot write --out {out}: {ancestor} is a file, not a directory")
