@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import abc
 import math
-import os
 import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -178,21 +177,6 @@ def check_ray_address(address: str, timeout: float = 5.0) -> None:
         socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
     except OSError as err:
         raise ConfigError(f"cannot reach the Ray cluster at {address}: {err.strerror or err}") from None
-
-
-def check_executor(kind: str, *, gpus_per_child: float = 0, ray_address: str | None = None) -> None:
-    """Refuse at once what :func:`make_executor` would refuse only after starting something.
-
-    An unknown ``kind``; a GPU share without CUDA for children that run on this machine (local,
-    or a Ray started here); an unreachable Ray address (``ray_address`` or ``$RAY_ADDRESS``).
-    """
-    if kind not in EXECUTORS:
-        raise ConfigError(f"unknown executor {kind!r}; choose one of {', '.join(EXECUTORS)}")
-    address = (ray_address or os.environ.get("RAY_ADDRESS")) if kind == "ray" else None
-    if address is None:
-        check_devices(gpus_per_child)
-    else:
-        check_ray_address(address)
 
 
 def make_executor(
