@@ -163,7 +163,9 @@ def test_make_executor_validates():
         make_executor("local", gpus_per_child=-1)
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the failure without a GPU")
-def test_gpu_share_without_cuda_fails_the_child_with_a_reason():
-    (result,) = LocalExecutor(gpus_per_child=1).run([make_job(1, net="mlp")])
-    assert result.status == "failed" and "CUDA" in result.reason
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal without a GPU")
+def test_gpu_share_without_cuda_is_refused_before_any_child():
+    with pytest.raises(ConfigError, match="no CUDA device"):
+        LocalExecutor(gpus_per_child=1)
+    with pytest.raises(ConfigError, match="gpus_per_child is 0.25"):
+        make_executor("local", gpus_per_child=0.25)

@@ -11,13 +11,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from morphnas.cli.train import check_out
 from morphnas.errors import ConfigError
 from morphnas.ir import ArchGraph, compile_graph, cost, init_weights, load_arch
 from morphnas.morphnet import DEFAULT_STRENGTH, DEFAULT_THRESHOLD, TARGETS, CycleConfig, layer_widths, morphnet
 from morphnas.morphnet.cycle import parse_budget
 from morphnas.morphnet.expand import narrowest_cost
 from morphnas.train import DATASETS, load_dataset, save_checkpoint, train
-from morphnas.train.checkpoint import FILES
 
 
 def _check_fits(graph: ArchGraph, input_shape: tuple[int, ...], num_classes: int, dataset: str) -> None:
@@ -29,11 +29,6 @@ def _check_fits(graph: ArchGraph, input_shape: tuple[int, ...], num_classes: int
     if tuple(graph.shapes()[graph.sink]) != (num_classes,):
         outputs = graph.shapes()[graph.sink]
         raise ConfigError(f"the network has {outputs} outputs but {dataset} has {num_classes} classes")
-
-
-def _check_out(out: Path) -> None:
-    if out.exists() and (not out.is_dir() or any(child.name not in FILES for child in out.iterdir())):
-        raise ConfigError(f"--out {out} exists and is not a checkpoint directory")
 
 
 def _width_table(before: dict[str, int], after: dict[str, int]) -> Table:
@@ -67,7 +62,7 @@ def morphnet_command(
     if iterations < 1:
         raise ConfigError(f"--iterations must be >= 1, got {iterations}")
     parse_budget(budget, 1.0)  # fail on a malformed budget before loading anything
-    _check_out(out)
+    check_out(out)
     data = load_dataset(dataset, data_root=data_root, augment=augment)
     graph = load_arch(arch, input_shape=data.input_shape, num_classes=data.num_classes)
     _check_fits(graph, data.input_shape, data.num_classes, dataset)

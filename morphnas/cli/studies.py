@@ -1,9 +1,10 @@
-"""``morphnas studies``: list studies, show their trials, trace a trial's lineage."""
+"""``morphnas studies``: list studies, show their trials, trace a trial's lineage, delete a study."""
 
 from __future__ import annotations
 
 import json
 import math
+import sys
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -18,22 +19,24 @@ from rich.tree import Tree
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from morphnas.errors import StudyError
+from morphnas.errors import ConfigError, StudyError
 from morphnas.search.study import (
     best_trial,
     default_storage,
+    delete_study,
     final_trial,
     find_trial,
     is_multi_objective,
     lineage,
     load_study,
     open_storage,
+    study_dir,
     study_metric,
     study_names,
     trials_frame,
 )
 
-studies_app = typer.Typer(no_args_is_help=True, help="List and inspect search studies.")
+studies_app = typer.Typer(no_args_is_help=True, help="List, inspect and delete search studies.")
 
 STORAGE = typer.Option(None, "--storage", help="SQLAlchemy URL (default: sqlite in the work dir).")
 WORKDIR = typer.Option(Path("runs"), "--workdir", help="Work directory holding the default database.")
@@ -238,6 +241,28 @@ def lineage_cmd(
         node = node.add(_step(s, t, before))
         before = t.values[0] if t.state == TrialState.COMPLETE else before
     Console().print(root)
+
+
+@studies_app.command("delete")
+def delete(
+    study: str = typer.Argument(..., help="Study name."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Delete without asking."),
+    storage: str = STORAGE,
+    workdir: Path = WORKDIR,
+) -> None:
+    """Delete a study: its trials in the storage and its checkpoints under the work directory."""
+    _, store = resolve_storage(storage, workdir)
+    s = load_study(store, study)
+    directory = study_dir(s)
+    n = len(s.get_trials(deepcopy=False))
+    what = f"study {study!r} ({n} trial{'s' * (n != 1)})" + (
+        f" and {directory}" if directory is not None and directory.is_dir() else "")
+    if not yes:
+        if not sys.stdin.isatty():
+            raise ConfigError(f"not deleting {what} without confirmation: pass --yes")
+        typer.confirm(f"delete {what}?", abort=True)
+    delete_study(store, study)
+    typer.echo(f"deleted {what}")
 
 
 def register(app: typer.Typer) -> None:

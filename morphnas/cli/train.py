@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from morphnas.errors import ConfigError
 from morphnas.ir import ArchGraph, compile_graph, load_arch
 from morphnas.train import DATASETS, EpochReport, TrainConfig, load_dataset, save_checkpoint, train
+from morphnas.train.checkpoint import FILES
 
 
 def _check_fits(graph: ArchGraph, input_shape: tuple[int, ...], num_classes: int, dataset: str) -> None:
@@ -28,6 +30,26 @@ def _check_fits(graph: ArchGraph, input_shape: tuple[int, ...], num_classes: int
     outputs = graph.shapes()[graph.sink]
     if tuple(outputs) != (num_classes,):
         raise ConfigError(f"the network has {outputs} outputs but {dataset} has {num_classes} classes")
+
+
+def check_out(out: Path) -> None:
+    """ConfigError unless a checkpoint can be written to ``out``; checked before training so no result is lost.
+
+    ``out`` may be missing or a checkpoint directory (replaced). Its parent directory is created
+    and a temporary directory made and removed in it, as :func:`save_checkpoint` will do.
+    """
+    target = out.absolute()
+    replaceable = target.is_dir() and not target.is_symlink() and all(c.name in FILES for c in target.iterdir())
+    if target.exists() and not replaceable:
+        raise ConfigError(f"refusing to overwrite --out {out}: it exists and is not a checkpoint directory")
+    ancestor = next(path for path in target.parents if path.exists())
+    if not ancestor.is_dir():
+        raise ConfigError(f"cannot write --out {out}: {ancestor} is a file, not a directory")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryDirectory(dir=target.parent).cleanup()
+    except OSError as err:
+        raise ConfigError(f"cannot write --out {out}: {err.strerror or err}") from None
 
 
 @contextlib.contextmanager
@@ -68,6 +90,7 @@ def train_command(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a summary."),
 ) -> None:
     """Train a network on a data set, write its checkpoint and report its errors."""
+    check_out(out)
     data = load_dataset(dataset, data_root=data_root, augment=augment)
     graph = load_arch(arch, input_shape=data.input_shape, num_classes=data.num_classes)
     _check_fits(graph, data.input_shape, data.num_classes, dataset)

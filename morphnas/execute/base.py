@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import abc
 import math
+import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -152,6 +153,30 @@ def check_resources(cpus_per_child: float, gpus_per_child: float) -> None:
         raise ConfigError(f"cpus_per_child must be > 0, got {cpus_per_child}")
     if not (math.isfinite(gpus_per_child) and gpus_per_child >= 0):
         raise ConfigError(f"gpus_per_child must be >= 0, got {gpus_per_child}")
+
+
+def check_devices(gpus_per_child: float) -> None:
+    """ConfigError when children on this machine are to use a GPU share and torch finds no CUDA device."""
+    if gpus_per_child > 0 and not torch.cuda.is_available():
+        raise ConfigError(
+            f"gpus_per_child is {gpus_per_child:g} but torch finds no CUDA device on this machine; "
+            "use 0 to train on the CPU"
+        )
+
+
+def check_ray_address(address: str, timeout: float = 5.0) -> None:
+    """ConfigError unless ``host:port`` (or ``ray://host:port``) accepts a TCP connection within ``timeout`` s.
+
+    ``ray.init`` retries an address that does not answer for minutes; this fails in seconds.
+    Other forms (``auto``, ``local``) are left to Ray.
+    """
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as err:
+        raise ConfigError(f"cannot reach the Ray cluster at {address}: {err.strerror or err}") from None
 
 
 def make_executor(

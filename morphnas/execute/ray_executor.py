@@ -64,7 +64,9 @@ from morphnas.execute.base import (
     DatasetSpec,
     EpochCallback,
     Executor,
+    check_devices,
     check_jobs,
+    check_ray_address,
     check_resources,
     threads_for,
 )
@@ -86,8 +88,11 @@ class RayExecutor(Executor):
     """Fine-tune children in parallel as Ray Tune trials (see the module docstring for the mechanics).
 
     - ``ray_address``: join that running cluster (``ray.init(address=...)``; None falls back to
-      ``$RAY_ADDRESS``). With neither, a local Ray is started with all this machine's CPUs and no
-      dashboard. If Ray is already initialised in this process, that runtime is used as it is.
+      ``$RAY_ADDRESS``); a ``host:port`` that does not answer within seconds raises ConfigError.
+      With neither, the cluster ``ray start`` left running on this machine is joined if there is
+      one, else a local Ray is started with all this machine's CPUs and no dashboard (ConfigError
+      for ``gpus_per_child > 0`` without CUDA). If Ray is already initialised in this process,
+      that runtime is used as it is.
       :meth:`close` shuts Ray down (or disconnects) only if this executor called ``ray.init``.
     - ``cpus_per_child`` / ``gpus_per_child``: each trial's resources, fractional allowed; a
       child uses ``threads_for(cpus_per_child)`` torch threads, and trains on ``"cuda"`` when
@@ -128,9 +133,14 @@ class RayExecutor(Executor):
         address = ray_address or os.environ.get("RAY_ADDRESS")
         if not ray.is_initialized():
             if address is not None:
-                ray.init(address=address, logging_level=logging.WARNING)
+                check_ray_address(address)
+                try:
+                    ray.init(address=address, logging_level=logging.WARNING)
+                except ConnectionError as err:
+                    raise ConfigError(f"cannot connect to Ray at {address}: {str(err).splitlines()[0]}") from None
             else:
-                ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, logging_level=logging.WARNING)
+                check_devices(gpus_per_child)
+                _init_local_ray()
             self._owns_ray = True
             if address is None:
                 self._check_fits()
@@ -254,6 +264,21 @@ class RayExecutor(Executor):
             bridge.events.put(_Finished(err))
         else:
             bridge.events.put(_Finished(None))
+
+
+def _init_local_ray() -> None:
+    """Start a local Ray with all this machine's CPUs, or join the one ``ray start`` left running here.
+
+    ``ray.init`` without an address joins a cluster started by ``ray start`` on this machine, and
+    then refuses ``num_cpus`` (a ValueError raised before it connects): that cluster keeps its own
+    resources.
+    """
+    try:
+        ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, logging_level=logging.WARNING)
+    except ValueError as err:
+        if "existing cluster" not in str(err):
+            raise
+        ray.init(logging_level=logging.WARNING)
 
 
 def _trial_name(trial: Any) -> str:

@@ -51,6 +51,8 @@ def export_onnx(
     module = reference_module(graph, weights)
     example = check_inputs(graph, batches=(2,), seed=1)  # batch 2: export specialises sizes 0 and 1
     external = sum(t.numel() * t.element_size() for t in weights.values()) > _EXTERNAL_DATA_BYTES
+    if external:
+        prepare_file(target.with_name(target.name + ".data"))  # where the exporter puts the weights
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -123,9 +123,9 @@ def export_python(
     if target.stem in _SHADOWED:
         raise ConfigError(f"python export {target.name!r} would shadow the {target.stem!r} module it imports")
     target = prepare_file(target)
+    weights_path = prepare_file(target.with_suffix(".safetensors"))
     code = python_source(graph)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in weights.items()}
-    weights_path = target.with_suffix(".safetensors")
     try:
         save_file(tensors, str(weights_path), metadata={"format": "morphnas.weights"})
         target.write_text(code)

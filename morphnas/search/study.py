@@ -9,6 +9,7 @@ attributes small enough for any SQL backend.
 from __future__ import annotations
 
 import math
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,33 @@ def load_study(storage: optuna.storages.BaseStorage, name: str, **kwargs: Any) -
         known = ", ".join(study_names(storage)) or "none"
         raise StudyError(f"no study named {name!r} in this storage (studies: {known})")
     return optuna.load_study(study_name=name, storage=storage, **kwargs)
+
+
+def study_dir(study: optuna.Study) -> Path | None:
+    """Where a search keeps the study's files: ``<workdir>/studies/<name>``.
+
+    None for a study made outside a search (no ``workdir`` attribute) or whose name would not
+    make a directory inside ``<workdir>/studies`` (``..``, an absolute path).
+    """
+    workdir = study.user_attrs.get("workdir")
+    if workdir is None:
+        return None
+    root = Path(workdir) / "studies"
+    directory = root / study.study_name
+    return directory if root.resolve() in directory.resolve().parents else None
+
+
+def delete_study(storage: optuna.storages.BaseStorage, name: str) -> Path | None:
+    """Delete study ``name`` from ``storage``, then its directory (:func:`study_dir`) if there is one.
+
+    Returns the directory removed, or None. An unknown name raises StudyError.
+    """
+    directory = study_dir(load_study(storage, name))
+    optuna.delete_study(study_name=name, storage=storage)
+    if directory is None or not directory.is_dir():
+        return None
+    shutil.rmtree(directory)
+    return directory
 
 
 def is_multi_objective(study: optuna.Study) -> bool:
