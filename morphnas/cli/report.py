@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from morphnas.cli.studies import STORAGE, WORKDIR, resolve_storage
-from morphnas.search.study import load_study
+from morphnas.search.study import load_study, shown_url
 
 
 def report(
@@ -33,7 +33,7 @@ def dashboard(
     import optuna_dashboard
 
     url, store = resolve_storage(storage, workdir)
-    typer.echo(f"optuna-dashboard for {url} on http://{host}:{port}/ (Ctrl-C to stop)")
+    typer.echo(f"optuna-dashboard for {shown_url(url)} on http://{host}:{port}/ (Ctrl-C to stop)")
     optuna_dashboard.run_server(store, host=host, port=port)
 
 

@@ -30,6 +30,7 @@ from morphnas.search.study import (
     lineage,
     load_study,
     open_storage,
+    shown_url,
     study_dir,
     study_metric,
     study_names,
@@ -100,13 +101,13 @@ def list_studies(
     url, store = resolve_storage(storage, workdir)
     rows = [study_row(load_study(store, name)) for name in study_names(store)]
     if as_json:
-        typer.echo(json.dumps({"storage": url, "studies": rows}))
+        typer.echo(json.dumps({"storage": shown_url(url), "studies": rows}))
         return
     console = Console()
     if not rows:
-        console.print(f"no studies in {escape(url)}")
+        console.print(f"no studies in {escape(shown_url(url))}")
         return
-    table = Table(title=f"studies in {escape(url)}")
+    table = Table(title=f"studies in {escape(shown_url(url))}")
     for column in ("study", "objectives", "trials", "complete", "pruned", "failed", "running", "best val error",
                    "best trial", "first", "last"):
         table.add_column(column, justify="right" if column not in ("study", "objectives") else "left")
