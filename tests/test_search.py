@@ -331,6 +331,8 @@ def test_a_second_driver_is_refused_while_the_first_runs_the_study(tmp_path):
             continue
         if running:
             break
+    else:
+        raise AssertionError(f"no child was seen running: {proc.communicate()[1][-2000:]}")
     second = subprocess.run([sys.executable, "-c", "from morphnas.cli import app; app()", "search", "--study", "k",
                              "--resume", "--workdir", str(tmp_path / "w")], capture_output=True, text=True)
     assert second.returncode == 2, second.stderr
