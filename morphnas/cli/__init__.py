@@ -1,16 +1,21 @@
 """The ``morphnas`` command: a thin typer layer over the Python API.
 
 A command's module is imported only when that command runs, so ``morphnas --help`` and
-``morphnas studies list`` start without torch. Every :class:`~morphnas.errors.MorphnasError`
-becomes one line on stderr and exit status 2.
+``morphnas studies list`` start without torch. Every usage error and every
+:class:`~morphnas.errors.MorphnasError` becomes one line on stderr and exit status 2.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
+from collections.abc import Iterator
 
 import typer
+
+# typer vendors click (typer >= 0.26) and exports no usage-error class of its own.
+from typer._click.exceptions import NoArgsIsHelpError, UsageError
 from typer.core import TyperCommand, TyperGroup
 
 from morphnas import __version__
@@ -42,6 +47,21 @@ def load_command(name: str) -> TyperCommand | TyperGroup:
     return typer.main.get_group(commands).commands[name]
 
 
+@contextlib.contextmanager
+def _one_line_errors() -> Iterator[None]:
+    try:
+        yield
+    except NoArgsIsHelpError:
+        raise  # the help is already printed
+    except UsageError as err:
+        hint = "" if err.ctx is None else f" (see '{err.ctx.command_path} --help')"
+        typer.echo(f"morphnas: error: {' '.join(err.format_message().splitlines())}{hint}", err=True)
+        raise typer.Exit(2) from None
+    except MorphnasError as err:
+        typer.echo(f"morphnas: error: {err}", err=True)
+        raise typer.Exit(2) from None
+
+
 class _LazyGroup(TyperGroup):
     """Lists every command from COMMANDS and imports one only to run it; errors on one line."""
 
@@ -53,12 +73,13 @@ class _LazyGroup(TyperGroup):
         name, command, rest = super().resolve_command(ctx, args)
         return name, command if name is None else load_command(name), rest
 
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
+        with _one_line_errors():
+            return super().parse_args(ctx, args)
+
     def invoke(self, ctx: typer.Context):
-        try:
+        with _one_line_errors():
             return super().invoke(ctx)
-        except MorphnasError as err:
-            typer.echo(f"morphnas: error: {err}", err=True)
-            raise typer.Exit(2) from None
 
 
 app = typer.Typer(
