@@ -8,7 +8,6 @@ A command's module is imported only when that command runs, so ``morphnas --help
 from __future__ import annotations
 
 import contextlib
-import functools
 import importlib
 from collections.abc import Iterator
 
@@ -39,7 +38,6 @@ COMMANDS = {
 }
 
 
-@functools.cache
 def load_command(name: str) -> TyperCommand | TyperGroup:
     """The command ``name``, built by the ``register`` function of its module."""
     commands = typer.Typer()
