@@ -27,6 +27,6 @@ cd "$work"  # away from the source tree
 "$work/venv/bin/python" -c '
 import json, sys
 summary = json.load(open(sys.argv[1]))
-print(f"wheel check: morphnas search from the installed wheel: {summary[\"n_trials\"]} trials, "
-      f"best trial {summary[\"best_trial\"]}, test error {summary[\"test_error\"]:.2%}")
+trials, best, error = summary["n_trials"], summary["best_trial"], summary["test_error"]
+print(f"wheel check: morphnas search from the installed wheel: {trials} trials, best trial {best}, test error {error:.2%}")
 ' "$work/search.json"
