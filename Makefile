@@ -2,7 +2,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install lint clean
+.PHONY: run test wheel-check install lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -18,6 +18,10 @@ run: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q -n 2 --dist loadfile
+
+# The wheel installed (not editable) in a fresh venv runs a short search: .ci/wheel_check.sh.
+wheel-check: $(STAMP)
+	VENV=$(VENV) bash .ci/wheel_check.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache

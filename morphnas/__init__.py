@@ -8,21 +8,52 @@ The public API, re-exported from the packages that implement it::
     summary = morphnas.run_search(morphnas.SearchOptions(space=morphnas.load_space("default")))
     frame = morphnas.load_trials(summary.storage, summary.study)  # pandas DataFrame
     model = morphnas.load("runs/.../trials/00007")                # nn.Module from safetensors + JSON
+
+The API is imported on first use (PEP 562), so ``import morphnas`` and the ``morphnas`` command
+start without torch.
 """
+
+import importlib
 
 __version__ = "0.1.0"
 
-from morphnas.errors import MorphnasError  # noqa: E402
-from morphnas.export import load  # noqa: E402
-from morphnas.grammar import classify, reduce_module, solve  # noqa: E402
-from morphnas.grammar.space import load_space  # noqa: E402
-from morphnas.ir import ArchGraph, compile_graph, cost, init_weights, load_arch  # noqa: E402
-from morphnas.morph import REGISTRY, apply_morph, replay, verify  # noqa: E402
-from morphnas.search import SearchOptions, load_trials, run_search  # noqa: E402
-from morphnas.train import TrainConfig, load_dataset, train  # noqa: E402
+# Each public name and the module that defines it, in the order the modules were always imported.
+_SOURCES = {
+    "MorphnasError": "morphnas.errors",
+    "load": "morphnas.export",
+    "classify": "morphnas.grammar",
+    "reduce_module": "morphnas.grammar",
+    "solve": "morphnas.grammar",
+    "load_space": "morphnas.grammar.space",
+    "ArchGraph": "morphnas.ir",
+    "compile_graph": "morphnas.ir",
+    "cost": "morphnas.ir",
+    "init_weights": "morphnas.ir",
+    "load_arch": "morphnas.ir",
+    "REGISTRY": "morphnas.morph",
+    "apply_morph": "morphnas.morph",
+    "replay": "morphnas.morph",
+    "verify": "morphnas.morph",
+    "SearchOptions": "morphnas.search",
+    "load_trials": "morphnas.search",
+    "run_search": "morphnas.search",
+    "TrainConfig": "morphnas.train",
+    "load_dataset": "morphnas.train",
+    "train": "morphnas.train",
+}
 
-__all__ = [
-    "REGISTRY", "ArchGraph", "MorphnasError", "SearchOptions", "TrainConfig", "__version__", "apply_morph",
-    "classify", "compile_graph", "cost", "init_weights", "load", "load_arch", "load_dataset", "load_space",
-    "load_trials", "reduce_module", "replay", "run_search", "solve", "train", "verify",
-]
+__all__ = ["__version__", *_SOURCES]
+
+
+def __getattr__(name: str):
+    """Import the whole API when any of it is first used: the morph registry is then complete, as it
+    always was after ``import morphnas`` (the grammar registers ``module``, ``shrink`` and ``expand``)."""
+    if name not in _SOURCES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    for attr, module in _SOURCES.items():
+        globals()[attr] = getattr(importlib.import_module(module), attr)
+    return globals()[name]
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

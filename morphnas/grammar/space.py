@@ -16,7 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from morphnas.errors import ConfigError
 
-SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
+# Package data in a wheel; in a source checkout a link to the repository's search_spaces/.
+SPACES_DIR = Path(__file__).resolve().parents[1] / "search_spaces"
 
 
 class _Strict(BaseModel):
