@@ -34,7 +34,7 @@ COMMANDS = {
                          "preservation."),
     "arch": ("arch", "Show and save architectures."),
     "grammar": ("grammar", "The graph grammar and its module algebra."),
-    "studies": ("studies", "List and inspect search studies."),
+    "studies": ("studies", "List, inspect and delete search studies."),
 }
 
 
