@@ -11,14 +11,16 @@ from __future__ import annotations
 import math
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
-import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.engine import make_url
 
 from morphnas.errors import StudyError
+
+if TYPE_CHECKING:
+    import pandas
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -158,7 +160,7 @@ COLUMNS = [
 ]
 
 
-def trials_frame(study: optuna.Study) -> pd.DataFrame:
+def trials_frame(study: optuna.Study) -> pandas.DataFrame:
     """One row per trial with the columns of :data:`COLUMNS`."""
     rows = []
     for t in study.get_trials(deepcopy=False):
@@ -181,10 +183,12 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
             "duration_s": duration,
             "reason": a.get("reason"),
         })
+    import pandas as pd  # only tables need it: `morphnas studies list` starts without it
+
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def load_trials(storage: str, study: str) -> pd.DataFrame:
+def load_trials(storage: str, study: str) -> pandas.DataFrame:
     """The trials of ``study`` in ``storage`` (a URL) as a pandas DataFrame."""
     return trials_frame(load_study(open_storage(storage), study))
 
