@@ -6,10 +6,12 @@ import importlib.util
 import json
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pytest
 import torch
 from optuna.trial import TrialState
+from sklearn.datasets import load_digits
 from typer.testing import CliRunner
 
 import morphnas.export.formats as formats
@@ -18,7 +20,7 @@ from morphnas.export import load
 from morphnas.grammar.space import parse_space
 from morphnas.ir import ArchGraph, compile_graph
 from morphnas.search import SearchOptions, load_study, open_storage, run_search, trial_checkpoint
-from morphnas.train import load_checkpoint
+from morphnas.train import load_checkpoint, load_dataset
 
 runner = CliRunner()
 
@@ -60,7 +62,13 @@ def logits(module, x: torch.Tensor) -> torch.Tensor:
         return torch.as_tensor(module(x))
 
 
-X = torch.randn(5, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+X = torch.rand(5, 1, 8, 8, generator=torch.Generator().manual_seed(0))  # raw pixels in [0, 1]
+
+
+def normalised(x: torch.Tensor, metrics: dict) -> torch.Tensor:
+    """What the trained network expects: ``x`` normalised with the training data's statistics."""
+    stats = metrics["normalisation"]
+    return (x - torch.tensor(stats["mean"]).view(1, -1, 1, 1)) / torch.tensor(stats["std"]).view(1, -1, 1, 1)
 
 
 def invoke(*args: str):
@@ -71,13 +79,13 @@ def test_best_trial_to_python_source(study, tmp_path):
     out = tmp_path / "best_net.py"
     result = invoke("t", "--workdir", str(study["workdir"]), "--format", "python", "--out", str(out))
     assert result.exit_code == 0, result.output
-    assert f"trial {study['best']} of study 't'" in result.stdout and len(result.stdout.splitlines()) == 1
+    assert f"trial {study['best']} of study 't'" in result.stdout and "takes raw pixels" in result.stdout
     assert (tmp_path / "best_net.safetensors").is_file()
     spec = importlib.util.spec_from_file_location("best_net_cli", out)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    reference, _, _ = checkpoint_of(study, study["best"])
-    assert (logits(module.load(), X) - logits(reference, X)).abs().max() <= 1e-5
+    reference, metrics, _ = checkpoint_of(study, study["best"])
+    assert (logits(module.load(), X) - logits(reference, normalised(X, metrics))).abs().max() <= 1e-5
 
 
 def test_chosen_trial_to_a_bundle_with_its_metrics(study, tmp_path):
@@ -85,8 +93,10 @@ def test_chosen_trial_to_a_bundle_with_its_metrics(study, tmp_path):
     result = invoke("t", "--storage", study["storage"], "--trial", "1", "--format", "safetensors", "--out", str(out))
     assert result.exit_code == 0, result.output
     reference, metrics, _ = checkpoint_of(study, 1)
-    assert json.loads((out / "metrics.json").read_text()) == metrics
-    assert (logits(load(out), X) - logits(reference, X)).abs().max() <= 1e-5
+    stats = metrics["normalisation"]
+    assert json.loads((out / "metrics.json").read_text()) == {
+        **metrics, "input": {"raw_pixels": True, "mean": stats["mean"], "std": stats["std"]}}
+    assert (logits(load(out), X) - logits(reference, normalised(X, metrics))).abs().max() <= 1e-5
 
     (out / "metrics.json").unlink()  # a bundle without metrics is accepted by --checkpoint too
     again = invoke("--checkpoint", str(out), "--format", "safetensors", "--out", str(tmp_path / "copy"))
@@ -97,7 +107,7 @@ def test_chosen_trial_to_a_bundle_with_its_metrics(study, tmp_path):
 def test_checkpoint_directory_to_pt2_format_from_suffix(study, tmp_path):
     reference, _, directory = checkpoint_of(study, 0)
     out = tmp_path / "seed.pt2"
-    result = invoke("--checkpoint", str(directory), "--out", str(out))
+    result = invoke("--checkpoint", str(directory), "--out", str(out), "--no-preprocess")
     assert result.exit_code == 0, result.output
     assert "as pt2" in result.stdout and "torch.export.load" in result.stdout
     program = torch.export.load(str(out)).module()
@@ -117,7 +127,26 @@ def test_onnx_mismatch_exits_1_and_keeps_the_file(study, tmp_path, monkeypatch):
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     reference, _, _ = checkpoint_of(study, study["best"])
     got = torch.from_numpy(session.run(None, {"input": X.numpy()})[0])
-    assert (got - logits(reference, X)).abs().max() <= 1e-4
+    _, metrics, _ = checkpoint_of(study, study["best"])
+    assert (got - logits(reference, normalised(X, metrics))).abs().max() <= 1e-4
+
+
+def test_onnx_export_fed_raw_pixels_gives_the_study_test_error(study, tmp_path):
+    import onnxruntime as ort
+
+    out = tmp_path / "best.onnx"
+    result = invoke("t", "--workdir", str(study["workdir"]), "--out", str(out))
+    assert result.exit_code == 0, result.output
+    bunch = load_digits()  # the raw data set: pixels 0-16, scaled to [0, 1] as the data set is read
+    data = load_dataset("digits")
+    stats = checkpoint_of(study, study["best"])[1]["normalisation"]
+    raw = data.test.x * torch.tensor(stats["std"]).view(1, -1, 1, 1) + torch.tensor(stats["mean"]).view(1, -1, 1, 1)
+    rows = {tuple(np.round(r * 16).astype(int)) for r in bunch.data}
+    assert all(tuple(np.round(x.flatten().numpy() * 16).astype(int)) in rows for x in raw)  # really raw images
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    predicted = session.run(None, {"input": raw.numpy()})[0].argmax(1)
+    error = float((torch.from_numpy(predicted) != data.test.y).float().mean())
+    assert error == pytest.approx(study["study"].user_attrs[f"test_error/{study['best']}"], abs=1e-9)
 
 
 def test_user_errors_are_one_line_and_exit_2(study, tmp_path):

@@ -10,7 +10,14 @@ import typer
 from morphnas.errors import ConfigError, StudyError
 from morphnas.export import FORMATS, ExportMismatchError, export, infer_format, read_bundle
 from morphnas.ir import ArchGraph, Weights
-from morphnas.search.study import default_storage, find_trial, load_study, open_storage, trial_checkpoint
+from morphnas.search.study import (
+    default_storage,
+    find_trial,
+    load_study,
+    open_storage,
+    test_error,
+    trial_checkpoint,
+)
 from morphnas.train.checkpoint import load_checkpoint
 
 _LOADING = {
@@ -45,6 +52,9 @@ def _from_study(
     study = load_study(open_storage(storage), study_name)
     trial = find_trial(study, parse_trial(trial_text))
     arch, weights, metrics = load_checkpoint(trial_checkpoint(study, trial))
+    tested = test_error(study, trial.number)
+    if tested is not None:
+        metrics = {**metrics, "test_error": tested}
     return ArchGraph.from_json(arch), weights, metrics, f"trial {trial.number} of study {study_name!r}"
 
 
@@ -59,6 +69,10 @@ def export_command(
     workdir: Path = typer.Option(Path("runs"), "--workdir", help="Work directory of the search."),
     checkpoint: Path = typer.Option(
         None, "--checkpoint", help="Export this checkpoint (or bundle) directory instead of a study."
+    ),
+    preprocess: bool = typer.Option(
+        True, "--preprocess/--no-preprocess",
+        help="Put the training data's normalisation into the network, so it takes raw pixels in [0, 1].",
     ),
 ) -> None:
     """Export the best (or a chosen) morphed network and check it reproduces PyTorch's outputs.
@@ -76,13 +90,20 @@ def export_command(
         what = f"checkpoint {checkpoint}"
     else:
         graph, weights, metrics, what = _from_study(study, trial, storage, workdir)
+    stats = metrics.get("normalisation")
+    normalisation = (stats["mean"], stats["std"]) if preprocess and stats and "input" not in metrics else None
     try:
-        diff = export(graph, weights, out, fmt, metrics=metrics)
+        diff = export(graph, weights, out, fmt, metrics=metrics, normalisation=normalisation)
     except ExportMismatchError as err:
         typer.echo(f"morphnas: error: {err}", err=True)
         raise typer.Exit(1) from None
     extra = f" and {out.with_suffix('.safetensors')}" if fmt == "python" else ""
     typer.echo(f"exported {what} as {fmt} to {out}{extra} (max abs diff from PyTorch {diff:.2g}); {_LOADING[fmt]}")
+    if normalisation is not None:
+        typer.echo("it takes raw pixels in [0, 1]: its first layer (input_norm) applies the training normalisation")
+    else:
+        typer.echo("it takes inputs normalised as in training" + ("" if stats else " (this checkpoint does not "
+                   "record the normalisation: see the data set's mean and std)"))
 
 
 def register(app: typer.Typer) -> None:

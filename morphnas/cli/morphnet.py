@@ -108,7 +108,7 @@ def morphnet_command(
         "budget": config.budget,
     }
     metrics = {**summary, "dataset": dataset, "arch": arch, "config": dataclasses.asdict(config),
-               "iterations": result.to_json()}
+               "iterations": result.to_json(), "normalisation": {"mean": list(data.mean), "std": list(data.std)}}
     path = save_checkpoint(out, arch=result.graph.to_json(), weights=result.weights, metrics=metrics)
     if as_json:
         typer.echo(json.dumps({**summary, "out": str(path)}))

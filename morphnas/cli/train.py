@@ -115,6 +115,7 @@ def train_command(
         "seconds": result.seconds,
         "config": dataclasses.asdict(config),
         "history": [dataclasses.asdict(report) for report in result.history],
+        "normalisation": {"mean": list(data.mean), "std": list(data.std)},
     }
     path = save_checkpoint(out, arch=graph.to_json(), weights=dict(model.state_dict()), metrics=metrics)
     if as_json:

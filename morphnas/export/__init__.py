@@ -8,7 +8,7 @@ returns the largest absolute difference (:class:`ExportMismatchError` beyond tol
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ from morphnas.errors import ConfigError
 from morphnas.export.bundle import export_bundle, load, read_bundle
 from morphnas.export.formats import ONNX_TOLERANCE, TORCH_TOLERANCE, ExportError, ExportMismatchError
 from morphnas.export.onnx import export_onnx, verify_onnx
+from morphnas.export.preprocess import with_input_normalisation
 from morphnas.export.program import export_program
 from morphnas.export.source import export_python, python_source
 from morphnas.ir import ArchGraph, Weights
@@ -47,14 +48,21 @@ def export(
     *,
     metrics: dict[str, Any] | None = None,
     check: bool = True,
+    normalisation: tuple[Sequence[float], Sequence[float]] | None = None,
 ) -> float:
     """Export in ``format`` (default: from the suffix of ``path``); the max abs difference from PyTorch.
 
     ``metrics`` go into a safetensors bundle's ``metrics.json`` and are ignored by other formats.
+    ``normalisation`` (per-channel mean and std of the training data) becomes the network's first
+    layer (:mod:`morphnas.export.preprocess`): the export then takes raw pixels in [0, 1].
     """
     fmt = format or infer_format(path)
     if fmt not in FORMATS:
         raise ConfigError(f"unknown export format {fmt!r}; formats: {', '.join(FORMATS)}")
+    if normalisation is not None:
+        graph, weights = with_input_normalisation(graph, weights, *normalisation)
+        mean, std = normalisation
+        metrics = {**(metrics or {}), "input": {"raw_pixels": True, "mean": list(mean), "std": list(std)}}
     if fmt == "safetensors":
         return export_bundle(graph, weights, path, metrics=metrics, check=check)
     return FORMATS[fmt](graph, weights, path, check=check)

@@ -449,7 +449,7 @@ class Search:
         else:
             directory = self._checkpoint_dir(trial.number)
             metrics = {"val_error": result.val_error, "val_loss": result.val_loss, "history": result.history,
-                       **child_cost}
+                       "normalisation": {"mean": list(self.data.mean), "std": list(self.data.std)}, **child_cost}
             try:
                 save_checkpoint(directory, arch=graph.to_json(), weights=result.weights, metrics=metrics)
             except CheckpointError as err:  # a full disk: stop here; the study keeps every earlier trial
