@@ -90,7 +90,7 @@ def export_command(
         what = f"checkpoint {checkpoint}"
     else:
         graph, weights, metrics, what = _from_study(study, trial, storage, workdir)
-    stats = metrics.get("normalisation")
+    stats = (metrics or {}).get("normalisation")
     normalisation = (stats["mean"], stats["std"]) if preprocess and stats and "input" not in metrics else None
     try:
         diff = export(graph, weights, out, fmt, metrics=metrics, normalisation=normalisation)

@@ -30,7 +30,7 @@ def with_input_normalisation(
     raw, name = out.add_blob(out.fresh_name("raw")), out.fresh_name("input_norm")
     layer = BatchNorm2d(channels)
     out.add_layer(name, raw, first, layer)
-    dtype = next(iter(weights.values())).dtype if weights else torch.float32
+    dtype = next((w.dtype for w in weights.values() if w.is_floating_point()), torch.float32)
     var = torch.tensor(std, dtype=torch.float64) ** 2
     state = layer.build().state_dict()
     state.update(weight=(var + layer.eps).sqrt() / var.sqrt(), bias=torch.zeros(channels, dtype=torch.float64),
