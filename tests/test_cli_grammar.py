@@ -27,3 +27,12 @@ def test_classify_file_and_errors(tmp_path):
     for target in (str(bad), str(tmp_path / "missing.json")):
         result = runner.invoke(app, ["grammar", "classify", target])
         assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+
+
+def test_rules_as_json_list_every_rule_with_its_morph_and_params():
+    from morphnas.grammar.rules import RULES
+
+    out = json.loads(runner.invoke(app, ["grammar", "rules", "--json"]).output)
+    assert [r["name"] for r in out["rules"]] == list(RULES)
+    widen = next(r for r in out["rules"] if r["name"] == "widen")
+    assert widen["morph"] == RULES["widen"].morph and widen["params"] == sorted(RULES["widen"].params)

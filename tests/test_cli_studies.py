@@ -142,6 +142,10 @@ def test_lineage_walks_from_the_seed_to_the_best_trial_with_morphs_and_errors(wo
         assert f"trial {t.number} " in line and f"{t.values[0]:.2%}" in line
         for morph in t.user_attrs["morphs"]:
             assert f"{morph['name']}@{morph['site']}" in line
+    as_json = json.loads(run("studies", "lineage", "tiny", "--workdir", str(workdir), "--json").output)
+    assert [step["trial"] for step in as_json["lineage"]] == [t.number for t in chain]
+    assert [step["val_error"] for step in as_json["lineage"]] == [t.values[0] for t in chain]
+    assert as_json["lineage"][0]["parent"] is None and as_json["lineage"][1]["morphs"] == chain[1].user_attrs["morphs"]
     deepest = max(s.trials, key=lambda t: len(lineage(s, t.number)))
     output = run("studies", "lineage", "tiny", "--trial", str(deepest.number), "--workdir", str(workdir)).output
     assert f"lineage of trial {deepest.number}" in output

@@ -51,8 +51,12 @@ def classify(
 
 
 @grammar_app.command("rules")
-def rules() -> None:
+def rules(as_json: bool = typer.Option(False, "--json", help="Print one JSON object.")) -> None:
     """The grammar's rules and the morph each applies."""
+    if as_json:
+        typer.echo(json.dumps({"rules": [{"name": r.name, "morph": r.morph, "params": sorted(r.params),
+                                          "summary": r.summary} for r in RULES.values()]}))
+        return
     for rule in RULES.values():
         typer.echo(f"{rule.name:24s} {rule.morph:24s} {rule.summary}")
 

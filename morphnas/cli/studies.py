@@ -231,11 +231,19 @@ def lineage_cmd(
     trial: int = typer.Option(None, "--trial", help="Trial number (default: the best trial)."),
     storage: str = STORAGE,
     workdir: Path = WORKDIR,
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """The morphs from the seed to a trial, each with the validation error after it."""
     _, store = resolve_storage(storage, workdir)
     s = load_study(store, study)
     chain = lineage(s, find_trial(s, trial).number)
+    if as_json:
+        steps = [{"trial": t.number, "parent": t.user_attrs.get("parent"), "rule": t.user_attrs.get("rule"),
+                  "morphs": t.user_attrs.get("morphs", []), "state": t.state.name,
+                  "val_error": t.values[0] if t.state == TrialState.COMPLETE else None,
+                  "params": t.user_attrs.get("params"), "macs": t.user_attrs.get("macs")} for t in chain]
+        typer.echo(json.dumps({"study": s.study_name, "trial": chain[-1].number, "lineage": steps}))
+        return
     root = Tree(f"study {escape(s.study_name)}: lineage of trial {chain[-1].number}")
     node, before = root, None
     for t in chain:
