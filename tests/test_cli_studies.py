@@ -123,11 +123,19 @@ def test_show_marks_the_pareto_front_of_a_multi_objective_study(workdir):
     best = best_trial(s)
     assert info["best_trial"] == best.number and best.number in front
     lines = run("studies", "show", "tinymo", "--workdir", str(workdir)).output.splitlines()
-    header = next(line for line in lines if "pareto" in line)
-    column = header.index("pareto")
-    marked = {int(line.split("│")[1].strip(" *")) for line in lines
-              if line.startswith("│") and line[column:column + 6].strip() == "yes"}
+    header = next(i for i, line in enumerate(lines) if "pareto" in line)  # plain aligned rows in a pipe
+    column = lines[header].index("pareto")
+    marked = {int(line.split()[0]) for line in lines[header + 1:] if line[column:column + 6].strip() == "yes"}
     assert marked == front
+
+
+def test_tables_in_a_pipe_are_plain_rows_that_never_cut_a_cell(workdir):
+    s = study(workdir, "tiny")
+    output = runner.invoke(app, ["studies", "show", "tiny", "--workdir", str(workdir)], env={"COLUMNS": "60"}).output
+    assert "…" not in output and "│" not in output
+    for t in s.trials:
+        for morph in t.user_attrs["morphs"]:
+            assert f"{morph['name']}@{morph['site']}" in output  # whole, however narrow the terminal
 
 
 def test_lineage_walks_from_the_seed_to_the_best_trial_with_morphs_and_errors(workdir):

@@ -107,19 +107,38 @@ def list_studies(
     if not rows:
         console.print(f"no studies in {escape(shown_url(url))}")
         return
-    table = Table(title=f"studies in {escape(shown_url(url))}")
-    for column in ("study", "objectives", "trials", "complete", "pruned", "failed", "running", "best val error",
-                   "best trial", "first", "last"):
-        table.add_column(column, justify="right" if column not in ("study", "objectives") else "left")
-    for r in rows:
-        table.add_row(
-            escape(r["name"]), ", ".join(r["objectives"] or []) or "-", str(r["n_trials"]), str(r["complete"]),
-            str(r["pruned"]), str(r["fail"]), str(r["running"]),
-            "-" if r["best_val_error"] is None else f"{r['best_val_error']:.2%}",
-            "-" if r["best_trial"] is None else str(r["best_trial"]),
-            (r["first"] or "-").replace("T", " "), (r["last"] or "-").replace("T", " "),
-        )
-    console.print(table)
+    columns = ["study", "objectives", "trials", "complete", "pruned", "failed", "running", "best val error",
+               "best trial", "first", "last"]
+    cells = [[
+        r["name"], ", ".join(r["objectives"] or []) or "-", str(r["n_trials"]), str(r["complete"]),
+        str(r["pruned"]), str(r["fail"]), str(r["running"]),
+        "-" if r["best_val_error"] is None else f"{r['best_val_error']:.2%}",
+        "-" if r["best_trial"] is None else str(r["best_trial"]),
+        (r["first"] or "-").replace("T", " "), (r["last"] or "-").replace("T", " "),
+    ] for r in rows]
+    print_table(console, f"studies in {shown_url(url)}", columns, cells, left={"study", "objectives"})
+
+
+def print_table(console: Console, title: str, columns: list[str], rows: list[list[str]], left: set[str]) -> None:
+    """A table that never cuts a cell: rich, wrapping long cells, in a terminal; plain aligned
+    rows (two spaces between columns) in a pipe or a file, as wide as their longest cell."""
+    if console.is_terminal:
+        table = Table(title=escape(title))
+        for column in columns:
+            table.add_column(column, justify="left" if column in left else "right", overflow="fold")
+        for row in rows:
+            table.add_row(*(escape(c) for c in row))
+        console.print(table)
+        return
+    widths = [max(len(c) for c in (column, *(row[i] for row in rows))) for i, column in enumerate(columns)]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(c.ljust(w) if col in left else c.rjust(w)
+                         for c, w, col in zip(cells, widths, columns, strict=True)).rstrip()
+
+    typer.echo(title)
+    for cells in (columns, *rows):
+        typer.echo(line(cells))
 
 
 def trial_records(study: optuna.Study, top: int | None) -> list[dict[str, Any]]:
@@ -167,13 +186,11 @@ def show(
     multi = is_multi_objective(s)
     title = f"study {s.study_name}: {len(s.get_trials(deepcopy=False))} trials" + (
         f", best trial {best}" if best is not None else ", no completed trial")
-    table = Table(title=escape(title))
     columns = ["trial", "state", "gen", "parent", "morphs", "val error", "test error", "params", "MACs",
                "pres. error", "time", "note"]
     if multi:
         columns.insert(2, "pareto")
-    for column in columns:
-        table.add_column(column, justify="right" if column in ("trial", "gen", "parent", "params", "MACs") else "left")
+    rows = []
     for r in records:
         cells = [
             f"{r['number']}" + (" *" if r["number"] == best else ""), r["state"].lower(), str(r["generation"]),
@@ -187,8 +204,9 @@ def show(
         ]
         if multi:
             cells.insert(2, "yes" if r["pareto"] else "")
-        table.add_row(*(escape(c) for c in cells))
-    Console().print(table)
+        rows.append(cells)
+    print_table(Console(), title, columns, rows,
+                left=set(columns) - {"trial", "gen", "parent", "params", "MACs"})
     if best is not None:
         Console().print(f"* best: {_best_rule(s)}" + (" on the Pareto front" if multi else ""))
 
