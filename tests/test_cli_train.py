@@ -45,6 +45,7 @@ def test_train_prints_a_summary_and_takes_an_architecture_file(tmp_path: Path) -
     )
     assert result.exit_code == 0, result.output
     assert "val error" in result.output and "test error" in result.output and "params" in result.output
+    assert f"{arch_file} on digits: epoch 1/1  loss" in result.output  # one line an epoch in a pipe
     assert load_checkpoint(out)[2]["epochs"] == 4 / 9  # 1,257 images: 9 batches of 128 an epoch, 4 of them run
 
 

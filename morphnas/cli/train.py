@@ -56,9 +56,18 @@ def check_out(out: Path) -> None:
 def _progress(
     console: Console, title: str, total: int, enabled: bool
 ) -> Iterator[Callable[[EpochReport], None] | None]:
-    """A rich progress bar advanced by the yielded ``on_epoch`` callback (None when disabled)."""
+    """A rich progress bar advanced by the yielded ``on_epoch`` callback in a terminal, one plain
+    line per epoch otherwise (logs, CI); None when disabled (``--json``)."""
     if not enabled:
         yield None
+        return
+    if not console.is_terminal:
+
+        def log_epoch(report: EpochReport) -> None:
+            typer.echo(f"{title}: epoch {report.epoch}/{total}  loss {report.train_loss:.3f}  "
+                       f"val error {report.val_error:.2%}  ({report.seconds:.1f} s)")
+
+        yield log_epoch
         return
     columns = (
         TextColumn("[bold]{task.description}"),
@@ -71,7 +80,7 @@ def _progress(
         task = progress.add_task(title, total=total, status="")
 
         def on_epoch(report: EpochReport) -> None:
-            status = f"loss {report.train_loss:.3f}  val error {100 * report.val_error:.2f} %"
+            status = f"loss {report.train_loss:.3f}  val error {report.val_error:.2%}"
             progress.update(task, advance=1, status=status)
 
         yield on_epoch
@@ -100,7 +109,7 @@ def train_command(
     params = sum(p.numel() for p in model.parameters())
 
     console = Console()
-    show_progress = console.is_terminal and not as_json
+    show_progress = not as_json
     with _progress(console, f"{arch} on {dataset}", math.ceil(epochs), show_progress) as on_epoch:
         result = train(model, data, config, on_epoch=on_epoch, evaluate_test=True)
 
