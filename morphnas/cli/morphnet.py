@@ -77,7 +77,7 @@ def morphnet_command(
 
     model = compile_graph(graph, init_weights(graph, seed))
     seed_run = train(model, data, config.train_config(epochs, seed))
-    console.print(f"seed {arch}: val error {100 * seed_run.val_error:.2f} %   MACs {before_cost['macs']:,}   "
+    console.print(f"seed {arch}: val error {seed_run.val_error:.2%}   MACs {before_cost['macs']:,}   "
                   f"params {before_cost['params']:,}   budget {config.budget:,.0f} {target}")
 
     def on_event(kind: str, info: dict[str, Any]) -> None:
@@ -88,7 +88,7 @@ def morphnet_command(
             console.print(f"  cycle {info['iteration'] + 1}: width x {info['factor']:.4f} -> {info['macs']:,} MACs, "
                           f"{info['params']:,} params")
         elif kind == "trained":
-            console.print(f"  cycle {info['iteration'] + 1}: val error {100 * info['val_error']:.2f} %")
+            console.print(f"  cycle {info['iteration'] + 1}: val error {info['val_error']:.2%}")
 
     weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
     result = morphnet(graph, weights, data, config, on_event=on_event)
@@ -115,8 +115,8 @@ def morphnet_command(
         return
     console.print(_width_table(widths_before, widths_after))
     console.print(
-        f"{arch} on {dataset}: val error {100 * summary['val_error_before']:.2f} % -> "
-        f"{100 * summary['val_error_after']:.2f} %   MACs {summary['macs_before']:,} -> {summary['macs_after']:,}   "
+        f"{arch} on {dataset}: val error {summary['val_error_before']:.2%} -> "
+        f"{summary['val_error_after']:.2%}   MACs {summary['macs_before']:,} -> {summary['macs_after']:,}   "
         f"params {summary['params_before']:,} -> {summary['params_after']:,}   -> {path}"
     )
 

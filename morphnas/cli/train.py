@@ -132,8 +132,8 @@ def train_command(
         typer.echo(json.dumps({**summary, "out": str(path)}))
         return
     console.print(
-        f"{arch} on {dataset}: val error {100 * result.val_error:.2f} %   test error "
-        f"{100 * metrics['test_error']:.2f} %   {result.seconds:.1f} s   {params:,} params   -> {path}"
+        f"{arch} on {dataset}: val error {result.val_error:.2%}   test error "
+        f"{metrics['test_error']:.2%}   {result.seconds:.1f} s   {params:,} params   -> {path}"
     )
 
 

@@ -20,8 +20,10 @@ import contextlib
 import dataclasses
 import itertools
 import math
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -432,9 +434,11 @@ class Search:
         return not trial.should_prune()
 
     def _ask(self) -> optuna.Trial:
-        """A new trial, live (marked interrupted on Ctrl-C) until it is told."""
-        trial = self.study.ask()
-        self.live[trial.number] = trial
+        """A new trial, live (marked interrupted on Ctrl-C) until it is told. A Ctrl-C during the
+        ask itself waits until the trial is live, so no trial is left running unmarked."""
+        with _sigint_deferred():
+            trial = self.study.ask()
+            self.live[trial.number] = trial
         return trial
 
     def _finish(self, trial: optuna.Trial, graph: ArchGraph, child_cost: dict, result: ChildResult) -> None:
@@ -532,6 +536,22 @@ def _stored_space(data: dict[str, Any]) -> dict[str, Any]:
         return data
     dataset = {**data.get("dataset", {}), "augment": False}
     return {**data, "final": None, "dataset": dataset, "selection": {**data.get("selection", {}), "metric": "error"}}
+
+
+@contextlib.contextmanager
+def _sigint_deferred() -> Iterator[None]:
+    """Hold a SIGINT (Ctrl-C) that arrives inside the block and raise it at the end (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
 
 
 def _joined(earlier: ChildResult | None, later: ChildResult) -> ChildResult:
