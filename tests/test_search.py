@@ -1,12 +1,15 @@
 """End-to-end searches on real data (sklearn digits), a real SQLite study and real executors."""
 
+import contextlib
 import json
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import optuna
 import pytest
@@ -247,21 +250,33 @@ def start_cli_search(tmp_path, *args):
                             stderr=subprocess.PIPE, text=True)
 
 
+def poll_trials(db: Path) -> list[tuple[str, str | None]]:
+    """(state, generation JSON) of every trial, read-only: opening the database with Optuna while
+    the search creates it would race the search's own schema creation."""
+    if not db.exists():
+        return []
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)) as con:
+            return con.execute(
+                "SELECT t.state, a.value_json FROM trials t LEFT JOIN trial_user_attributes a "
+                "ON a.trial_id = t.trial_id AND a.key = 'generation'").fetchall()
+    except sqlite3.Error:  # the schema is being created, or the database is locked for a moment
+        return []
+
+
 def stop_mid_generation(proc, tmp_path, sig) -> dict[int, tuple]:
     """Send ``sig`` once some trials have finished and a child is training; the finished trials then."""
-    db = f"sqlite:///{tmp_path / 'w' / 'morphnas.db'}"
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
-        try:
-            trials = optuna.load_study(study_name="k", storage=db).get_trials()
-        except Exception:
-            continue
-        done = [t for t in trials if t.state.is_finished()]
-        if len(done) >= 3 and any(t.state == TrialState.RUNNING and t.user_attrs.get("generation") for t in trials):
+        trials = poll_trials(tmp_path / "w" / "morphnas.db")
+        done = [state for state, _ in trials if state not in ("RUNNING", "WAITING")]
+        if len(done) >= 3 and any(state == "RUNNING" and gen not in (None, "0") for state, gen in trials):
             proc.send_signal(sig)
             proc.wait(timeout=120)
-            return {t.number: (t.state, t.values, t.user_attrs.get("morphs")) for t in done}
+            return {t.number: (t.state, t.values, t.user_attrs.get("morphs"))
+                    for t in study_trials(tmp_path)  # the stopped search changes nothing any more
+                    if t.state.is_finished() and "interrupted" not in t.user_attrs.get("reason", "")}
     raise AssertionError(f"the search ended before it could be stopped: {proc.communicate()[1][-2000:]}")
 
 
@@ -321,16 +336,10 @@ def test_resume_refuses_up_front_when_the_checkpoints_are_gone(tmp_path):
 
 def test_a_second_driver_is_refused_while_the_first_runs_the_study(tmp_path):
     proc = start_cli_search(tmp_path, "--generations", "2", "--children", "2", "--epochs", "2")
-    db = f"sqlite:///{tmp_path / 'w' / 'morphnas.db'}"
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
-        try:
-            running = [t for t in optuna.load_study(study_name="k", storage=db).get_trials()
-                       if t.state == TrialState.RUNNING]
-        except Exception:
-            continue
-        if running:
+        if any(state == "RUNNING" for state, _ in poll_trials(tmp_path / "w" / "morphnas.db")):
             break
     else:
         raise AssertionError(f"no child was seen running: {proc.communicate()[1][-2000:]}")
