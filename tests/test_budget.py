@@ -25,3 +25,16 @@ def test_no_budget_means_no_deadlines() -> None:
     plan = plan_budget(start=5.0, total=None, seed_share=0.3, final_share=0.3)
     assert plan.seed_seconds is None and plan.final_seconds(now=1e9) is None
     assert math.isinf(plan.generations_until) and math.isinf(plan.end)
+
+
+def test_a_lineage_position_is_the_fraction_of_the_budget_spent() -> None:
+    plan = plan_budget(start=100.0, total=600.0, seed_share=0.25, final_share=0.35)
+    assert [plan.position(now, 0.0) for now in (100.0, 250.0, 490.0, 700.0, 900.0)] == pytest.approx(
+        [0.0, 0.25, 0.65, 1.0, 1.0]
+    )
+
+
+def test_without_a_budget_the_position_follows_the_phases_and_generations() -> None:
+    plan = plan_budget(start=5.0, total=None, seed_share=0.25, final_share=0.35)
+    # the generations share 0.25 .. 0.65 evenly; the final phase then anneals from 0.65
+    assert [plan.position(1e9, done) for done in (0.0, 0.5, 1.0, 2.0)] == pytest.approx([0.25, 0.45, 0.65, 0.65])

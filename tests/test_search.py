@@ -17,7 +17,7 @@ from optuna.trial import TrialState
 from typer.testing import CliRunner
 
 from morphnas.cli import app
-from morphnas.execute import make_executor
+from morphnas.execute import LocalExecutor, make_executor
 from morphnas.grammar.space import parse_space
 from morphnas.ir import ArchGraph, compile_graph
 from morphnas.search import (
@@ -119,6 +119,28 @@ def test_successive_halving_trains_the_best_half_on_until_one_is_left(tmp_path):
     arch, weights, _ = load_checkpoint(trial_checkpoint(study, winner))
     model = compile_graph(ArchGraph.from_json(arch), weights)
     assert evaluate(model, load_dataset("digits").val) == pytest.approx(winner.values[0], abs=1e-9)
+
+
+def test_with_the_lineage_schedule_seed_rungs_and_final_phase_make_one_cycle(tmp_path):
+    class Recording(LocalExecutor):
+        def run(self, jobs, on_epoch=None):
+            runs.extend((job.key, job.train.lr, job.train.cycle) for job in jobs)
+            return super().run(jobs, on_epoch)
+
+    runs: list[tuple[int, float, tuple[float, float]]] = []
+    options = SearchOptions(space=parse_space(tiny_space(finetune={**HALVING, "schedule": "lineage"})),
+                            workdir=tmp_path, study="t", executor=Recording(cpus_per_child=1), seed=3)
+    summary = run_search(options)
+    study = load_study(open_storage(summary.storage), "t")
+    # no time budget: the seed takes the cycle to 0.25, generations 1 and 2 start at 0.25 and
+    # 0.45 (the generations share 0.25 .. 0.65), every rung holds its generation's rate, and the
+    # final phase anneals from 0.65 to the end; every run's peak is the seed's rate
+    seed, *rungs, final = runs
+    assert seed == (0, 0.1, (0.0, 0.25)) and final == (summary.best_trial, 0.1, (0.65, 1.0))
+    positions = {study.trials[key].user_attrs["generation"]: cycle for key, _, cycle in rungs}
+    assert positions == {1: (0.25, 0.25), 2: pytest.approx((0.45, 0.45))}
+    assert len(rungs) == 2 * (2 + 1) and {lr for _, lr, _ in rungs} == {0.1}
+    assert all("finetune.lr" not in t.params for t in study.trials)  # nothing to sample: the lineage sets it
 
 
 def test_a_parent_selector_passed_in_chooses_every_parent(tmp_path):

@@ -161,6 +161,17 @@ def test_lr_schedules_with_warmup() -> None:
     assert lr_at(0, 10, 2, constant) == pytest.approx(0.15) and lr_at(9, 10, 2, constant) == 0.3
 
 
+def test_runs_covering_parts_of_one_cycle_follow_it() -> None:
+    """Two runs over halves of a cosine cycle give the rates of one run over the whole cycle."""
+    whole = TrainConfig(lr=0.1)
+    first, second = TrainConfig(lr=0.1, cycle=(0.0, 0.5)), TrainConfig(lr=0.1, cycle=(0.5, 1.0))
+    joined = [lr_at(s, 50, 0, first) for s in range(50)] + [lr_at(s, 50, 0, second) for s in range(50)]
+    assert joined == pytest.approx([lr_at(s, 100, 0, whole) for s in range(100)])
+    held = TrainConfig(lr=0.1, cycle=(0.5, 0.5))
+    assert {round(lr_at(s, 10, 0, held), 12) for s in range(10)} == {0.05}
+    assert lr_at(5, 10, 0, TrainConfig(lr=1.0, schedule="step", cycle=(0.5, 1.0))) == pytest.approx(0.01)
+
+
 def test_zero_learning_rate_leaves_parameters_alone(synthetic) -> None:
     model = mlp(64, 4)
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -244,6 +255,8 @@ def test_cuda_without_cuda_is_a_config_error(synthetic) -> None:
         {"lr": -1.0},
         {"batch_size": 0},
         {"schedule": "linear"},
+        {"cycle": (0.6, 0.4)},
+        {"cycle": (0.0, 1.5)},
         {"warmup_epochs": -1},
         {"label_smoothing": 1.0},
         {"momentum": 1.0},
@@ -282,9 +295,11 @@ def test_extra_loss_is_added_and_reported_apart(synthetic) -> None:
 
 def test_time_limit_fits_whole_epochs_to_the_time_left() -> None:
     # 10 s budget, 2 epochs done in 4 s (2 s each): 3 more fit, capped by the configured steps
-    assert _fit_to_time(step=20, max_steps=1000, epochs_done=2, steps_per_epoch=10, elapsed=4.0, limit=10.0) == 50
-    assert _fit_to_time(step=20, max_steps=30, epochs_done=2, steps_per_epoch=10, elapsed=4.0, limit=10.0) == 30
-    assert _fit_to_time(step=20, max_steps=1000, epochs_done=2, steps_per_epoch=10, elapsed=11.0, limit=10.0) == 20
+    assert _fit_to_time(step=20, max_steps=1000, steps_per_epoch=10, elapsed=4.0, epoch_seconds=2.0, limit=10.0) == 50
+    assert _fit_to_time(step=20, max_steps=30, steps_per_epoch=10, elapsed=4.0, epoch_seconds=2.0, limit=10.0) == 30
+    assert _fit_to_time(step=20, max_steps=1000, steps_per_epoch=10, elapsed=11.0, epoch_seconds=2.0, limit=10.0) == 20
+    # a 3 s start-up before 2 epochs of 0.5 s: the 6 s left fit 12 epochs, not 1.5
+    assert _fit_to_time(step=20, max_steps=1000, steps_per_epoch=10, elapsed=4.0, epoch_seconds=0.5, limit=10.0) == 140
 
 
 def test_time_limited_run_ends_in_time_with_the_rate_decayed(digits, monkeypatch) -> None:
@@ -296,7 +311,9 @@ def test_time_limited_run_ends_in_time_with_the_rate_decayed(digits, monkeypatch
             return super().step(closure)
 
     monkeypatch.setattr(torch.optim, "SGD", Spy)
-    result = train(small_cnn(), digits, TrainConfig(epochs=10_000, lr=0.1, batch_size=64, time_limit=2.0))
+    # short epochs, so that many fit in the limit even on a busy machine
+    config = TrainConfig(epochs=10_000, lr=0.1, batch_size=64, max_train_batches=2, time_limit=2.0)
+    result = train(small_cnn(), digits, config)
     assert 1 <= result.epochs < 10_000 and result.epochs == len(result.history)
     assert result.seconds < 2.0 + 3 * max(h.seconds for h in result.history)
     assert seen[0] == pytest.approx(0.1, rel=1e-3) and seen[-1] < 0.1 * 0.05  # decayed to about zero

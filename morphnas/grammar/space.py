@@ -81,7 +81,10 @@ class Limits(_Strict):
 
 
 class FineTune(_Strict):
-    """How children are fine-tuned: each child's run is one warm restart (``schedule`` from ``lr``).
+    """How children are fine-tuned: each child's run is one warm restart (``schedule`` from ``lr``),
+    or, with ``schedule: lineage``, a stretch of the one cosine cycle of ``seed.lr`` its lineage
+    follows over the whole budget: a rung holds the rate of the moment it starts, and the final
+    phase anneals from there to zero (``lr`` here and ``final.lr`` are then unused).
 
     ``epochs`` is a range Optuna samples per child, or a number. ``halving`` turns on successive
     halving across a generation: all children train ``epochs`` (a number, so they compare on
@@ -94,7 +97,7 @@ class FineTune(_Strict):
     epochs: Range | float = Range(low=1, high=2, int=True)
     batch_size: int = Field(128, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
-    schedule: Literal["cosine", "step", "constant"] = "cosine"
+    schedule: Literal["cosine", "step", "constant", "lineage"] = "cosine"
     halving: int | None = Field(None, ge=2)
 
     @model_validator(mode="after")

@@ -50,6 +50,7 @@ from morphnas.search.study import (
     is_multi_objective,
     lineage,
     open_storage,
+    ranking_key,
     selection_score,
     shown_url,
     study_names,
@@ -218,6 +219,7 @@ class Search:
         b = self.space.budget
         final_share = b.final_share if self.space.final and len(self.space.objectives) == 1 else 0.0
         plan = plan_budget(started, b.time_budget, b.seed_share, final_share)
+        self.plan = plan
         self._train_seed(plan)
         last = 0.0
         # once the final phase has started, a resume goes on with it, not with more children;
@@ -251,7 +253,7 @@ class Search:
             trial.set_user_attr(key, child_cost[key])
         config = TrainConfig(
             epochs=s.epochs, lr=s.lr, batch_size=s.batch_size, seed=self.seed, device=self.options.device,
-            time_limit=plan.seed_seconds,
+            time_limit=plan.seed_seconds, cycle=(0.0, plan.seed_share) if self._lineage_schedule else (0.0, 1.0),
         )
         job = ChildJob(trial.number, graph.to_json(), init_weights(graph, self.seed), config, self.dataset_spec)
         self.on_event("seed", {"trial": trial.number, "arch": s.arch, "epochs": s.epochs,
@@ -285,9 +287,9 @@ class Search:
                 job, graph, child_cost = made
                 jobs.append(job)
                 pending[job.key] = (graph, child_cost)
-        self._rungs(jobs, pending)
+        self._rungs(jobs, pending, generation)
 
-    def _rungs(self, jobs: list[ChildJob], pending: dict[int, tuple[ArchGraph, dict]]) -> None:
+    def _rungs(self, jobs: list[ChildJob], pending: dict[int, tuple[ArchGraph, dict]], generation: int) -> None:
         """Train a generation's children; with ``finetune.halving`` (eta) as successive halving:
         after each rung only the best ``ceil(n / eta)`` train on, for eta times the epochs, from
         their own weights; the rest end as pruned trials. Without it, one rung, every child."""
@@ -306,13 +308,16 @@ class Search:
                     self._finish(self.live[job.key], *pending[job.key], runs[job.key])
             if keep == len(ranked):
                 return
-            jobs = [self._next_rung(job, runs[job.key], rung + 1, eta) for job in jobs if job.key in
+            jobs = [self._next_rung(job, runs[job.key], rung + 1, eta, generation) for job in jobs if job.key in
                     {r.key for r in ranked[:keep]}]
 
-    def _next_rung(self, job: ChildJob, result: ChildResult, rung: int, eta: int) -> ChildJob:
-        """``job``'s child trained on from its weights for ``eta`` times the epochs (a warm restart)."""
+    def _next_rung(self, job: ChildJob, result: ChildResult, rung: int, eta: int, generation: int) -> ChildJob:
+        """``job``'s child trained on from its weights for ``eta`` times the epochs (a warm restart,
+        or with the lineage schedule, at the lineage's rate of now)."""
         self.epochs_done[job.key] = len(result.history)
         config = dataclasses.replace(job.train, epochs=job.train.epochs * eta, seed=self.seed + rung)
+        if self._lineage_schedule:
+            config = dataclasses.replace(config, cycle=(self._position(generation),) * 2)
         return dataclasses.replace(job, weights=result.weights, train=config)
 
     def _halve_out(self, result: ChildResult, rung: int, kept: int, ranked: int) -> None:
@@ -335,7 +340,7 @@ class Search:
         try:
             descriptor = suggest_descriptor(trial, self.space.rules)
             ft = self.space.finetune
-            lr = suggest_value(trial, "finetune.lr", ft.lr)
+            lr = self.space.seed.lr if self._lineage_schedule else suggest_value(trial, "finetune.lr", ft.lr)
             epochs = suggest_value(trial, "finetune.epochs", ft.epochs) if isinstance(ft.epochs, Range) else ft.epochs
             trial.set_user_attr("rule", descriptor.rule)
             trial.set_user_attr("descriptor", descriptor.to_json())
@@ -368,9 +373,13 @@ class Search:
             self.study.tell(self.live.pop(number), state=TrialState.FAIL)
             self.on_event("failed", {"trial": number, "reason": str(err)})
             return None
+        if self._lineage_schedule:  # the lineage's rate of now, held for the rung
+            schedule, cycle = "cosine", (self._position(generation),) * 2
+        else:
+            schedule, cycle = ft.schedule, (0.0, 1.0)
         config = TrainConfig(
-            epochs=epochs, lr=lr, batch_size=ft.batch_size, weight_decay=ft.weight_decay, schedule=ft.schedule,
-            warmup_epochs=0.0, seed=self.seed, device=self.options.device,
+            epochs=epochs, lr=lr, batch_size=ft.batch_size, weight_decay=ft.weight_decay, schedule=schedule,
+            warmup_epochs=0.0, seed=self.seed, device=self.options.device, cycle=cycle,
         )
         self.on_event("child", {"trial": number, "parent": parent.number, "rule": descriptor.rule})
         job = ChildJob(number, result.graph.to_json(), child_weights, config, self.dataset_spec)
@@ -403,14 +412,26 @@ class Search:
         child_cost = cost(graph)
         for key in ("params", "macs"):
             trial.set_user_attr(key, child_cost[key])
+        lr, cycle = f.lr, (0.0, 1.0)
+        if self._lineage_schedule:  # the lineage's cycle to its end; a fresh network gets a whole one
+            lr = self.space.seed.lr
+            cycle = (self.plan.position(time.monotonic(), 1.0) if self.inherit else 0.0, 1.0)
         config = TrainConfig(
-            epochs=f.epochs, lr=f.lr, batch_size=f.batch_size, weight_decay=f.weight_decay, seed=self.seed,
-            device=self.options.device, time_limit=seconds,
+            epochs=f.epochs, lr=lr, batch_size=f.batch_size, weight_decay=f.weight_decay, seed=self.seed,
+            device=self.options.device, time_limit=seconds, cycle=cycle,
         )
         self.on_event("final", {"trial": trial.number, "parent": parent.number, "epochs": f.epochs,
                                 "seconds": seconds})
         for result in self.executor.run([ChildJob(trial.number, arch, weights, config, self.dataset_spec)]):
             self._finish(trial, graph, child_cost, result)
+
+    @property
+    def _lineage_schedule(self) -> bool:
+        return self.space.finetune.schedule == "lineage"
+
+    def _position(self, generation: int) -> float:
+        """Where generation ``generation``'s lineages are on their learning-rate cycle now."""
+        return self.plan.position(time.monotonic(), (generation - 1) / self.space.budget.generations)
 
     def _spent(self) -> None:
         """Record the search's time so far: a resume's budget goes on from here."""
@@ -421,10 +442,7 @@ class Search:
 
     def _result_score(self, result: ChildResult) -> tuple[int, float]:
         """:func:`selection_score` of a child not yet told to the study."""
-        loss = result.val_loss
-        if self.space.selection.metric == "loss" and loss is not None and math.isfinite(loss):
-            return (0, loss)
-        return (0 if self.space.selection.metric == "error" else 1, result.val_error)
+        return ranking_key(self.space.selection.metric, result.val_error, result.val_loss)
 
     def _on_epoch(self, key: int, epoch: int, error: float) -> bool:
         if is_multi_objective(self.study):

@@ -102,16 +102,19 @@ def study_metric(study: optuna.Study) -> str:
 
 
 def selection_score(trial: FrozenTrial, metric: str = "error") -> tuple[int, float]:
-    """The key that ranks ``trial`` as a parent or final network (lower is better).
+    """The key that ranks ``trial`` as a parent or final network (lower is better): its
+    :func:`ranking_key`; unfinished trials have no loss and rank last by their error (infinite)."""
+    loss = trial.user_attrs.get("val_loss") if trial.state == TrialState.COMPLETE else None
+    return ranking_key(metric, val_error(trial), loss)
 
-    ``"error"``: its validation error. ``"loss"``: its validation loss (mean cross-entropy, the
-    ``val_loss`` attribute); trials without a finite loss rank after every trial that has one,
-    by their error, so a loss and an error are never compared. Unfinished trials rank last.
-    """
-    loss = trial.user_attrs.get("val_loss")
-    if metric == "loss" and trial.state == TrialState.COMPLETE and loss is not None and math.isfinite(loss):
+
+def ranking_key(metric: str, error: float, loss: float | None) -> tuple[int, float]:
+    """``"error"``: the validation error. ``"loss"``: the validation loss (mean cross-entropy);
+    a network without a finite loss ranks after every one that has one, by its error, so a
+    loss and an error are never compared."""
+    if metric == "loss" and loss is not None and math.isfinite(loss):
         return (0, float(loss))
-    return (0 if metric == "error" else 1, val_error(trial))
+    return (0 if metric == "error" else 1, error)
 
 
 def final_trial(study: optuna.Study) -> FrozenTrial | None:

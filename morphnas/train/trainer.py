@@ -38,6 +38,10 @@ class TrainConfig:
     the mean epoch time so far (re-estimated each epoch), so the learning rate decays to its end
     within the budget. The first epoch runs on the schedule of ``epochs``; a limit shorter than
     one epoch still runs that epoch.
+
+    ``cycle`` is the part of one schedule cycle the run covers: its progress 0 to 1 maps onto
+    positions ``cycle[0]`` to ``cycle[1]`` of the schedule. A network trained in several runs,
+    as a search lineage is, thereby follows one schedule; ``(x, x)`` holds the rate at ``x``.
     """
 
     epochs: float = 10
@@ -55,6 +59,7 @@ class TrainConfig:
     threads: int | None = None
     max_train_batches: int | None = None
     time_limit: float | None = None
+    cycle: tuple[float, float] = (0.0, 1.0)
 
     def __post_init__(self) -> None:
         checks = [
@@ -68,6 +73,7 @@ class TrainConfig:
             (0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {self.label_smoothing}"),
             (self.threads is None or self.threads >= 1, f"threads must be >= 1, got {self.threads}"),
             (self.time_limit is None or self.time_limit > 0, f"time_limit must be > 0, got {self.time_limit}"),
+            (0 <= self.cycle[0] <= self.cycle[1] <= 1, f"cycle must be 0 <= start <= end <= 1, got {self.cycle}"),
             (
                 self.max_train_batches is None or self.max_train_batches >= 1,
                 f"max_train_batches must be >= 1, got {self.max_train_batches}",
@@ -142,11 +148,13 @@ def lr_at(step: int, total_steps: int, warmup_steps: int, config: TrainConfig) -
     """Learning rate of iteration ``step`` (0-based) of ``total_steps``.
 
     Linear warm-up from ``lr / warmup_steps`` to ``lr`` over the first ``warmup_steps``, then
-    ``cosine`` (to 0 at the end), ``step`` (x0.1 at 50 % and 75 %) or ``constant``.
+    ``cosine`` (to 0 at the end of the cycle), ``step`` (x0.1 at 50 % and 75 % of it) or
+    ``constant``, over the part ``config.cycle`` of the cycle.
     """
     if step < warmup_steps:
         return config.lr * (step + 1) / warmup_steps
-    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    start, end = config.cycle
+    progress = start + (end - start) * (step - warmup_steps) / max(1, total_steps - warmup_steps)
     if config.schedule == "cosine":
         return config.lr * 0.5 * (1 + math.cos(math.pi * progress))
     if config.schedule == "step":
@@ -270,6 +278,7 @@ def _train(
     net = torch.compile(model) if config.compile else model
     history: list[EpochReport] = []
     step = epoch = 0
+    first_epoch_start = time.perf_counter()
     with _mode(model, True):
         while step < total_steps:
             epoch += 1
@@ -307,8 +316,9 @@ def _train(
             if on_epoch is not None:
                 on_epoch(report)
             if config.time_limit is not None:
-                total_steps = _fit_to_time(step, max_steps, epoch, steps_per_epoch, time.perf_counter() - started,
-                                           config.time_limit)
+                now = time.perf_counter()
+                total_steps = _fit_to_time(step, max_steps, steps_per_epoch, now - started,
+                                           (now - first_epoch_start) / epoch, config.time_limit)
     test_error = evaluate(net, data.test, device=settings.device) if evaluate_test else None
     return TrainResult(
         val_error=history[-1].val_error,
@@ -321,9 +331,10 @@ def _train(
     )
 
 
-def _fit_to_time(step: int, max_steps: int, epochs_done: int, steps_per_epoch: int, elapsed: float,
+def _fit_to_time(step: int, max_steps: int, steps_per_epoch: int, elapsed: float, epoch_seconds: float,
                  limit: float) -> int:
     """The run's new step count: the whole epochs that still fit in ``limit - elapsed`` seconds at
-    the mean epoch time so far, never beyond the configured ``max_steps``."""
-    fit = math.floor((limit - elapsed) / (elapsed / epochs_done)) if elapsed < limit else 0
+    the mean epoch time so far (``epoch_seconds``, without the start-up before the first epoch),
+    never beyond the configured ``max_steps``."""
+    fit = math.floor((limit - elapsed) / epoch_seconds) if elapsed < limit else 0
     return min(max_steps, step + max(0, fit) * steps_per_epoch)
