@@ -39,4 +39,9 @@ class StudyError(MorphnasError):
 
 
 class SearchInterrupted(MorphnasError):
-    """The user stopped a search (Ctrl-C); the message says how to resume it."""
+    """The user stopped a search (Ctrl-C, or SIGTERM from ``kill`` or a job scheduler); the
+    message says how to resume it and ``signal`` is the signal's number."""
+
+    def __init__(self, message: str, signal: int = 2) -> None:
+        super().__init__(message)
+        self.signal = signal

@@ -169,9 +169,9 @@ def search(
                 view = LiveView(console)
                 with view.live:
                     summary = run_search(options, view)
-    except SearchInterrupted as stop:  # Ctrl-C: finished trials are kept, the message says how to go on
+    except SearchInterrupted as stop:  # Ctrl-C or SIGTERM: finished trials are kept, the message says how to go on
         typer.echo(str(stop), err=True)
-        raise typer.Exit(130) from None
+        raise typer.Exit(128 + stop.signal) from None
     if as_json:
         typer.echo(json.dumps({**{k: summary.to_json()[k] for k in (
             "study", "storage", "best_trial", "val_error", "test_error", "params", "macs", "n_trials", "n_failed",

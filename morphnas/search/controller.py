@@ -191,17 +191,18 @@ class Search:
 
     # the search ---------------------------------------------------------------------------
     def run(self) -> SearchSummary:
-        """The search to the end of its budget; on Ctrl-C the children in flight are marked
-        interrupted and :class:`SearchInterrupted` says how to resume."""
+        """The search to the end of its budget; on Ctrl-C or SIGTERM the children in flight are
+        marked interrupted and :class:`SearchInterrupted` says how to resume."""
         try:
-            with self.lease:
+            with self.lease, _sigterm_interrupts():
                 return self._run()
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as stop:
             for trial in list(self.live.values()):
                 with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):  # told just before
                     trial.set_user_attr("reason", INTERRUPTED)
                     self.study.tell(trial, state=TrialState.FAIL)
-            raise SearchInterrupted(f"interrupted; resume with `{self._resume_command()}`") from None
+            signum = signal.SIGTERM if isinstance(stop, _Terminated) else signal.SIGINT
+            raise SearchInterrupted(f"interrupted; resume with `{self._resume_command()}`", int(signum)) from None
 
     def _resume_command(self) -> str:
         o = self.options
@@ -452,9 +453,9 @@ class Search:
         return not trial.should_prune()
 
     def _ask(self) -> optuna.Trial:
-        """A new trial, live (marked interrupted on Ctrl-C) until it is told. A Ctrl-C during the
-        ask itself waits until the trial is live, so no trial is left running unmarked."""
-        with _sigint_deferred():
+        """A new trial, live (marked interrupted on Ctrl-C) until it is told. A Ctrl-C or SIGTERM
+        during the ask itself waits until the trial is live, so no trial is left running unmarked."""
+        with _signals_deferred():
             trial = self.study.ask()
             self.live[trial.number] = trial
         return trial
@@ -556,18 +557,44 @@ def _stored_space(data: dict[str, Any]) -> dict[str, Any]:
     return {**data, "final": None, "dataset": dataset, "selection": {**data.get("selection", {}), "metric": "error"}}
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a job scheduler's time limit), stopping a search as Ctrl-C does."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise _Terminated
+
+
 @contextlib.contextmanager
-def _sigint_deferred() -> Iterator[None]:
-    """Hold a SIGINT (Ctrl-C) that arrives inside the block and raise it at the end (main thread only)."""
+def _sigterm_interrupts() -> Iterator[None]:
+    """Within the block SIGTERM raises :class:`_Terminated` (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Hold a SIGINT (Ctrl-C) or SIGTERM that arrives inside the block and raise it at the end
+    (main thread only)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     caught: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    previous = {sig: signal.signal(sig, lambda signum, frame: caught.append(signum))
+                for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if signal.SIGTERM in caught:
+        raise _Terminated
     if caught:
         raise KeyboardInterrupt
 
