@@ -21,9 +21,9 @@ __version__ = "0.1.0"
 _SOURCES = {
     "MorphnasError": "morphnas.errors",
     "load": "morphnas.export",
-    "classify": "morphnas.grammar",
-    "reduce_module": "morphnas.grammar",
-    "solve": "morphnas.grammar",
+    "classify": "morphnas.modules",
+    "reduce_module": "morphnas.modules",
+    "solve": "morphnas.modules",
     "load_space": "morphnas.grammar.space",
     "ArchGraph": "morphnas.ir",
     "compile_graph": "morphnas.ir",

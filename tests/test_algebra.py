@@ -1,4 +1,4 @@
-"""Module algebra: validation, JSON, Algorithm 1, classification, kernels (morphnas.grammar.algebra)."""
+"""Module algebra: validation, JSON, Algorithm 1, classification, kernels (morphnas.modules.algebra)."""
 
 import networkx as nx
 import pytest
@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from morphnas.errors import GraphError, MorphnasError
-from morphnas.grammar import (
+from morphnas.modules import (
     MODULES,
     apply_step,
     check_type_i,
@@ -23,7 +23,7 @@ from morphnas.grammar import (
     validate_module,
     with_kernels,
 )
-from morphnas.grammar.fixtures import module
+from morphnas.modules.fixtures import module
 
 ALL3 = {f"F{i}": 3 for i in range(1, 8)}
 

@@ -22,7 +22,7 @@ import torch
 from torch.nn.functional import conv2d
 
 from morphnas.errors import MorphError
-from morphnas.grammar.algebra import MorphStep, Reduction, effective_kernel, reduce_module, validate_module
+from morphnas.modules.algebra import MorphStep, Reduction, effective_kernel, reduce_module, validate_module
 
 __all__ = [
     "SolveResult",

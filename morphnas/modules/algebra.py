@@ -14,7 +14,7 @@ This module is pure graph math, independent of the network IR: validation and a 
 format, Algorithm 1 (reduction by inverse TYPE-I / TYPE-II steps, the morphing sequence, the
 irreducible core), classification (simple morphable vs complex), the effective kernel of eq. 5
 and the border-exactness criterion of DESIGN.md. The filters (eqs. 2-7, Algorithm 2) live in
-:mod:`morphnas.grammar.solver`.
+:mod:`morphnas.modules.solver`.
 """
 
 from __future__ import annotations
