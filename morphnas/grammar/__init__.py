@@ -5,5 +5,3 @@ the YAML search space (:mod:`~morphnas.grammar.space`).
 The module algebra (Algorithms 1 and 2) lives in :mod:`morphnas.modules`; every morph, the
 grammar's ``morph_module`` included, registers from :mod:`morphnas.morph`.
 """
-
-from morphnas.morphnet import rules as _morphnet_rules  # noqa: E402,F401  (registers shrink and expand)
