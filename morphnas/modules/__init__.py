@@ -2,7 +2,8 @@
 
 A leaf package: pure graph and filter math over networkx graphs and torch tensors, with no
 knowledge of the network IR or of morphs. :mod:`~morphnas.modules.algebra` holds the graph
-abstraction and Algorithm 1, :mod:`~morphnas.modules.solver` the filters of a module (eq. 5,
+abstraction and Algorithm 1, :mod:`~morphnas.modules.kernels` the one kernel algebra (eqs. 2
+and 4, section 3.4) the morphs and the solver share, :mod:`~morphnas.modules.solver` the filters of a module (eq. 5,
 Algorithm 2, Theorem 8) and :mod:`~morphnas.modules.fixtures` the example modules (A)-(D) of
 Fig. 2. It imports only torch, networkx and :mod:`morphnas.errors`.
 """
@@ -26,11 +27,10 @@ from morphnas.modules.algebra import (
     with_kernels,
 )
 from morphnas.modules.fixtures import MODULES
+from morphnas.modules.kernels import compose, delta, pad_kernel, split_parallel
 from morphnas.modules.solver import (
     SolveResult,
-    compose,
     module_filter,
-    pad_kernel,
     solve,
     solve_module,
     solve_simple,
@@ -47,6 +47,7 @@ __all__ = [
     "check_type_ii",
     "classify",
     "compose",
+    "delta",
     "edge_list",
     "effective_kernel",
     "make_module",
@@ -60,6 +61,7 @@ __all__ = [
     "solve",
     "solve_module",
     "solve_simple",
+    "split_parallel",
     "validate_module",
     "vertex_channels",
     "with_kernels",

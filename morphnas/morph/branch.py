@@ -15,8 +15,8 @@ import torch
 
 from morphnas.errors import MorphError
 from morphnas.ir import ArchGraph, Conv2d, Weights
+from morphnas.modules.kernels import pad_kernel, split_parallel
 from morphnas.morph.base import MorphContext, MorphResult, register
-from morphnas.morph.depth import zero_pad
 from morphnas.morph.sites import (
     clone,
     conv_edges,
@@ -74,8 +74,7 @@ def branch(graph: ArchGraph, weights: Weights, site: str, params: dict[str, Any]
     layers = (_branch_layer(conv, k1), _branch_layer(conv, k2))
     g = weights[f"{site}.weight"].to(torch.float64)
     r = _random_like(g, (conv.out_channels, conv.in_channels, small, small), ctx.generator)
-    rest = zero_pad(g, large) - zero_pad(r, large)
-    kernels = (r, rest) if k1 <= k2 else (rest, r)  # F1 = R when F1 is the smaller (or equal) branch
+    kernels = split_parallel(g, r, (k1, k2))  # F1 = R when F1 is the smaller (or equal) branch
     child = clone(graph)
     with graph_errors_as("branch"):
         names = replace_parallel(child, site, [(f"{site}_b1", layers[0]), (f"{site}_b2", layers[1])])
@@ -115,7 +114,7 @@ def grow_kernel(
     child = clone(graph)
     child.set_layer(site, conv.replace(kernel_size=kernel, padding=conv.padding + (kernel - conv.kernel_size) // 2))
     key = f"{site}.weight"
-    out = {**weights, key: zero_pad(weights[key], kernel)}
+    out = {**weights, key: pad_kernel(weights[key], kernel)}
     note = f"{conv.kernel_size}x{conv.kernel_size} -> {kernel}x{kernel}"
     res = result("grow_kernel", child, out, site, params, [], note=note)
     res.new_weights = [key]
