@@ -11,6 +11,7 @@ Fig. 2. It imports only torch, networkx and :mod:`morphnas.errors`.
 from morphnas.modules.algebra import (
     MorphStep,
     Reduction,
+    apply_sequence,
     apply_step,
     check_type_i,
     check_type_ii,
@@ -22,7 +23,6 @@ from morphnas.modules.algebra import (
     module_to_json,
     paths_exact_at_borders,
     reduce_module,
-    replay,
     validate_module,
     with_kernels,
 )
@@ -42,6 +42,7 @@ __all__ = [
     "MorphStep",
     "Reduction",
     "SolveResult",
+    "apply_sequence",
     "apply_step",
     "check_type_i",
     "check_type_ii",
@@ -57,7 +58,6 @@ __all__ = [
     "pad_kernel",
     "paths_exact_at_borders",
     "reduce_module",
-    "replay",
     "solve",
     "solve_module",
     "solve_simple",
