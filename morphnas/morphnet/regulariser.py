@@ -8,13 +8,8 @@ resource-weighted sparsifying regularisation); for channels without a batch norm
 Group Lasso of the producer's filters (the L2 norm of each output row), the form the seed
 summary (§2.1) describes.
 
-Channels are analysed per :func:`morphnas.morph.tied.channel_groups`: all channels tied through
-additions form one group and live or die together. This module goes one step further and joins
-channels that are the *same* values seen through a link (a channel-wise layer into a concat
-blob, a flattened image channel and its ``H*W`` features) into one **unit**, the thing that is
-removed as a whole. Option-A shortcuts follow their explicit channel map: input channel ``i``
-lands on output channel ``channel_map[i]``, so removing that output channel *requires* removing
-input channel ``i`` (the reverse is allowed: the shortcut then simply stops writing there).
+Channels and units (what is removed as a whole) are those of
+:class:`morphnas.morph.channels.ChannelMap`, which the shrink and expand morphs read too.
 
 Scores. A unit's score is the **max** of ``|gamma|`` over every batch norm that scales one of its
 channels (``aggregate="max"``, MorphNet's default grouping of regularisers for channels tied by
@@ -37,6 +32,8 @@ Strength. MorphNet picks ``lambda`` so that the regulariser is comparable to the
 regulariser returns ``strength / initial_cost * sum_u cost_u * score_u`` with ``initial_cost``
 the network's :func:`~morphnas.ir.cost` in the target measure. With every scale at 1 the value
 is about ``2 * strength`` (every convolution is charged through its inputs and its outputs).
+
+:func:`train_regularised` is the trainer with the regulariser as its extra loss term.
 """
 
 from __future__ import annotations
