@@ -18,7 +18,7 @@ import os
 
 import torch
 
-from morphnas.grammar import MODULES, module_filter, pad_kernel, solve_module, with_kernels
+from morphnas.modules import MODULES, module_filter, pad_kernel, solve_module, with_kernels
 
 
 def run(name: str, m, channels: int, seed: int, max_sweeps: int) -> None:

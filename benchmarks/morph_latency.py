@@ -20,7 +20,6 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-import morphnas.grammar  # noqa: F401  (registers the grammar's morph_module too)
 from morphnas.ir import init_weights, resnet
 from morphnas.morph import REGISTRY, apply_morph
 

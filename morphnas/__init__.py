@@ -21,9 +21,9 @@ __version__ = "0.1.0"
 _SOURCES = {
     "MorphnasError": "morphnas.errors",
     "load": "morphnas.export",
-    "classify": "morphnas.grammar",
-    "reduce_module": "morphnas.grammar",
-    "solve": "morphnas.grammar",
+    "classify": "morphnas.modules",
+    "reduce_module": "morphnas.modules",
+    "solve": "morphnas.modules",
     "load_space": "morphnas.grammar.space",
     "ArchGraph": "morphnas.ir",
     "compile_graph": "morphnas.ir",
@@ -46,8 +46,7 @@ __all__ = ["__version__", *_SOURCES]
 
 
 def __getattr__(name: str):
-    """Import the whole API when any of it is first used: the morph registry is then complete, as it
-    always was after ``import morphnas`` (the grammar registers ``module``, ``shrink`` and ``expand``)."""
+    """Import the whole API when any of it is first used (``morphnas.morph`` registers every morph)."""
     if name not in _SOURCES:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     for attr, module in _SOURCES.items():

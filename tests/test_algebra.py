@@ -1,4 +1,4 @@
-"""Module algebra: validation, JSON, Algorithm 1, classification, kernels (morphnas.grammar.algebra)."""
+"""Module algebra: validation, JSON, Algorithm 1, classification, kernels (morphnas.modules.algebra)."""
 
 import networkx as nx
 import pytest
@@ -6,8 +6,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from morphnas.errors import GraphError, MorphnasError
-from morphnas.grammar import (
+from morphnas.modules import (
     MODULES,
+    apply_sequence,
     apply_step,
     check_type_i,
     check_type_ii,
@@ -19,11 +20,10 @@ from morphnas.grammar import (
     module_to_json,
     paths_exact_at_borders,
     reduce_module,
-    replay,
     validate_module,
     with_kernels,
 )
-from morphnas.grammar.fixtures import module
+from morphnas.modules.fixtures import module
 
 ALL3 = {f"F{i}": 3 for i in range(1, 8)}
 
@@ -147,7 +147,7 @@ def test_replay_reproduces_simple_modules(name):
     assert red.simple
     assert (red.sequence[0].module.number_of_edges(), red.core.number_of_edges()) == (1, 1)
     assert canonical(red.replay()) == canonical(m)
-    assert canonical(replay(red.core, red.sequence)) == canonical(m)
+    assert canonical(apply_sequence(red.core, red.sequence)) == canonical(m)
     # the root edge carries the effective kernel
     ((_, _, d),) = red.core.edges(data=True)
     assert d["kernel"] == effective_kernel(m)

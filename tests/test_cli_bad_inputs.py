@@ -30,8 +30,9 @@ import morphnas.cli.studies
 import morphnas.cli.train
 import morphnas.export.onnx
 from morphnas.cli import app
+from morphnas.cli.search import make_executor
 from morphnas.errors import ConfigError
-from morphnas.execute import LocalExecutor, make_executor
+from morphnas.execute import LocalExecutor
 from morphnas.execute.base import check_devices, check_ray_address
 from morphnas.ir import init_weights, mlp
 from morphnas.search.study import default_storage

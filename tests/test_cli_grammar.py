@@ -3,7 +3,7 @@ import json
 from typer.testing import CliRunner
 
 from morphnas.cli import app
-from morphnas.grammar import MODULES, module_to_json
+from morphnas.modules import MODULES, module_to_json
 
 runner = CliRunner()
 

@@ -6,6 +6,7 @@ import threading
 import pytest
 import torch
 
+from morphnas.cli.search import make_executor
 from morphnas.errors import ConfigError
 from morphnas.execute import (
     ChildJob,
@@ -14,7 +15,6 @@ from morphnas.execute import (
     Executor,
     LocalExecutor,
     child_seed,
-    make_executor,
     run_child,
     threads_for,
 )

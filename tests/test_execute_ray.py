@@ -13,8 +13,9 @@ import torch
 
 ray = pytest.importorskip("ray")
 
+from morphnas.cli.search import make_executor  # noqa: E402
 from morphnas.errors import ConfigError  # noqa: E402
-from morphnas.execute import ChildJob, DatasetSpec, LocalExecutor, make_executor  # noqa: E402
+from morphnas.execute import ChildJob, DatasetSpec, LocalExecutor  # noqa: E402
 from morphnas.execute.ray_executor import RayExecutor  # noqa: E402
 from morphnas.ir import cnn, init_weights, mlp  # noqa: E402
 from morphnas.train import TrainConfig  # noqa: E402

@@ -5,9 +5,9 @@ import torch
 from test_ir_seeds import randomise_bn
 
 from morphnas.errors import MorphError
-from morphnas.grammar import MODULES, classify, module_to_json
 from morphnas.grammar.rules import RULES
 from morphnas.ir import cnn, compile_graph, init_weights, resnet
+from morphnas.modules import MODULES, classify, module_to_json
 from morphnas.morph import REGISTRY, apply_morph, verify
 
 

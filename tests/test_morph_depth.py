@@ -13,8 +13,9 @@ from test_ir_seeds import randomise_bn
 import morphnas.morph  # noqa: F401  (registers every morph)
 from morphnas.errors import MorphError
 from morphnas.ir import ArchGraph, Conv2d, GlobalAvgPool, cnn, compile_graph, init_weights, mlp, resnet
+from morphnas.modules.kernels import compose
 from morphnas.morph import TOLERANCE, MorphResult, apply_morph, verify
-from morphnas.morph.depth import Geometry, compose, decompose_factors, solve_first, solve_second
+from morphnas.morph.depth import Geometry, decompose_factors, solve_first, solve_second
 
 NETS = {
     "resnet20": lambda: resnet(20, (3, 16, 16)),
@@ -109,7 +110,7 @@ def test_compose_matches_stacked_convs_away_from_borders():
     f2 = torch.randn(4, 5, 3, 3, generator=gen, dtype=torch.float64)
     x = torch.randn(2, 3, 12, 12, generator=gen, dtype=torch.float64)
     stacked = torch.conv2d(torch.conv2d(x, f1), f2)  # valid convs: no padding, no borders
-    torch.testing.assert_close(stacked, torch.conv2d(x, compose(f1, f2)), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(stacked, torch.conv2d(x, compose(f2, f1)), rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("k1,k2", [(1, 3), (3, 1), (3, 3)])
@@ -118,9 +119,9 @@ def test_least_squares_solves_eq2_when_eq3_holds(k1, k2):
     target = torch.randn(4, 3, k1 + k2 - 1, k1 + k2 - 1, generator=gen, dtype=torch.float64)
     width = 4 * (k1 + k2 - 1) ** 2  # = C_out K^2 >= C_in K^2: either factor satisfies eq. 3
     f1 = torch.randn(width, 3, k1, k1, generator=gen, dtype=torch.float64)
-    torch.testing.assert_close(compose(f1, solve_second(f1, target, k2)), target, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(compose(solve_second(f1, target, k2), f1), target, rtol=1e-10, atol=1e-10)
     f2 = torch.randn(4, width, k2, k2, generator=gen, dtype=torch.float64)
-    torch.testing.assert_close(compose(solve_first(f2, target, k1), f2), target, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(compose(f2, solve_first(f2, target, k1)), target, rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("kernels", [(1, 1), (1, 3), (3, 1)])

@@ -301,7 +301,6 @@ def test_parse_budget():
 
 # grammar rules --------------------------------------------------------------------------------
 def test_rules_add_shrink_and_expand_to_the_grammar():
-    import morphnas.morphnet.rules  # noqa: F401
     from morphnas.grammar.rules import RULES, Descriptor
 
     assert RULES["shrink"].params == frozenset({"fraction"}) and RULES["expand"].params == frozenset({"factor"})

@@ -17,7 +17,8 @@ from optuna.trial import TrialState
 from typer.testing import CliRunner
 
 from morphnas.cli import app
-from morphnas.execute import LocalExecutor, make_executor
+from morphnas.cli.search import make_executor
+from morphnas.execute import LocalExecutor
 from morphnas.grammar.space import parse_space
 from morphnas.ir import ArchGraph, compile_graph
 from morphnas.search import (

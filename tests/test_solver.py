@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from test_algebra import ALL3, random_modules
 
 from morphnas.errors import MorphError
-from morphnas.grammar import (
+from morphnas.modules import (
     MODULES,
     classify,
     compose,
@@ -26,7 +26,7 @@ from morphnas.grammar import (
     vertex_channels,
     with_kernels,
 )
-from morphnas.grammar import solver as S
+from morphnas.modules import solver as S
 
 D64 = torch.float64
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import typer
 
 from morphnas.errors import ConfigError, GraphError
-from morphnas.grammar import MODULES, module_from_json, module_to_json, reduce_module
 from morphnas.grammar.rules import RULES
+from morphnas.modules import MODULES, module_from_json, module_to_json, reduce_module
 
 grammar_app = typer.Typer(no_args_is_help=True, help="The graph grammar and its module algebra.")
 

@@ -14,9 +14,9 @@ from rich.table import Table
 from morphnas.cli.train import check_out
 from morphnas.errors import ConfigError
 from morphnas.ir import ArchGraph, compile_graph, cost, init_weights, load_arch
+from morphnas.morph.expand import narrowest_cost
 from morphnas.morphnet import DEFAULT_STRENGTH, DEFAULT_THRESHOLD, TARGETS, CycleConfig, layer_widths, morphnet
 from morphnas.morphnet.cycle import parse_budget
-from morphnas.morphnet.expand import narrowest_cost
 from morphnas.train import DATASETS, load_dataset, save_checkpoint, train
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
@@ -16,6 +16,49 @@ from morphnas.errors import ConfigError, SearchInterrupted
 from morphnas.grammar.space import load_space, parse_duration, parse_space
 from morphnas.search import SearchOptions, SearchSummary, run_search
 from morphnas.search.study import shown_url
+
+if TYPE_CHECKING:
+    from morphnas.execute.base import Executor
+
+# The executors a user can name (--executor): the search and the executors take and are objects;
+# only the command line turns a name into one. A new executor is a class and a line here.
+EXECUTORS: tuple[str, ...] = ("local", "ray")
+
+
+def make_executor(
+    kind: str,
+    *,
+    cpus_per_child: float = 1,
+    gpus_per_child: float = 0,
+    ray_address: str | None = None,
+    max_concurrent: int | None = None,
+    storage_path: str | None = None,
+    max_failures: int = 1,
+) -> Executor:
+    """The executor named ``kind`` (``"local"`` or ``"ray"``); anything else raises ConfigError.
+
+    ``cpus_per_child`` sets each child's CPUs (Ray) and torch threads (both; see
+    :func:`~morphnas.execute.base.threads_for`); ``gpus_per_child > 0`` makes children train on ``"cuda"`` (fractional
+    on Ray: 0.25 = four children share a GPU). ``ray_address``, ``max_concurrent``,
+    ``storage_path`` and ``max_failures`` concern Ray only and are ignored by ``"local"``; see
+    :class:`~morphnas.execute.ray_executor.RayExecutor`.
+    """
+    if kind == "local":
+        from morphnas.execute.local import LocalExecutor
+
+        return LocalExecutor(cpus_per_child=cpus_per_child, gpus_per_child=gpus_per_child)
+    if kind == "ray":
+        from morphnas.execute.ray_executor import RayExecutor
+
+        return RayExecutor(
+            cpus_per_child=cpus_per_child,
+            gpus_per_child=gpus_per_child,
+            ray_address=ray_address,
+            max_concurrent=max_concurrent,
+            storage_path=storage_path,
+            max_failures=max_failures,
+        )
+    raise ConfigError(f"unknown executor {kind!r}; choose one of {', '.join(EXECUTORS)}")
 
 
 class LiveView:
@@ -148,8 +191,6 @@ def search(
     if time_budget is not None:
         budget["time_budget"] = parse_duration(time_budget)
     import torch
-
-    from morphnas.execute import make_executor
 
     console = Console()
     # in-process children use every torch thread; on Ray each child gets one CPU unless told

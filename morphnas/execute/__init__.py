@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from morphnas.execute.base import (
-    EXECUTORS,
     STATUSES,
     ChildJob,
     ChildResult,
@@ -17,7 +16,6 @@ from morphnas.execute.base import (
     EpochCallback,
     Executor,
     child_seed,
-    make_executor,
     threads_for,
 )
 from morphnas.execute.child import run_child
@@ -27,8 +25,8 @@ if TYPE_CHECKING:
     from morphnas.execute.ray_executor import RayExecutor
 
 __all__ = [
-    "EXECUTORS", "STATUSES", "ChildJob", "ChildResult", "DatasetSpec", "EpochCallback", "Executor",
-    "LocalExecutor", "RayExecutor", "child_seed", "make_executor", "run_child", "threads_for",
+    "STATUSES", "ChildJob", "ChildResult", "DatasetSpec", "EpochCallback", "Executor",
+    "LocalExecutor", "RayExecutor", "child_seed", "run_child", "threads_for",
 ]
 
 

@@ -1,4 +1,4 @@
-"""The executor interface: what a child job is, what comes back, and how executors are chosen.
+"""The executor interface: what a child job is and what comes back.
 
 An :class:`Executor` fine-tunes a batch of children (:class:`ChildJob`) and yields one
 :class:`ChildResult` per job as soon as that child finishes, in completion order. Strategies:
@@ -7,6 +7,9 @@ An :class:`Executor` fine-tunes a batch of children (:class:`ChildJob`) and yiel
   calling process (the default, and what tests use);
 - :class:`~morphnas.execute.ray_executor.RayExecutor` runs them in parallel as Ray Tune trials,
   on a local Ray or an existing cluster, with fractional CPUs and GPUs per child.
+
+A search takes its executor as an object; the factory from names (``--executor local|ray``) is
+at the edge, :func:`morphnas.cli.search.make_executor`.
 
 Both call :func:`morphnas.execute.child.run_child` for each child, so on the CPU the same job
 gives the same validation errors and weights with either executor: the child is seeded from
@@ -30,7 +33,6 @@ from morphnas.errors import ConfigError
 from morphnas.train import TrainConfig
 
 STATUSES: tuple[str, ...] = ("ok", "failed", "pruned")
-EXECUTORS: tuple[str, ...] = ("local", "ray")
 
 _E = TypeVar("_E", bound="Executor")
 
@@ -177,39 +179,3 @@ def check_ray_address(address: str, timeout: float = 5.0) -> None:
         socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
     except OSError as err:
         raise ConfigError(f"cannot reach the Ray cluster at {address}: {err.strerror or err}") from None
-
-
-def make_executor(
-    kind: str,
-    *,
-    cpus_per_child: float = 1,
-    gpus_per_child: float = 0,
-    ray_address: str | None = None,
-    max_concurrent: int | None = None,
-    storage_path: str | None = None,
-    max_failures: int = 1,
-) -> Executor:
-    """The executor named ``kind`` (``"local"`` or ``"ray"``); anything else raises ConfigError.
-
-    ``cpus_per_child`` sets each child's CPUs (Ray) and torch threads (both; see
-    :func:`threads_for`); ``gpus_per_child > 0`` makes children train on ``"cuda"`` (fractional
-    on Ray: 0.25 = four children share a GPU). ``ray_address``, ``max_concurrent``,
-    ``storage_path`` and ``max_failures`` concern Ray only and are ignored by ``"local"``; see
-    :class:`~morphnas.execute.ray_executor.RayExecutor`.
-    """
-    if kind == "local":
-        from morphnas.execute.local import LocalExecutor
-
-        return LocalExecutor(cpus_per_child=cpus_per_child, gpus_per_child=gpus_per_child)
-    if kind == "ray":
-        from morphnas.execute.ray_executor import RayExecutor
-
-        return RayExecutor(
-            cpus_per_child=cpus_per_child,
-            gpus_per_child=gpus_per_child,
-            ray_address=ray_address,
-            max_concurrent=max_concurrent,
-            storage_path=storage_path,
-            max_failures=max_failures,
-        )
-    raise ConfigError(f"unknown executor {kind!r}; choose one of {', '.join(EXECUTORS)}")

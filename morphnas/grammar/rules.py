@@ -97,6 +97,13 @@ RULES: dict[str, Rule] = {
         Rule("identity_to_conv_path", "identity_to_conv_path", frozenset({"kernels"}),
              summary="scaled identity -> conv k1 -> BN -> P-act -> conv k2 -> BN"),
         Rule("module", "morph_module", frozenset({"template", "width"}), summary="one conv -> a module (Theorem 8)"),
+        # MorphNet's shrink and expand steps (Gordon et al., CVPR 2018, Algorithm 1 steps 2-3) as
+        # search moves: shrink drops the lowest-|gamma| fraction of one channel group (the position
+        # picks the group; no regularised training, the child's fine-tuning follows), expand
+        # multiplies every width. With objectives [error, macs] a search trades width for accuracy.
+        Rule("shrink", "shrink", frozenset({"fraction"}),
+             summary="MorphNet shrink: drop a group's lowest-|gamma| channels (approximate)"),
+        Rule("expand", "expand", frozenset({"factor"}), summary="MorphNet expand: every width x factor (exact)"),
     )
 }
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import abc
 import dataclasses
 import math
-import operator
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -409,8 +408,3 @@ class Dropout(Layer):
 
     def build(self) -> nn.Module:
         return nn.Dropout(self.p)
-
-
-def scale_node(x: Any, scale: float) -> Any:
-    """The compiled form of :class:`Identity`."""
-    return x if scale == 1.0 else operator.mul(x, scale)

@@ -15,8 +15,8 @@ import torch
 
 from morphnas.errors import MorphError
 from morphnas.ir import ArchGraph, Conv2d, Weights
+from morphnas.modules.kernels import pad_kernel, split_parallel
 from morphnas.morph.base import MorphContext, MorphResult, register
-from morphnas.morph.depth import zero_pad
 from morphnas.morph.sites import (
     clone,
     conv_edges,
@@ -47,7 +47,7 @@ def _branch_layer(conv: Conv2d, kernel: int) -> Conv2d:
     return conv.replace(kernel_size=kernel, padding=padding)  # type: ignore[return-value]
 
 
-def _random_like(reference: torch.Tensor, shape: tuple[int, ...], gen: torch.Generator) -> torch.Tensor:
+def _random_on_scale(reference: torch.Tensor, shape: tuple[int, ...], gen: torch.Generator) -> torch.Tensor:
     """Normal noise on the scale of ``reference`` (or unit fan-in scale when it is all zero)."""
     std = reference.std().item() if reference.numel() > 1 else 0.0
     if not std > 0:
@@ -73,9 +73,8 @@ def branch(graph: ArchGraph, weights: Weights, site: str, params: dict[str, Any]
         raise MorphError(f"branch: one branch must hold G's {conv.kernel_size}x{conv.kernel_size} taps, got {[k1, k2]}")
     layers = (_branch_layer(conv, k1), _branch_layer(conv, k2))
     g = weights[f"{site}.weight"].to(torch.float64)
-    r = _random_like(g, (conv.out_channels, conv.in_channels, small, small), ctx.generator)
-    rest = zero_pad(g, large) - zero_pad(r, large)
-    kernels = (r, rest) if k1 <= k2 else (rest, r)  # F1 = R when F1 is the smaller (or equal) branch
+    r = _random_on_scale(g, (conv.out_channels, conv.in_channels, small, small), ctx.generator)
+    kernels = split_parallel(g, r, (k1, k2))  # F1 = R when F1 is the smaller (or equal) branch
     child = clone(graph)
     with graph_errors_as("branch"):
         names = replace_parallel(child, site, [(f"{site}_b1", layers[0]), (f"{site}_b2", layers[1])])
@@ -83,7 +82,7 @@ def branch(graph: ArchGraph, weights: Weights, site: str, params: dict[str, Any]
     biases: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]] = ({}, {})
     if conv.bias:
         gb = weights[f"{site}.bias"].to(torch.float64)
-        rb = _random_like(gb, tuple(gb.shape), ctx.generator)
+        rb = _random_on_scale(gb, tuple(gb.shape), ctx.generator)
         biases = ({"bias": rb}, {"bias": gb - rb}) if k1 <= k2 else ({"bias": gb - rb}, {"bias": rb})
     out = without(weights, [site])
     for name, layer, kernel, bias in zip(names, layers, kernels, biases, strict=True):
@@ -115,7 +114,7 @@ def grow_kernel(
     child = clone(graph)
     child.set_layer(site, conv.replace(kernel_size=kernel, padding=conv.padding + (kernel - conv.kernel_size) // 2))
     key = f"{site}.weight"
-    out = {**weights, key: zero_pad(weights[key], kernel)}
+    out = {**weights, key: pad_kernel(weights[key], kernel)}
     note = f"{conv.kernel_size}x{conv.kernel_size} -> {kernel}x{kernel}"
     res = result("grow_kernel", child, out, site, params, [], note=note)
     res.new_weights = [key]

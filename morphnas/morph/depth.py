@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from morphnas.errors import MorphError
 from morphnas.ir import ArchGraph, BatchNorm2d, Conv2d, Edge, Layer, Linear, ParametricActivation, Weights
+from morphnas.modules.kernels import compose, delta, pad_kernel
 from morphnas.morph.base import MorphContext, MorphResult, register
 from morphnas.morph.sites import (
     Chain,
@@ -46,30 +46,7 @@ from morphnas.morph.sites import (
 EXACT_RESIDUAL = 1e-9  # relative residual of eq. 2 (solved in float64) below which it holds
 
 
-# kernels ---------------------------------------------------------------------------------------
-def zero_pad(kernel: torch.Tensor, size: int) -> torch.Tensor:
-    """Section 3.4: centre a (.., k, k) kernel in a (.., size, size) one of zeros."""
-    m = (size - kernel.shape[-1]) // 2
-    return F.pad(kernel, [m, m, m, m])
-
-
-def delta(channels: int, size: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
-    """A centred delta kernel: with padding size // 2 the conv is exactly the identity."""
-    kernel = torch.zeros(channels, channels, size, size, dtype=dtype)
-    kernel[range(channels), range(channels), size // 2, size // 2] = 1
-    return kernel
-
-
-def compose(f1: torch.Tensor, f2: torch.Tensor) -> torch.Tensor:
-    """Eq. 2: ``F2 ⊛ F1`` = the single kernel of conv F2 after conv F1 (away from borders)."""
-    k1, k2 = f1.shape[-1], f2.shape[-1]
-    out = f1.new_zeros(f2.shape[0], f1.shape[1], k1 + k2 - 1, k1 + k2 - 1)
-    for a0 in range(k2):
-        for a1 in range(k2):
-            out[:, :, a0 : a0 + k1, a1 : a1 + k1] += torch.einsum("jl,lixy->jixy", f2[:, :, a0, a1], f1)
-    return out
-
-
+# least squares of eq. 2 ------------------------------------------------------------------------
 def solve_second(f1: torch.Tensor, target: torch.Tensor, k2: int) -> torch.Tensor:
     """Least-squares F2 (Cj, Cl, k2, k2) with ``F2 ⊛ F1 ≈ target``: eq. 2 is linear in F2."""
     cl, ci, k1, _ = f1.shape
@@ -138,12 +115,12 @@ def identity_factors(g: torch.Tensor, geo: Geometry, kernels: tuple[int, int], c
         _check_pad(geo, k1, "the first")
         if k2 % 2 == 0:
             raise MorphError(f"deepen: an identity factor needs an odd kernel, got {k2}")
-        return Factors(zero_pad(g, k1), delta(cj, k2), (geo.stride, 1), (geo.padding_for(k1), k2 // 2), True,
+        return Factors(pad_kernel(g, k1), delta(cj, cj, k2), (geo.stride, 1), (geo.padding_for(k1), k2 // 2), True,
                        "F1 carries G, F2 is the identity")
     _check_pad(geo, k2, "the second")
     if k1 % 2 == 0:
         raise MorphError(f"deepen: an identity factor needs an odd kernel, got {k1}")
-    return Factors(delta(ci, k1), zero_pad(g, k2), (1, geo.stride), (k1 // 2, geo.padding_for(k2)), True,
+    return Factors(delta(ci, ci, k1), pad_kernel(g, k2), (1, geo.stride), (k1 // 2, geo.padding_for(k2)), True,
                    "F1 is the identity, F2 carries G")
 
 
@@ -167,14 +144,14 @@ def decompose_factors(
     size = k1 + k2 - 1
     _check_pad(geo, size, "the combined (K1 + K2 - 1)")
     cj, ci = g.shape[:2]
-    target = zero_pad(g, size)
+    target = pad_kernel(g, size)
     if width * ci * k1 * k1 <= cj * width * k2 * k2:
         f1 = random_factor(width, ci, k1, gen)
         f2 = solve_second(f1, target, k2)
     else:
         f2 = random_factor(cj, width, k2, gen)
         f1 = solve_first(f2, target, k1)
-    residual = ((compose(f1, f2) - target).norm() / target.norm().clamp_min(1e-300)).item()
+    residual = ((compose(f2, f1) - target).norm() / target.norm().clamp_min(1e-300)).item()
     total = geo.padding_for(size)
     p1 = 0 if k1 == 1 else (total if k2 == 1 else min((k1 - 1) // 2, total))
     strides = (geo.stride, 1) if k2 == 1 else (1, geo.stride)

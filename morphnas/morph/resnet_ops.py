@@ -32,8 +32,9 @@ from morphnas.ir import (
     Weights,
 )
 from morphnas.ir.layers import Shape
+from morphnas.modules.kernels import delta
 from morphnas.morph.base import MorphContext, MorphRecord, MorphResult, apply_morph, register
-from morphnas.morph.depth import delta, new_bns, new_layer_weights
+from morphnas.morph.depth import new_bns, new_layer_weights
 from morphnas.morph.sites import (
     calibrate,
     clone,
@@ -106,8 +107,8 @@ def identity_to_conv_path(
     names = replace_edge(child, site, chain)
     dtype = float_dtype(weights)
     out = {**weights, **new_layer_weights(child, names, dtype)}
-    out.update(layer_state(names[0], chain[0][1], dtype, weight=delta(c, k1)))
-    out.update(layer_state(names[3], chain[3][1], dtype, weight=edge.layer.scale * delta(c, k2)))
+    out.update(layer_state(names[0], chain[0][1], dtype, weight=delta(c, c, k1)))
+    out.update(layer_state(names[3], chain[3][1], dtype, weight=edge.layer.scale * delta(c, c, k2)))
     out = calibrate(child, out, new_bns(child, names), ctx.calibration)
     return result("identity_to_conv_path", child, out, site, params, names, note=f"morph{k1}c{k2}")
 

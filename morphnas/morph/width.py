@@ -184,7 +184,7 @@ def _filler(value: float) -> Callable[[list[int]], torch.Tensor]:
     return lambda shape: torch.full(shape, value)
 
 
-def _random_like(t: torch.Tensor, gen: torch.Generator) -> Callable[[list[int]], torch.Tensor]:
+def _random_filler(t: torch.Tensor, gen: torch.Generator) -> Callable[[list[int]], torch.Tensor]:
     """He-normal new filters, scaled like the existing ones (He et al. 2015, eq. 10)."""
     fan_in = math.prod(t.shape[1:])
     std = t.float().std().item() if t.numel() > 1 else 0.0
@@ -224,14 +224,14 @@ class _Rewrite:
         if isinstance(layer, Linear) or (isinstance(layer, Conv2d) and layer.groups == 1):
             out = self.layout(edge.dst, name)
             w = self.weights[f"{name}.weight"]
-            self.set(f"{name}.weight", _grow(_grow(w, 0, out, _random_like(w, self.gen)), 1, inp, _filler(0.0)))
+            self.set(f"{name}.weight", _grow(_grow(w, 0, out, _random_filler(w, self.gen)), 1, inp, _filler(0.0)))
             if layer.bias:
                 self.set(f"{name}.bias", _grow(self.weights[f"{name}.bias"], 0, out, _filler(0.0)))
             fields = ("in_features", "out_features") if isinstance(layer, Linear) else ("in_channels", "out_channels")
             self.graph.set_layer(name, layer.replace(**{fields[0]: inp.size, fields[1]: out.size}))
         elif isinstance(layer, Conv2d):  # depthwise: channel-wise, one filter per channel
             w = self.weights[f"{name}.weight"]
-            self.set(f"{name}.weight", _grow(w, 0, inp, _random_like(w, self.gen)))
+            self.set(f"{name}.weight", _grow(w, 0, inp, _random_filler(w, self.gen)))
             if layer.bias:
                 self.set(f"{name}.bias", _grow(self.weights[f"{name}.bias"], 0, inp, _filler(0.0)))
             self.graph.set_layer(name, layer.replace(in_channels=inp.size, out_channels=inp.size, groups=inp.size))

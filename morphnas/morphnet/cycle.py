@@ -2,9 +2,9 @@
 
 1. Train with the resource-weighted sparsifying regulariser (here: starting from the current
    weights, for ``reg_epochs``).
-2. Remove the channels whose scale fell below the threshold (:func:`~morphnas.morphnet.shrink.shrink`).
+2. Remove the channels whose scale fell below the threshold (:func:`~morphnas.morph.shrink.shrink`).
 3. Find the largest uniform width multiplier within budget and apply it
-   (:func:`~morphnas.morphnet.expand.expand_to_budget`).
+   (:func:`~morphnas.morph.expand.expand_to_budget`).
 4. Repeat for ``iterations`` (the seed summary's §2.3: one iteration already helps).
 
 After each expand the network is trained again (``epochs``): fine-tuned from the inherited
@@ -23,9 +23,10 @@ from typing import Any
 
 from morphnas.errors import ConfigError
 from morphnas.ir import ArchGraph, Conv2d, Linear, Weights, compile_graph, cost, init_weights
-from morphnas.morphnet.expand import expand_to_budget
-from morphnas.morphnet.regulariser import AGGREGATES, DEFAULT_THRESHOLD, TARGETS, regulariser
-from morphnas.morphnet.shrink import shrink, train_regularised
+from morphnas.morph.channels import AGGREGATES, DEFAULT_THRESHOLD, TARGETS
+from morphnas.morph.expand import expand_to_budget
+from morphnas.morph.shrink import shrink
+from morphnas.morphnet.regulariser import regulariser, train_regularised
 from morphnas.train import Dataset, TrainConfig, train
 
 DEFAULT_STRENGTH = 2.0

@@ -14,7 +14,7 @@ This module is pure graph math, independent of the network IR: validation and a 
 format, Algorithm 1 (reduction by inverse TYPE-I / TYPE-II steps, the morphing sequence, the
 irreducible core), classification (simple morphable vs complex), the effective kernel of eq. 5
 and the border-exactness criterion of DESIGN.md. The filters (eqs. 2-7, Algorithm 2) live in
-:mod:`morphnas.grammar.solver`.
+:mod:`morphnas.modules.solver`.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from morphnas.errors import GraphError
 __all__ = [
     "MorphStep",
     "Reduction",
+    "apply_sequence",
     "apply_step",
     "check_type_i",
     "check_type_ii",
@@ -41,7 +42,6 @@ __all__ = [
     "module_to_json",
     "paths_exact_at_borders",
     "reduce_module",
-    "replay",
     "validate_module",
     "with_kernels",
 ]
@@ -279,7 +279,7 @@ class Reduction:
 
     def replay(self) -> nx.MultiDiGraph:
         """Apply the morphing sequence to the core: the original module (same names and kernels)."""
-        return replay(self.core, self.sequence)
+        return apply_sequence(self.core, self.sequence)
 
 
 def _fresh(base: str, m: nx.MultiDiGraph, taken: set[str] | None) -> str:
@@ -402,7 +402,7 @@ def apply_step(m: nx.MultiDiGraph, step: MorphStep) -> nx.MultiDiGraph:
     return out
 
 
-def replay(core: nx.MultiDiGraph, sequence: Iterable[MorphStep]) -> nx.MultiDiGraph:
+def apply_sequence(core: nx.MultiDiGraph, sequence: Iterable[MorphStep]) -> nx.MultiDiGraph:
     """Apply a morphing sequence to ``core`` (M0 for a simple module) and return the result."""
     m = core.copy()
     for step in sequence:

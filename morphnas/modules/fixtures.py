@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import networkx as nx
 
-from morphnas.grammar.algebra import make_module
+from morphnas.modules.algebra import make_module
 
 __all__ = ["MODULES", "module"]
 

@@ -20,10 +20,10 @@ import networkx as nx
 import torch
 
 from morphnas.errors import GraphError, MorphError
-from morphnas.grammar.algebra import effective_kernel, module_from_json, paths_exact_at_borders, validate_module
-from morphnas.grammar.fixtures import MODULES
-from morphnas.grammar.solver import solve
 from morphnas.ir import ArchGraph, Conv2d, ParametricActivation, Weights
+from morphnas.modules.algebra import effective_kernel, module_from_json, paths_exact_at_borders, validate_module
+from morphnas.modules.fixtures import MODULES
+from morphnas.modules.solver import solve
 from morphnas.morph.base import MorphContext, MorphResult, register
 from morphnas.morph.sites import (
     batchnorm,

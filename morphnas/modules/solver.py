@@ -1,5 +1,6 @@
-"""Filters of a module: the composition operator ⊛ (eq. 2), the module function (eq. 5),
-Algorithm 2 (alternating least squares on eq. 7) and the simple-morphable replay (eqs. 2 and 4).
+"""Filters of a module: the module function (eq. 5), Algorithm 2 (alternating least squares on
+eq. 7) and the simple-morphable replay (eqs. 2 and 4), over the kernel algebra of
+:mod:`morphnas.modules.kernels` (the composition ⊛ of eq. 2, zero padding, the splits).
 
 Conventions: a filter is a tensor ``(C_out, C_in, k, k)`` used with
 ``torch.nn.functional.conv2d`` (cross-correlation), ``padding=k // 2``, stride 1, no bias; all
@@ -22,13 +23,12 @@ import torch
 from torch.nn.functional import conv2d
 
 from morphnas.errors import MorphError
-from morphnas.grammar.algebra import MorphStep, Reduction, effective_kernel, reduce_module, validate_module
+from morphnas.modules.algebra import MorphStep, Reduction, effective_kernel, reduce_module, validate_module
+from morphnas.modules.kernels import check_filter, compose, delta, pad_kernel, split_parallel
 
 __all__ = [
     "SolveResult",
-    "compose",
     "module_filter",
-    "pad_kernel",
     "solve",
     "solve_module",
     "solve_simple",
@@ -39,9 +39,6 @@ __all__ = [
 # above it the step is solved matrix-free by CGLS with compose and its adjoint.
 _DENSE_LIMIT = 8_000_000
 _CG_MAXITER = 300
-# Below this many channel triples (C_out * C_mid * C_in), compose is one conv2d call; above, one
-# matrix product per tap of the smaller kernel (faster for wide filters).
-_SMALL_COMPOSE = 32_768
 _CG_TOL = 1e-13
 
 
@@ -65,62 +62,6 @@ class SolveResult:
 
 # --------------------------------------------------------------------------------------------
 # filters
-
-
-def _check_filter(f: torch.Tensor, what: str) -> None:
-    if not isinstance(f, torch.Tensor) or f.dim() != 4:
-        raise MorphError(f"{what} must be a 4-d tensor (C_out, C_in, k, k), got {getattr(f, 'shape', f)!r}")
-    if f.shape[2] != f.shape[3] or f.shape[2] % 2 == 0:
-        raise MorphError(f"{what} must have a square odd kernel, got {tuple(f.shape)}")
-
-
-def compose(f2: torch.Tensor, f1: torch.Tensor) -> torch.Tensor:
-    """The paper's ``F2 ⊛ F1`` (eq. 2): the filter ``h`` with ``conv(conv(x, f1), f2) == conv(x, h)``.
-
-    ``f1`` is ``(C_mid, C_in, k1, k1)``, ``f2`` is ``(C_out, C_mid, k2, k2)`` and ``h`` is
-    ``(C_out, C_in, k1 + k2 - 1, k1 + k2 - 1)`` with ``h[:, :, s] = sum_{q + r = s} f2[:, :, q] @
-    f1[:, :, r]``: spatially a full convolution of the kernels, channel-wise a matrix product.
-    Equality holds in the interior of an image; everywhere when one factor is 1x1 (or a centred
-    spatial identity). Computed as one conv2d for narrow filters, else one matrix product per tap
-    of the smaller kernel.
-    """
-    _check_filter(f2, "f2")
-    _check_filter(f1, "f1")
-    if f2.shape[1] != f1.shape[0]:
-        raise MorphError(
-            f"cannot compose {tuple(f2.shape)} after {tuple(f1.shape)}: "
-            f"channels {f2.shape[1]} != {f1.shape[0]}"
-        )
-    dtype = torch.result_type(f2, f1)
-    f2, f1 = f2.to(dtype), f1.to(dtype)
-    c_out, c_mid, k2, _ = f2.shape
-    _, c_in, k1, _ = f1.shape
-    if c_out * c_mid * c_in <= _SMALL_COMPOSE:
-        # one op: a full convolution of the kernels, batched over the input channels
-        return conv2d(f1.transpose(0, 1), f2.flip(-1, -2), padding=k2 - 1).transpose(0, 1)
-    out = f2.new_zeros(c_out, c_in, k1 + k2 - 1, k1 + k2 - 1)
-    if k2 <= k1:
-        flat = f1.reshape(c_mid, c_in * k1 * k1)
-        for y in range(k2):
-            for x in range(k2):
-                out[:, :, y : y + k1, x : x + k1] += (f2[:, :, y, x] @ flat).reshape(c_out, c_in, k1, k1)
-    else:
-        flat = f2.permute(0, 2, 3, 1).reshape(c_out * k2 * k2, c_mid)
-        for y in range(k1):
-            for x in range(k1):
-                part = (flat @ f1[:, :, y, x]).reshape(c_out, k2, k2, c_in).permute(0, 3, 1, 2)
-                out[:, :, y : y + k2, x : x + k2] += part
-    return out
-
-
-def pad_kernel(g: torch.Tensor, k: int) -> torch.Tensor:
-    """Zero-pad a filter's kernel, centred, to ``k x k`` (G -> G̃ of eq. 2; section 3.4)."""
-    _check_filter(g, "filter")
-    kg = g.shape[-1]
-    if k < kg or (k - kg) % 2:
-        raise MorphError(f"cannot pad a {kg}x{kg} kernel to {k}x{k} (needs k >= {kg}, same parity)")
-    p = (k - kg) // 2
-    return torch.nn.functional.pad(g, (p, p, p, p)) if p else g
 
 
 def _crop(g: torch.Tensor, k: int) -> torch.Tensor:
@@ -172,7 +113,7 @@ def _filter_widths(m: nx.MultiDiGraph, filters: Mapping[str, torch.Tensor]) -> d
         if name not in filters:
             raise MorphError(f"no filter for edge {name!r} ({u}->{v})")
         f = filters[name]
-        _check_filter(f, f"filter of edge {name!r}")
+        check_filter(f, f"filter of edge {name!r}")
         if f.shape[-1] != d["kernel"]:
             raise MorphError(
                 f"filter of edge {name!r} is {f.shape[-1]}x{f.shape[-1]}, the edge's kernel is {d['kernel']}"
@@ -413,7 +354,7 @@ def _step(c1, c2, r, c_w: int, c_u: int, kj: int) -> torch.Tensor:
 
 
 def _as_g(g: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
-    _check_filter(g, "G")
+    check_filter(g, "G")
     return g.to(dtype) if dtype is not None else g
 
 
@@ -526,23 +467,12 @@ def _rms(w: torch.Tensor) -> float:
 def _split_parallel(
     step: MorphStep, w: torch.Tensor, gen: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """TYPE-II (eq. 4): ``W = R + (W - R)``, R random at the smaller kernel and zero-padded to the
-    larger (section 3.4), so both branches are non-zero and learn."""
-    k2, k3 = step.part_kernels
-    small = 0 if k2 <= k3 else 1
-    ks = step.part_kernels[small]
+    """TYPE-II (eq. 4) by :func:`~morphnas.modules.kernels.split_parallel`, R random at the smaller
+    kernel on the scale of W."""
+    ks = min(step.part_kernels)
     std = _rms(w) or 1.0 / math.sqrt(w.shape[1] * ks * ks)
     rand = _randn((w.shape[0], w.shape[1], ks, ks), gen, w, std)
-    rest = w - pad_kernel(rand, w.shape[-1])
-    return (rand, rest) if small == 0 else (rest, rand)
-
-
-def _identity(c_out: int, c_in: int, k: int, like: torch.Tensor) -> torch.Tensor:
-    """A spatial identity: a centred delta kernel with the channel identity (zero-extended)."""
-    f = like.new_zeros(c_out, c_in, k, k)
-    n = min(c_out, c_in)
-    f[torch.arange(n), torch.arange(n), k // 2, k // 2] = 1
-    return f
+    return split_parallel(w, rand, step.part_kernels)
 
 
 def _split_serial(
@@ -563,10 +493,11 @@ def _split_serial(
     rel_std = _rms(w) or 1.0
     if c_v >= c_w and _support_within(w, k1):
         f1 = torch.cat([_crop(w, k1), _randn((c_v - c_w, c_u, k1, k1), gen, w, rel_std)])
-        return f1, _identity(c_w, c_v, k2, w)
+        return f1, delta(c_w, c_v, k2, dtype=w.dtype, device=w.device)
     if c_v >= c_u and _support_within(w, k2):
         fan_in = 1.0 / math.sqrt(c_u * k1 * k1)
-        f1 = torch.cat([_identity(c_u, c_u, k1, w), _randn((c_v - c_u, c_u, k1, k1), gen, w, fan_in)])
+        eye = delta(c_u, c_u, k1, dtype=w.dtype, device=w.device)
+        f1 = torch.cat([eye, _randn((c_v - c_u, c_u, k1, k1), gen, w, fan_in)])
         f2 = torch.cat([_crop(w, k2), w.new_zeros(c_w, c_v - c_u, k2, k2)], dim=1)
         return f1, f2
     k = w.shape[-1]

@@ -14,20 +14,16 @@ Shrinking is approximate: a channel with ``gamma ~ 0`` still outputs its batch-n
 ``beta``. With a calibration batch, that constant's contribution to each consumer is folded into
 the consumer's bias or the running mean of the batch norm right after it (exact away from the
 zero-padded borders when the channel is constant); the verifier's error is reported either way.
-
-:func:`train_regularised` is the trainer with the regulariser as its extra loss term.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from morphnas.errors import MorphError
 from morphnas.ir import (
@@ -40,10 +36,10 @@ from morphnas.ir import (
     Weights,
     compile_graph,
 )
-from morphnas.morph import MorphContext, MorphRecord, MorphResult, Verification, register, verify
+from morphnas.morph.base import MorphContext, MorphRecord, MorphResult, register
+from morphnas.morph.channels import AGGREGATES, DEFAULT_THRESHOLD, ChannelMap
 from morphnas.morph.sites import clone
-from morphnas.morphnet.regulariser import AGGREGATES, DEFAULT_THRESHOLD, ChannelMap, Regulariser
-from morphnas.train import Dataset, EpochReport, TrainConfig, TrainResult, train
+from morphnas.morph.verify import Verification, verify
 
 DEFAULT_FRACTION = 0.25
 
@@ -461,29 +457,3 @@ def shrink(
     check = verify(graph, weights, removal.graph, removal.weights, inputs=_check_inputs(calibration))
     inputs = "calibration batch" if calibration is not None else "random inputs"
     return ShrinkResult(removal.graph, removal.weights, removal, check, describe(removal, check, inputs))
-
-
-# regularised training -------------------------------------------------------------------------
-@dataclass
-class RegularisedRun:
-    """A training run with an extra loss term: the usual result and the penalty's mean per epoch."""
-
-    result: TrainResult
-    penalties: list[float]
-
-
-def train_regularised(
-    model: nn.Module,
-    data: Dataset,
-    config: TrainConfig,
-    penalty: Regulariser,
-    *,
-    on_epoch: Callable[[EpochReport], None] | None = None,
-) -> RegularisedRun:
-    """Train ``model`` in place on ``cross_entropy + penalty(model)`` (MorphNet Algorithm 1, step 1).
-
-    ``EpochReport.train_loss`` is the cross-entropy alone; the penalty's epoch means are in
-    :attr:`RegularisedRun.penalties`.
-    """
-    result = train(model, data, config, on_epoch=on_epoch, extra_loss=penalty)
-    return RegularisedRun(result, [report.extra_loss for report in result.history])

@@ -25,10 +25,11 @@ import torch
 
 from morphnas.errors import ConfigError, GraphError, MorphError
 from morphnas.ir import ArchGraph, Weights, compile_graph, cost
-from morphnas.morph import MorphContext, MorphRecord, MorphResult, Verification, register, verify
+from morphnas.morph.base import MorphContext, MorphRecord, MorphResult, register
+from morphnas.morph.channels import TARGETS, ChannelMap
+from morphnas.morph.shrink import remove_units, scaled_width, select_uniform
+from morphnas.morph.verify import Verification, verify
 from morphnas.morph.width import widen, widen_sites
-from morphnas.morphnet.regulariser import TARGETS, ChannelMap
-from morphnas.morphnet.shrink import remove_units, scaled_width, select_uniform
 
 DEFAULT_FACTOR = 1.25
 DEFAULT_TOLERANCE = 1e-3  # bisection stops when hi - lo <= tolerance * lo
