@@ -147,6 +147,19 @@ def test_shrink_morph_removes_channels_everywhere_and_reports_its_error(make):
         assert cost(result.graph)["params"] < cost(graph)["params"]
 
 
+def test_shrink_works_on_weights_whose_first_entry_is_a_batch_norm_counter():
+    """A checkpoint's keys come sorted, so an int64 ``num_batches_tracked`` may come first."""
+    graph, weights = seeded(small_resnet())
+    counters = sorted(k for k in weights if k.endswith("num_batches_tracked"))
+    assert counters and weights[counters[0]].dtype == torch.int64
+    reordered = {counters[0]: weights[counters[0]], **weights}
+    site = REGISTRY["shrink"].sites(graph)[0]
+    calibration = torch.randn(16, *graph.input_shape, generator=torch.Generator().manual_seed(0))
+    expected = apply_morph("shrink", graph, weights, site, {"fraction": 0.5}, calibration=calibration)
+    result = apply_morph("shrink", graph, reordered, site, {"fraction": 0.5}, calibration=calibration)
+    assert result.graph.shapes() == expected.graph.shapes()
+
+
 def test_shrink_params_are_checked():
     graph, weights = seeded(cnn((1, 8, 8)))
     for params in ({}, {"fraction": 0.2, "threshold": 0.1}, {"fraction": 1.0}, {"fraction": -1}, {"ratio": 2},

@@ -257,7 +257,8 @@ class ChannelMap:
         ``dict(model.named_parameters())``.
         """
         check_choice("macs", aggregate)
-        dtype = next(iter(params.values())).dtype if params else torch.float32
+        # the dtype of the weights, not of a first entry that may be a batch norm's int64 counter
+        dtype = next((t.dtype for t in params.values() if t.is_floating_point()), torch.float32)
         scores = torch.full((self.n_units,), math.inf, dtype=dtype)
         if self.bn_sources:
             values = torch.cat([params[f"{bn}.weight"].abs() for bn, _ in self.bn_sources])
