@@ -40,3 +40,7 @@ class StudyError(MorphnasError):
 
 class SearchInterrupted(MorphnasError):
     """The user stopped a search (Ctrl-C); the message says how to resume it."""
+
+
+class TorchImportError(MorphnasError):
+    """A PyTorch network cannot be imported: the message names the node and the op the IR lacks."""
