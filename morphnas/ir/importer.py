@@ -142,6 +142,10 @@ _MODULES: dict[type, Callable[[Any], Any]] = {
     nn.ReLU: lambda m: Activation("relu"),
     nn.Tanh: lambda m: Activation("tanh"),
     nn.Sigmoid: lambda m: Activation("sigmoid"),
+    nn.ReLU6: lambda m: Activation("relu6"),
+    nn.SiLU: lambda m: Activation("silu"),
+    nn.Hardswish: lambda m: Activation("hardswish"),
+    nn.Hardsigmoid: lambda m: Activation("hardsigmoid"),
     nn.GELU: _gelu,
     nn.ELU: _elu,
     nn.MaxPool2d: _pool,
@@ -155,7 +159,8 @@ _MODULES: dict[type, Callable[[Any], Any]] = {
 
 _ACTIVATION_FUNCTIONS = {
     torch.relu: "relu", nn.functional.relu: "relu", torch.tanh: "tanh", torch.sigmoid: "sigmoid",
-    nn.functional.gelu: "gelu", nn.functional.elu: "elu",
+    nn.functional.gelu: "gelu", nn.functional.relu6: "relu6", nn.functional.silu: "silu",
+    nn.functional.hardswish: "hardswish", nn.functional.hardsigmoid: "hardsigmoid",
 }
 _ACTIVATION_METHODS = {"relu": "relu", "relu_": "relu", "tanh": "tanh", "sigmoid": "sigmoid"}
 _ADDS = (operator.add, operator.iadd, torch.add)
