@@ -98,8 +98,6 @@ def _batchnorm(m: nn.modules.batchnorm._BatchNorm) -> Layer:
 
 
 def _pool(m: nn.MaxPool2d | nn.AvgPool2d) -> Layer:
-    if m.ceil_mode:
-        raise _refuse("ceil_mode=True is not in the IR")
     if isinstance(m, nn.MaxPool2d):
         if _square(m.dilation, "dilation") != 1:
             raise _refuse(f"dilation={m.dilation} is not in the IR")
@@ -212,6 +210,8 @@ class _Importer:
             raise _refuse(f"{type(module).__name__} is not in the IR yet")
         self.only_args(node, 1)
         spec = mapper(module)
+        if getattr(module, "ceil_mode", False):
+            self.ceil_as_floor(node, spec)
         if spec == "alias":
             self.value[node] = self.input_blob(node.args[0])
             return
@@ -283,6 +283,13 @@ class _Importer:
     def name(self, stem: str) -> str:
         name = self.graph.fresh_name(stem)
         return self.graph.fresh_name(f"{stem}_") if name in _RESERVED else name
+
+    def ceil_as_floor(self, node: fx.Node, spec: Pool2d) -> None:
+        """A pool with ``ceil_mode=True`` is the IR's (floor) pool when every window fits: the sizes agree."""
+        _, h, w = self.shape[self.input_blob(node.args[0])]
+        k, s, p = spec.kernel_size, spec.stride, spec.padding
+        if any((size + 2 * p - k) % s for size in (h, w)):
+            raise _refuse(f"ceil_mode=True on a {h}x{w} input (a partial last window) is not in the IR")
 
     def layer(self, node: fx.Node, arg: Any, spec: Layer) -> str:
         src = self.input_blob(arg)
