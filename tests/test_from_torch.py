@@ -14,6 +14,7 @@ from morphnas.errors import TorchImportError
 from morphnas.ir import ArchGraph, Conv2d, compile_graph, from_torch, importer
 from morphnas.morph import apply_morph, verify
 from morphnas.morph.width import widen_sites
+from morphnas.morphnet.shrink import shrink_sites
 from morphnas.train.checkpoint import load_checkpoint
 
 runner = CliRunner()
@@ -224,3 +225,16 @@ def test_cli_import_errors_are_one_line_exit_2(tmp_path, args, message):
     assert result.exit_code == 2, result.output
     assert message in result.output and len(result.output.strip().splitlines()) == 1, result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_shrink_leaves_a_grouped_conv_alone():
+    """Shrinking elsewhere used to rewrite every grouped conv as a depthwise one (resnext failed to compile)."""
+    net = nn.Sequential(nn.Conv2d(3, 8, 1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1, groups=4),
+                        nn.ReLU(), nn.Conv2d(8, 6, 1), nn.BatchNorm2d(6), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                        nn.Flatten(), nn.Linear(6, 3))
+    graph, weights, _ = from_torch(net, (3, 8, 8))
+    sites = shrink_sites(graph)
+    assert sites == ["_5"]  # the blob the grouped conv reads or writes cannot shrink
+    child = apply_morph("shrink", graph, weights, "_5", {"fraction": 0.5})
+    assert child.graph.layer("_3") == graph.layer("_3")
+    compile_graph(child.graph, child.weights)
