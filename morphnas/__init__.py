@@ -8,6 +8,7 @@ The public API, re-exported from the packages that implement it::
     summary = morphnas.run_search(morphnas.SearchOptions(space=morphnas.load_space("default")))
     frame = morphnas.load_trials(summary.storage, summary.study)  # pandas DataFrame
     model = morphnas.load("runs/.../trials/00007")                # nn.Module from safetensors + JSON
+    graph, weights, err = morphnas.from_torch(torchvision.models.resnet18(), (3, 224, 224))
 
 The API is imported on first use (PEP 562), so ``import morphnas`` and the ``morphnas`` command
 start without torch.
@@ -28,6 +29,7 @@ _SOURCES = {
     "ArchGraph": "morphnas.ir",
     "compile_graph": "morphnas.ir",
     "cost": "morphnas.ir",
+    "from_torch": "morphnas.ir",
     "init_weights": "morphnas.ir",
     "load_arch": "morphnas.ir",
     "REGISTRY": "morphnas.morph",

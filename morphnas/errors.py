@@ -45,3 +45,7 @@ class SearchInterrupted(MorphnasError):
     def __init__(self, message: str, signal: int = 2) -> None:
         super().__init__(message)
         self.signal = signal
+
+
+class TorchImportError(MorphnasError):
+    """A PyTorch network cannot be imported: the message names the node and the op the IR lacks."""

@@ -24,6 +24,7 @@ from morphnas.errors import MorphnasError
 # (the first paragraph of the command's own help; tests/test_cli_startup_and_wheel.py checks they agree).
 COMMANDS = {
     "export": ("export", "Export the best (or a chosen) morphed network and check it reproduces PyTorch's outputs."),
+    "import": ("imports", "Import a PyTorch network as a checkpoint the other commands read (arch show, export)."),
     "morphnet": ("morphnet", "Shrink a network with MorphNet's cost-weighted regulariser, then expand it to a budget."),
     "report": ("report", "Write a study's report: history, error vs MACs with the Pareto front, lineage tree, "
                          "best architecture."),

@@ -59,6 +59,10 @@ _ACTIVATIONS = {
     "sigmoid": "torch.sigmoid",
     "gelu": "F.gelu",
     "elu": "F.elu",
+    "relu6": "F.relu6",
+    "silu": "F.silu",
+    "hardswish": "F.hardswish",
+    "hardsigmoid": "F.hardsigmoid",
 }
 _PACT_CLASS = '''
 class ParametricActivation(nn.Module):

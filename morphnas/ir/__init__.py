@@ -2,6 +2,7 @@
 
 from morphnas.ir.compile import Weights, compile_graph, init_weights, load_weights
 from morphnas.ir.graph import ArchGraph, Edge
+from morphnas.ir.importer import Imported, from_torch
 from morphnas.ir.layers import (
     LAYER_TYPES,
     Activation,
@@ -24,8 +25,8 @@ from morphnas.ir.seeds import RESNET_DEPTHS, SEEDS, arch_to_file, build_seed, cn
 
 __all__ = [
     "LAYER_TYPES", "RESNET_DEPTHS", "SEEDS", "Activation", "ArchGraph", "BatchNorm1d", "BatchNorm2d",
-    "Conv2d", "Dropout", "Edge", "Flatten", "GlobalAvgPool", "Identity", "Layer", "Linear",
+    "Conv2d", "Dropout", "Edge", "Flatten", "GlobalAvgPool", "Identity", "Imported", "Layer", "Linear",
     "ParametricActivation", "Pool2d", "ShortcutA", "Weights", "arch_to_file", "build_seed", "cnn",
-    "compile_graph", "cost", "count_macs", "count_params", "init_weights", "layer_from_dict", "load_arch",
+    "compile_graph", "cost", "count_macs", "count_params", "from_torch", "init_weights", "layer_from_dict", "load_arch",
     "load_weights", "mlp", "resnet", "size_mb",
 ]

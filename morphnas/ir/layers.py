@@ -170,6 +170,10 @@ _ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "sigmoid": torch.sigmoid,
     "gelu": nn.functional.gelu,
     "elu": nn.functional.elu,
+    "relu6": nn.functional.relu6,  # MobileNetV2
+    "silu": nn.functional.silu,  # EfficientNet
+    "hardswish": nn.functional.hardswish,  # MobileNetV3
+    "hardsigmoid": nn.functional.hardsigmoid,
 }
 
 

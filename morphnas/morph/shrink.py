@@ -321,6 +321,10 @@ def _slice(cmap: ChannelMap, pruned: ArchGraph, weights: Weights | None, keep: l
             fields = ("in_features", "out_features") if isinstance(layer, Linear) else ("in_channels", "out_channels")
             pruned.set_layer(name, layer.replace(**{fields[0]: len(kin), fields[1]: len(kout)}))
             sliced = {"weight": [(0, kout), (1, kin)], "bias": [(0, kout)]}
+        elif isinstance(layer, Conv2d) and not layer.groups == layer.in_channels == layer.out_channels:
+            # grouped, or depthwise with a channel multiplier: its groups are frozen, its channels never change
+            if len(kin) != layer.in_channels or len(kout) != layer.out_channels:  # pragma: no cover - frozen
+                raise MorphError(f"shrink: {name!r} is a grouped convolution (groups={layer.groups})")
         elif isinstance(layer, Conv2d):  # depthwise: one filter per channel
             n = len(kin)
             pruned.set_layer(name, layer.replace(in_channels=n, out_channels=n, groups=n))

@@ -1,0 +1,469 @@
+"""Import a PyTorch network: trace it with ``torch.fx``, map every node onto the IR, check it.
+
+Each node of the traced program becomes a layer edge into a blob named after the node, its
+weights carried over under ``"<edge>.<param>"``; an addition becomes an ``add`` blob and
+``torch.cat`` along the channels a ``concat`` blob, each fed by identity edges. Every node's
+shape is checked against the traced shapes, and the imported graph must compute the module's
+outputs (eval mode, float32, within 1e-5 relative) on random inputs. Whatever the IR cannot
+express is refused with one line naming the node and its op: nothing is approximated.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import fx, nn
+from torch.fx.passes.shape_prop import ShapeProp
+
+from morphnas.errors import GraphError, TorchImportError
+from morphnas.ir.compile import Weights, compile_graph
+from morphnas.ir.graph import _RESERVED, ArchGraph
+from morphnas.ir.layers import (
+    Activation,
+    BatchNorm1d,
+    BatchNorm2d,
+    Conv2d,
+    Dropout,
+    Flatten,
+    GlobalAvgPool,
+    Identity,
+    Layer,
+    Linear,
+    Pool2d,
+    Shape,
+)
+
+TOLERANCE = 1e-5  # float32, relative to the largest output (DESIGN: max_rel_err)
+
+
+@dataclass(frozen=True)
+class Imported:
+    """An imported network: its graph, its weights and how far the import is from the original."""
+
+    graph: ArchGraph
+    weights: Weights
+    max_rel_err: float
+
+    def __iter__(self):  # ``graph, weights, err = from_torch(...)``
+        return iter((self.graph, self.weights, self.max_rel_err))
+
+
+class _Refused(Exception):
+    """Raised inside the mapping with the reason; turned into one TorchImportError line."""
+
+
+def _refuse(reason: str) -> _Refused:
+    return _Refused(reason)
+
+
+def _square(value: Any, what: str) -> int:
+    """``3`` or ``(3, 3)`` -> 3; a non-square value is refused."""
+    if isinstance(value, int):
+        return value
+    values = tuple(value)
+    if len(set(values)) != 1:
+        raise _refuse(f"non-square {what} {values} is not in the IR")
+    return int(values[0])
+
+
+# --- modules -------------------------------------------------------------------------------------
+
+def _conv(m: nn.Conv2d) -> Layer:
+    if m.padding_mode != "zeros":
+        raise _refuse(f"padding_mode={m.padding_mode!r} is not in the IR (zero padding only)")
+    if _square(m.dilation, "dilation") != 1:
+        raise _refuse(f"dilation={m.dilation} is not in the IR")
+    if isinstance(m.padding, str):
+        if m.padding != "valid":
+            raise _refuse(f"padding={m.padding!r} is not in the IR (give the padding as a number)")
+        padding = 0
+    else:
+        padding = _square(m.padding, "padding")
+    kernel, stride = _square(m.kernel_size, "kernel"), _square(m.stride, "stride")
+    return Conv2d(m.in_channels, m.out_channels, kernel, stride, padding, m.groups, m.bias is not None)
+
+
+def _batchnorm(m: nn.modules.batchnorm._BatchNorm) -> Layer:
+    if not m.affine or not m.track_running_stats:
+        raise _refuse("batch norm without affine parameters or running statistics is not in the IR")
+    if m.momentum is None:
+        raise _refuse("batch norm with momentum=None (cumulative average) is not in the IR")
+    cls = BatchNorm2d if isinstance(m, nn.BatchNorm2d) else BatchNorm1d
+    return cls(m.num_features, float(m.eps), float(m.momentum))
+
+
+def _pool(m: nn.MaxPool2d | nn.AvgPool2d) -> Layer:
+    if isinstance(m, nn.MaxPool2d):
+        if _square(m.dilation, "dilation") != 1:
+            raise _refuse(f"dilation={m.dilation} is not in the IR")
+        if m.return_indices:
+            raise _refuse("return_indices=True is not in the IR")
+    elif not m.count_include_pad or m.divisor_override is not None:
+        raise _refuse("average pooling without count_include_pad or with divisor_override is not in the IR")
+    kernel = _square(m.kernel_size, "kernel")
+    stride = kernel if m.stride is None else _square(m.stride, "stride")
+    return Pool2d("max" if isinstance(m, nn.MaxPool2d) else "avg", kernel, stride, _square(m.padding, "padding"))
+
+
+def _gelu(m: nn.GELU) -> Layer:
+    if m.approximate != "none":
+        raise _refuse(f"GELU approximate={m.approximate!r} is not in the IR")
+    return Activation("gelu")
+
+
+def _elu(m: nn.ELU) -> Layer:
+    if m.alpha != 1.0:
+        raise _refuse(f"ELU alpha={m.alpha} is not in the IR (alpha 1 only)")
+    return Activation("elu")
+
+
+def _flatten(m: nn.Flatten) -> str:
+    if m.start_dim != 1 or m.end_dim != -1:
+        raise _refuse(f"flatten from dim {m.start_dim} to {m.end_dim} is not in the IR (dims 1 to -1 only)")
+    return "flatten"
+
+
+def _adaptive(m: nn.AdaptiveAvgPool2d) -> Any:
+    return ("adaptive", m.output_size)
+
+
+# A module type -> its layer spec, or a marker handled by the shape-aware code below.
+_MODULES: dict[type, Callable[[Any], Any]] = {
+    nn.Conv2d: _conv,
+    nn.BatchNorm2d: _batchnorm,
+    nn.BatchNorm1d: _batchnorm,
+    nn.ReLU: lambda m: Activation("relu"),
+    nn.Tanh: lambda m: Activation("tanh"),
+    nn.Sigmoid: lambda m: Activation("sigmoid"),
+    nn.ReLU6: lambda m: Activation("relu6"),
+    nn.SiLU: lambda m: Activation("silu"),
+    nn.Hardswish: lambda m: Activation("hardswish"),
+    nn.Hardsigmoid: lambda m: Activation("hardsigmoid"),
+    nn.GELU: _gelu,
+    nn.ELU: _elu,
+    nn.MaxPool2d: _pool,
+    nn.AvgPool2d: _pool,
+    nn.AdaptiveAvgPool2d: _adaptive,
+    nn.Linear: lambda m: Linear(m.in_features, m.out_features, m.bias is not None),
+    nn.Dropout: lambda m: Dropout(float(m.p)),
+    nn.Flatten: _flatten,
+    nn.Identity: lambda m: "alias",
+}
+
+_ACTIVATION_FUNCTIONS = {
+    torch.relu: "relu", nn.functional.relu: "relu", torch.tanh: "tanh", torch.sigmoid: "sigmoid",
+    nn.functional.gelu: "gelu", nn.functional.relu6: "relu6", nn.functional.silu: "silu",
+    nn.functional.hardswish: "hardswish", nn.functional.hardsigmoid: "hardsigmoid",
+}
+_ACTIVATION_METHODS = {"relu": "relu", "relu_": "relu", "tanh": "tanh", "sigmoid": "sigmoid"}
+_ADDS = (operator.add, operator.iadd, torch.add)
+
+
+# --- the mapping ---------------------------------------------------------------------------------
+
+class _Importer:
+    def __init__(self, traced: fx.GraphModule, input_shape: Shape) -> None:
+        self.traced = traced
+        self.modules = dict(traced.named_modules())
+        self.graph = ArchGraph(input_shape)
+        self.weights: Weights = {}
+        self.value: dict[fx.Node, str] = {}  # fx node -> IR blob
+        self.shape: dict[str, Shape] = {}  # IR blob -> shape
+        self.called: dict[str, str] = {}  # module target -> first node calling it
+
+    def run(self) -> None:
+        for node in self.traced.graph.nodes:
+            try:
+                self.node(node)
+            except (_Refused, GraphError) as err:
+                raise TorchImportError(f"cannot import node {node.name!r} ({_op(node, self.modules)}): {err}") from None
+
+    def node(self, node: fx.Node) -> None:
+        if node.op == "placeholder":
+            if self.value:
+                raise _refuse("networks with more than one input are not in the IR")
+            blob = self.graph.add_blob("input")
+            self.shape[blob] = self.graph.input_shape
+            self.value[node] = blob
+            return
+        if node.op == "output":
+            self.output(node)
+            return
+        if node.op == "get_attr":
+            raise _refuse("reading a parameter or buffer directly is not in the IR")
+        if node.op == "call_module":
+            self.call_module(node)
+        else:
+            self.call_function(node)
+        self.check_shape(node)
+
+    # one node ---------------------------------------------------------------------------------
+    def call_module(self, node: fx.Node) -> None:
+        module = self.modules[node.target]
+        mapper = _MODULES.get(type(module))
+        if mapper is None:
+            raise _refuse(f"{type(module).__name__} is not in the IR yet")
+        self.only_args(node, 1)
+        spec = mapper(module)
+        if getattr(module, "ceil_mode", False):
+            self.ceil_as_floor(node, spec)
+        if spec == "alias":
+            self.value[node] = self.input_blob(node.args[0])
+            return
+        if spec == "flatten":
+            self.flatten(node, node.args[0])
+            return
+        if isinstance(spec, tuple) and spec[0] == "adaptive":
+            self.adaptive(node, node.args[0], spec[1])
+            return
+        own = module.state_dict()
+        if own:
+            if node.target in self.called:
+                raise _refuse(
+                    f"module {node.target!r} is called again (first by node {self.called[node.target]!r}): "
+                    "shared weights are not in the IR"
+                )
+            self.called[node.target] = node.name
+        name = self.layer(node, node.args[0], spec)
+        for key, tensor in own.items():
+            self.weights[f"{name}.{key}"] = tensor.detach().clone()
+
+    def call_function(self, node: fx.Node) -> None:
+        target = node.target
+        if node.op == "call_function" and target in _ADDS or (node.op == "call_method" and target in ("add", "add_")):
+            self.add(node)
+        elif node.op == "call_function" and target in _ACTIVATION_FUNCTIONS:
+            self.only_args(node, 1, allowed={"inplace"})
+            self.layer(node, node.args[0], Activation(_ACTIVATION_FUNCTIONS[target]))
+        elif node.op == "call_method" and target in _ACTIVATION_METHODS:
+            self.only_args(node, 1)
+            self.layer(node, node.args[0], Activation(_ACTIVATION_METHODS[target]))
+        elif (node.op == "call_function" and target is torch.flatten) or (
+            node.op == "call_method" and target == "flatten"
+        ):
+            start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
+            end = node.args[2] if len(node.args) > 2 else node.kwargs.get("end_dim", -1)
+            if start != 1 or end != -1:
+                raise _refuse(f"flatten from dim {start} to {end} is not in the IR (dims 1 to -1 only)")
+            self.flatten(node, node.args[0])
+        elif node.op == "call_function" and target is torch.cat:
+            self.cat(node)
+        elif node.op == "call_function" and target is nn.functional.adaptive_avg_pool2d:
+            self.adaptive(node, node.args[0], node.args[1] if len(node.args) > 1 else node.kwargs["output_size"])
+        else:
+            raise _refuse(f"{_op(node, self.modules)} is not in the IR")
+
+    def output(self, node: fx.Node) -> None:
+        result = node.args[0]
+        if not isinstance(result, fx.Node):
+            raise _refuse("networks with more than one output are not in the IR")
+        blob = self.input_blob(result)
+        if self.graph.nx.out_degree(blob) or blob == "input":
+            raise _refuse("the output must be a value nothing else reads")
+        traced = tuple(result.meta["tensor_meta"].shape[1:])
+        if traced != self.shape[blob]:
+            raise _refuse(f"output shape {traced} is not the IR's {self.shape[blob]}")
+
+    # building blocks --------------------------------------------------------------------------
+    def only_args(self, node: fx.Node, count: int, allowed: set[str] = frozenset()) -> None:
+        extra = set(node.kwargs) - set(allowed)
+        if len(node.args) != count or extra:
+            raise _refuse(f"call with arguments {node.args[count:]} {sorted(extra)} is not in the IR")
+
+    def input_blob(self, arg: Any) -> str:
+        if not isinstance(arg, fx.Node) or arg not in self.value:
+            raise _refuse(f"input {arg!r} is not a tensor the IR computes")
+        return self.value[arg]
+
+    def name(self, stem: str) -> str:
+        name = self.graph.fresh_name(stem)
+        return self.graph.fresh_name(f"{stem}_") if name in _RESERVED else name
+
+    def ceil_as_floor(self, node: fx.Node, spec: Pool2d) -> None:
+        """A pool with ``ceil_mode=True`` is the IR's (floor) pool when every window fits: the sizes agree."""
+        _, h, w = self.shape[self.input_blob(node.args[0])]
+        k, s, p = spec.kernel_size, spec.stride, spec.padding
+        if any((size + 2 * p - k) % s for size in (h, w)):
+            raise _refuse(f"ceil_mode=True on a {h}x{w} input (a partial last window) is not in the IR")
+
+    def layer(self, node: fx.Node, arg: Any, spec: Layer) -> str:
+        src = self.input_blob(arg)
+        name = self.name(node.name)
+        dst = self.graph.add_blob(name)
+        self.graph.add_layer(name, src, dst, spec)
+        self.shape[dst] = tuple(spec.output_shape(self.shape[src]))
+        self.value[node] = dst
+        return name
+
+    def merge(self, node: fx.Node, args: list[Any], merge: str) -> None:
+        srcs = [self.input_blob(a) for a in args]
+        dst = self.graph.add_blob(self.name(node.name), merge)
+        for i, src in enumerate(srcs):
+            self.graph.add_layer(self.name(f"{dst}_in{i}"), src, dst, Identity())
+        edges = self.graph.in_edges(dst)
+        self.shape[dst] = self.graph._merged(dst, edges, [self.shape[s] for s in srcs])
+        self.value[node] = dst
+
+    def add(self, node: fx.Node) -> None:
+        alpha = node.kwargs.get("alpha", 1)
+        if set(node.kwargs) - {"alpha"} or alpha != 1 or len(node.args) != 2:
+            raise _refuse("only the plain sum of two tensors is in the IR")
+        if not all(isinstance(a, fx.Node) for a in node.args):
+            raise _refuse("adding a constant is not in the IR")
+        self.merge(node, list(node.args), "add")
+
+    def cat(self, node: fx.Node) -> None:
+        tensors = node.args[0]
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+        if dim not in (1, -3) or not isinstance(tensors, list | tuple):
+            raise _refuse(f"concatenation along dim {dim} is not in the IR (channels only)")
+        if any(len(self.shape[self.input_blob(t)]) != 3 for t in tensors):
+            raise _refuse("concatenation of non-image tensors is not in the IR")
+        self.merge(node, list(tensors), "concat")
+
+    def flatten(self, node: fx.Node, arg: Any) -> None:
+        src = self.input_blob(arg)
+        if len(self.shape[src]) == 1:  # already flat in the IR (after a global average pool)
+            self.value[node] = src
+        else:
+            self.layer(node, arg, Flatten())
+
+    def adaptive(self, node: fx.Node, arg: Any, size: Any) -> None:
+        """Global average pooling (output 1x1), an average pool that tiles evenly, or the identity."""
+        src = self.input_blob(arg)
+        c, h, w = self.shape[src]
+        oh, ow = (size, size) if isinstance(size, int) else tuple(size)
+        oh, ow = oh or h, ow or w
+        if (oh, ow) == (1, 1):
+            if any(not self.flattens(user) for user in node.users):
+                raise _refuse(
+                    "a global average pool not followed by flatten is not in the IR (it keeps no 1x1 map)"
+                )
+            self.layer(node, arg, GlobalAvgPool())
+        elif (oh, ow) == (h, w):
+            self.value[node] = src
+        elif h % oh == 0 and w % ow == 0 and h // oh == w // ow:
+            k = h // oh
+            self.layer(node, arg, Pool2d("avg", k, k, 0))
+        else:
+            raise _refuse(f"adaptive pooling of {h}x{w} to {oh}x{ow} is not in the IR (it does not tile evenly)")
+
+    def check_shape(self, node: fx.Node) -> None:
+        meta = node.meta.get("tensor_meta")
+        if node not in self.value or meta is None:
+            raise _refuse("it does not compute one tensor")
+        traced = tuple(meta.shape[1:])
+        mine = self.shape[self.value[node]]
+        if traced != mine and not (traced == (*mine, 1, 1) and len(mine) == 1):
+            raise _refuse(f"it makes shape {traced} where the IR makes {mine}")
+
+
+    def flattens(self, node: fx.Node) -> bool:
+        """Whether ``node`` flattens dims 1 to -1 (so a global average pool may drop its 1x1 map)."""
+        if node.op == "call_module":
+            module = self.modules[node.target]
+            return isinstance(module, nn.Flatten) and module.start_dim == 1 and module.end_dim == -1
+        args = node.args
+        if node.target is torch.flatten or (node.op == "call_method" and node.target == "flatten"):
+            start = args[1] if len(args) > 1 else node.kwargs.get("start_dim", 0)
+            end = args[2] if len(args) > 2 else node.kwargs.get("end_dim", -1)
+            return start == 1 and end == -1
+        return False
+
+
+def _op(node: fx.Node, modules: dict[str, nn.Module]) -> str:
+    """What a node does, for an error message: its module's repr, its function's or method's name."""
+    if node.op == "call_module":
+        module = modules.get(node.target)
+        return type(module).__name__ if module is None else _module_repr(module)
+    if node.op == "call_function":
+        return getattr(node.target, "__name__", str(node.target))
+    if node.op == "call_method":
+        return f".{node.target}()"
+    return node.op
+
+
+def _module_repr(module: nn.Module) -> str:
+    text = " ".join(repr(module).split())
+    return text if len(text) <= 80 else type(module).__name__
+
+
+# --- entry point ---------------------------------------------------------------------------------
+
+def from_torch(
+    module: nn.Module,
+    example_input: torch.Tensor | tuple[int, ...],
+    *,
+    probes: int = 3,
+    seed: int = 0,
+) -> Imported:
+    """Trace ``module``, map it onto the IR with its weights, and check the two agree.
+
+    ``example_input`` is a batch (N, C, H, W) or one input's shape (C, H, W). The result's graph
+    computes the module's outputs in eval mode within 1e-5 relative (float32) on the example and
+    ``probes`` random batches; :class:`TorchImportError` (one line) names the first node the IR
+    cannot express, or reports the error when the outputs disagree.
+    """
+    if not isinstance(module, nn.Module):
+        raise TorchImportError(f"from_torch needs an nn.Module, got {type(module).__name__}")
+    if isinstance(example_input, torch.Tensor):
+        example = example_input.detach().float()
+        if example.dim() < 2:
+            raise TorchImportError(f"example_input must be a batch (N, C, H, W), got shape {tuple(example.shape)}")
+    else:
+        shape = tuple(example_input)
+        if not shape or any(isinstance(d, bool) or not isinstance(d, int) or d <= 0 for d in shape):
+            raise TorchImportError(f"input shape must be positive sizes like (3, 224, 224), got {example_input!r}")
+        example = torch.randn(2, *shape, generator=torch.Generator().manual_seed(seed))
+    input_shape = tuple(example.shape[1:])
+    was_training = module.training
+    module.eval()
+    try:
+        try:
+            traced = fx.symbolic_trace(module)
+        except Exception as err:  # noqa: BLE001 - fx raises many kinds on untraceable code
+            line = " ".join(str(err).split())[:200]
+            raise TorchImportError(f"cannot trace {type(module).__name__} with torch.fx: {line}") from None
+        traced.graph.eliminate_dead_code()
+        traced.recompile()
+        with torch.no_grad():
+            try:
+                ShapeProp(traced).propagate(example)
+            except Exception as err:  # noqa: BLE001 - the user's module fails on this input
+                line = " ".join(str(err).split())[:200]
+                raise TorchImportError(f"{type(module).__name__} fails on an input of shape {tuple(example.shape)}: "
+                                       f"{line}") from None
+        importer = _Importer(traced, input_shape)
+        importer.run()
+        graph = importer.graph.validate()
+        weights = importer.weights
+        err = _check(module, graph, weights, example, probes, seed)
+    finally:
+        module.train(was_training)
+    if not err <= TOLERANCE:
+        raise TorchImportError(
+            f"the imported graph does not compute {type(module).__name__}'s outputs: max relative error "
+            f"{err:.3g} > {TOLERANCE:g}"
+        )
+    return Imported(graph, weights, err)
+
+
+def _check(module: nn.Module, graph: ArchGraph, weights: Weights, example: torch.Tensor, probes: int,
+           seed: int) -> float:
+    compiled = compile_graph(graph, weights).float().eval()
+    gen = torch.Generator().manual_seed(seed)
+    inputs = [example] + [torch.randn(2, *example.shape[1:], generator=gen) * (1 + i) for i in range(probes)]
+    worst = 0.0
+    with torch.no_grad():
+        for x in inputs:
+            want, got = module(x), compiled(x)
+            if not isinstance(want, torch.Tensor) or want.shape != got.shape:
+                return math.inf
+            scale = want.abs().max().item()
+            worst = max(worst, (got - want).abs().max().item() / (scale if scale > 0 else 1.0))
+    return worst

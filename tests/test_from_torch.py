@@ -1,0 +1,240 @@
+"""Importing PyTorch networks (issue #14): torchvision nets map onto the IR exactly, the rest is refused."""
+
+import json
+
+import pytest
+import torch
+import torchvision
+from test_ir_seeds import randomise_bn
+from torch import nn
+from typer.testing import CliRunner
+
+from morphnas.cli import app
+from morphnas.errors import TorchImportError
+from morphnas.ir import ArchGraph, Conv2d, compile_graph, from_torch, importer
+from morphnas.morph import apply_morph, verify
+from morphnas.morph.shrink import shrink_sites
+from morphnas.morph.width import widen_sites
+from morphnas.train.checkpoint import load_checkpoint
+
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def torchvision_net(name: str, seed: int = 0, **options) -> nn.Module:
+    """A randomly initialised torchvision model with random BN statistics (BN is then not the identity)."""
+    torch.manual_seed(seed)
+    net = torchvision.models.get_model(name, weights=None, **options)
+    net.load_state_dict(randomise_bn(net.state_dict(), seed))
+    return net.eval()
+
+
+def rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
+    return ((got - want).abs().max() / want.abs().max()).item()
+
+
+def test_resnet18_imports_and_computes_the_same_outputs():
+    net = torchvision_net("resnet18")
+    graph, weights, err = from_torch(net, (3, 64, 64))
+    assert err <= 1e-5
+    convs = [e for e in graph.edges() if isinstance(e.layer, Conv2d)]
+    assert len(convs) == 20  # 16 in the blocks, the stem, 3 projection shortcuts
+    assert weights["conv1.weight"].data_ptr() != net.conv1.weight.data_ptr()  # copied, not shared
+    assert ArchGraph.loads(graph.dumps()).to_json() == graph.to_json()
+    model = compile_graph(graph, weights).eval()
+    gen = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for scale in (1.0, 3.0):
+            x = torch.randn(3, 3, 64, 64, generator=gen) * scale
+            assert rel_err(model(x), net(x)) <= 1e-5
+    assert net.training is False and not any(k.startswith("x.") for k in weights)
+
+
+def test_an_import_that_does_not_reproduce_the_outputs_is_an_error(monkeypatch):
+    """The final check is not a formality: break the copied weights and the import fails in one line."""
+    original = importer.compile_graph
+
+    def broken(graph, weights):
+        weights = {k: v * 1.01 if k == "conv1.weight" else v for k, v in weights.items()}
+        return original(graph, weights)
+
+    monkeypatch.setattr(importer, "compile_graph", broken)
+    with pytest.raises(TorchImportError, match=r"does not compute ResNet's outputs: max relative error") as err:
+        from_torch(torchvision_net("resnet18"), (3, 32, 32))
+    assert "\n" not in str(err.value)
+
+
+class Sorting(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x):
+        return torch.sort(self.conv(x), dim=1).values.mean(dim=(2, 3))
+
+
+class Dilated(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Conv2d(4, 4, 3, dilation=2))
+
+    def forward(self, x):
+        return self.body(x).flatten(1)
+
+
+class Scaled(nn.Module):
+    def forward(self, x):
+        return torch.flatten(x * 2.0, 1)
+
+
+@pytest.mark.parametrize("net, message", [
+    (Sorting(), "cannot import node 'sort' (sort): sort is not in the IR"),
+    (Dilated(), "cannot import node 'body_1' (Conv2d(4, 4, kernel_size=(3, 3), stride=(1, 1), dilation=(2, 2))): "
+                "dilation=(2, 2) is not in the IR"),
+    (Scaled(), "cannot import node 'mul' (mul): mul is not in the IR"),
+    (nn.Sequential(nn.Conv2d(3, 4, 3), nn.LeakyReLU()),
+     "cannot import node '_1' (LeakyReLU(negative_slope=0.01)): LeakyReLU is not in the IR yet"),
+    (nn.Sequential(nn.MaxPool2d(3, 2, ceil_mode=True)),
+     "cannot import node '_0' (MaxPool2d(kernel_size=3, stride=2, padding=0, dilation=1, ceil_mode=True)): "
+     "ceil_mode=True on a 32x32 input (a partial last window) is not in the IR"),
+])
+def test_what_the_ir_cannot_express_is_refused_in_one_line_naming_the_node(net, message):
+    with pytest.raises(TorchImportError) as err:
+        from_torch(net, (3, 32, 32))
+    assert str(err.value) == message
+
+
+def test_shared_weights_are_refused():
+    conv = nn.Conv2d(3, 3, 3, padding=1)
+    with pytest.raises(TorchImportError, match=r"node 'conv_1' .* module 'conv' is called again .* shared weights"):
+        from_torch(_Twice(conv), (3, 8, 8))
+
+
+class _Twice(nn.Module):
+    def __init__(self, conv: nn.Module) -> None:
+        super().__init__()
+        self.conv = conv
+
+    def forward(self, x):
+        return self.conv(self.conv(x)).flatten(1)
+
+
+def test_depthwise_concat_and_relu6_networks_import():
+    """mobilenet_v2 (depthwise convs, ReLU6, F.adaptive_avg_pool2d), squeezenet (ceil_mode pools whose windows
+    all fit: the sizes agree with floor mode) and a DenseNet-style concat."""
+    graph, _, err = from_torch(torchvision_net("mobilenet_v2", num_classes=10), (3, 32, 32))
+    assert err <= 1e-5
+    assert any(isinstance(e.layer, Conv2d) and e.layer.groups > 1 for e in graph.edges())
+    assert from_torch(torchvision_net("squeezenet1_1", num_classes=10), (3, 64, 64)).max_rel_err <= 1e-5
+    graph, _, err = from_torch(_Dense(), (3, 16, 16))
+    assert err <= 1e-5 and any(graph.merge(b) == "concat" for b in graph.blobs())
+
+
+class _Dense(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 3, padding=1)
+        self.b = nn.Conv2d(7, 5, 1)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(12, 3)
+
+    def forward(self, x):
+        x = torch.cat([x, torch.relu(self.a(x))], 1)
+        x = torch.cat([x, self.b(x)], dim=1)
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+def float64(weights):
+    return {k: v.double() if v.is_floating_point() else v for k, v in weights.items()}
+
+
+@pytest.mark.parametrize("morph", ["widen", "deepen", "branch", "split_identity"])
+def test_morphs_find_sites_in_imported_resnet18_and_stay_exact(morph):
+    graph, weights, _ = from_torch(torchvision_net("resnet18", num_classes=10), (3, 32, 32))
+    weights = float64(weights)
+    site = {"widen": "layer2_0_relu", "deepen": "layer1_1_conv2", "branch": "layer3_0_downsample_0",
+            "split_identity": "add_1_in1"}[morph]
+    child = apply_morph(morph, graph, weights, site, seed=3)
+    check = verify(graph, weights, child.graph, child.weights, dtype=torch.float64)
+    assert child.exact and check.max_rel_err <= 1e-10, check
+
+
+def test_widen_refuses_blobs_tied_to_a_grouped_conv():
+    """resnext's grouped 3x3 convs cannot be widened yet: their blobs are no widen site, and the others stay exact."""
+    net = nn.Sequential(nn.Conv2d(3, 8, 1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1, groups=4), nn.ReLU(),
+                        nn.Conv2d(8, 6, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    graph, weights, _ = from_torch(net, (3, 8, 8))
+    sites = widen_sites(graph)
+    assert "_1" not in sites and "_2" not in sites and "_3" not in sites
+    for site in sites:
+        child = apply_morph("widen", graph, float64(weights), site, seed=0)
+        check = verify(graph, float64(weights), child.graph, child.weights, dtype=torch.float64)
+        assert check.max_rel_err <= 1e-10, (site, check)
+
+
+def test_cli_import_writes_a_checkpoint_that_arch_show_and_export_read(tmp_path):
+    out = tmp_path / "r18"
+    result = runner.invoke(app, ["import", "torchvision:resnet18", "--input", "3x32x32", "--classes", "10",
+                                 "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "imported torchvision:resnet18: 76 layers" in result.output
+    arch, weights, metrics = load_checkpoint(out)
+    assert metrics["imported_from"] == "torchvision:resnet18" and metrics["import_max_rel_err"] <= 1e-5
+    assert weights["fc.weight"].shape == (10, 512)
+    shown = runner.invoke(app, ["arch", "show", str(out / "arch.json"), "--json"])
+    assert shown.exit_code == 0, shown.output
+    info = json.loads(shown.output)
+    assert info["params"] == metrics["params"] == 11_181_642 and info["input_shape"] == [3, 32, 32]
+    exported = runner.invoke(app, ["export", "--checkpoint", str(out), "--format", "python",
+                                   "--out", str(tmp_path / "r18.py")])
+    assert exported.exit_code == 0, exported.output
+
+
+def test_cli_import_from_a_module_attribute(tmp_path, monkeypatch):
+    (tmp_path / "mynets.py").write_text(
+        "from torch import nn\n"
+        "def small():\n"
+        "    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),\n"
+        "                         nn.MaxPool2d(2), nn.Flatten(), nn.Linear(64, 3))\n"
+        "INSTANCE = small()\n"
+        "NOT_A_NET = 3\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    for attr in ("small", "INSTANCE"):
+        result = runner.invoke(app, ["import", f"mynets:{attr}", "--input", "1x8x8", "--out", str(tmp_path / attr)])
+        assert result.exit_code == 0, result.output
+        assert (tmp_path / attr / "weights.safetensors").is_file()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["mynets"], "must look like MODULE:ATTR or torchvision:NAME"),
+    (["no_such_module_xyz:net"], "cannot import module 'no_such_module_xyz'"),
+    (["torchvision:resnet9000"], "unknown torchvision classification model 'resnet9000'"),
+    (["torchvision:shufflenet_v2_x1_0", "--input", "3x32x32"], "cannot import node 'size' (.size())"),
+    (["torchvision:resnet18", "--input", "3xabc"], "--input must look like 3x32x32"),
+])
+def test_cli_import_errors_are_one_line_exit_2(tmp_path, args, message):
+    result = runner.invoke(app, ["import", *args, "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and len(result.output.strip().splitlines()) == 1, result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_shrink_leaves_a_grouped_conv_alone():
+    """Shrinking elsewhere used to rewrite every grouped conv as a depthwise one (resnext failed to compile)."""
+    net = nn.Sequential(nn.Conv2d(3, 8, 1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1, groups=4),
+                        nn.ReLU(), nn.Conv2d(8, 6, 1), nn.BatchNorm2d(6), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                        nn.Flatten(), nn.Linear(6, 3))
+    graph, weights, _ = from_torch(net, (3, 8, 8))
+    sites = shrink_sites(graph)
+    assert sites == ["_5"]  # the blob the grouped conv reads or writes cannot shrink
+    child = apply_morph("shrink", graph, weights, "_5", {"fraction": 0.5})
+    assert child.graph.layer("_3") == graph.layer("_3")
+    compile_graph(child.graph, child.weights)
