@@ -418,9 +418,13 @@ def test_cli_multi_objective_json_gives_the_pareto_front_and_seed_epochs_bound_t
     (["--resume", "--study", "ghost"], "no study named 'ghost'"),
     (["--executor", "slurm"], "unknown executor 'slurm'"),
     (["--epochs", "0"], "--epochs must be > 0"),
+    (["--seed", "-1"], "Invalid value for '--seed'"),
+    (["--workdir", "/proc/nope"], "--workdir '/proc/nope' cannot be created"),  # before any study is made
+    (["--workdir", "/proc/nope", "--storage", "sqlite:///{tmp}/s.db"], "--workdir '/proc/nope' cannot be created"),
 ])
 def test_cli_search_bad_input_one_line_exit_2(tmp_path, args, message):
     marker = tmp_path / "morphnas.db"
+    args = [a.format(tmp=tmp_path) for a in args]
     result = runner.invoke(app, ["search", "--workdir", str(tmp_path), *args])
     assert result.exit_code == 2, result.output
     lines = result.output.strip().splitlines()
@@ -428,6 +432,7 @@ def test_cli_search_bad_input_one_line_exit_2(tmp_path, args, message):
     assert "s3cret" not in result.output  # a storage URL is shown without its password
     if args[0] != "--resume":
         assert not marker.exists() or marker.stat().st_size > 0
+    assert not (tmp_path / "s.db").exists()  # no empty study left behind
 
 
 def test_a_workdir_that_is_a_file_is_one_line_exit_2(tmp_path):

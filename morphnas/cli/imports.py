@@ -75,7 +75,8 @@ def import_command(
     out: Path = typer.Option(..., "--out", help="Checkpoint directory to write (arch.json, weights.safetensors, "
                                                  "metrics.json)."),
     classes: int = typer.Option(None, "--classes", min=1, help="Number of classes (torchvision models only)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the random inputs the import is checked on."),
+    seed: int = typer.Option(0, "--seed", min=0, max=2**32 - 1,
+        help="Seed of the random inputs the import is checked on."),
 ) -> None:
     """Import a PyTorch network as a checkpoint the other commands read (arch show, export).
 

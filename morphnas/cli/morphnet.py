@@ -50,7 +50,7 @@ def morphnet_command(
     epochs: float = typer.Option(3.0, "--epochs", help="Epochs of each training phase (seed, regularised, retrain)."),
     strength: float = typer.Option(DEFAULT_STRENGTH, "--strength", help="Regulariser strength (x 1 / seed cost)."),
     threshold: float = typer.Option(DEFAULT_THRESHOLD, "--threshold", help="|gamma| below this: channel removed."),
-    seed: int = typer.Option(0, "--seed", help="Seeds the weights, shuffling and new filters."),
+    seed: int = typer.Option(0, "--seed", min=0, max=2**32 - 1, help="Seeds the weights, shuffling and new filters."),
     augment: bool = typer.Option(True, "--augment/--no-augment", help="The data set's training augmentation."),
     data_root: Path | None = typer.Option(None, "--data-root", help="Where CIFAR lives (default ./data)."),
     out: Path = typer.Option(..., "--out", help="Checkpoint directory to write (replaced if it is one)."),

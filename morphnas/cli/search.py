@@ -167,7 +167,7 @@ def search(
     seed_epochs: float = typer.Option(None, "--seed-epochs", min=0.0, help="Bound the seed's training (quick looks)."),
     time_budget: str = typer.Option(None, "--time-budget", help="Wall-clock budget, e.g. 10m."),
     objectives: str = typer.Option(None, "--objectives", help="error, error,macs or error,params."),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", min=0, max=2**32 - 1),
     resume: bool = typer.Option(False, "--resume", help="Continue a killed search (needs --study)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object at the end."),
 ) -> None:

@@ -94,7 +94,8 @@ def train_command(
     epochs: float = typer.Option(10.0, "--epochs", help="Epochs to train (may be fractional)."),
     lr: float = typer.Option(TrainConfig.lr, "--lr", help="Peak learning rate (cosine schedule)."),
     batch_size: int = typer.Option(TrainConfig.batch_size, "--batch-size", help="Batch size."),
-    seed: int = typer.Option(0, "--seed", help="Seeds the initial weights, shuffling and augmentation."),
+    seed: int = typer.Option(0, "--seed", min=0, max=2**32 - 1,
+        help="Seeds the initial weights, shuffling and augmentation."),
     out: Path = typer.Option(..., "--out", help="Checkpoint directory to write (replaced if it is one)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a summary."),
 ) -> None:

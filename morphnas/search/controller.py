@@ -114,8 +114,11 @@ class Search:
         self.storage_url = options.storage or default_storage(self.workdir)
         if self.workdir.exists() and not self.workdir.is_dir():
             raise ConfigError(f"--workdir {str(options.workdir)!r} is a file, not a directory")
-        if options.storage is None:
-            self.workdir.mkdir(parents=True, exist_ok=True)
+        if options.storage is None or not options.resume:  # a resumed study keeps its own work directory
+            try:
+                self.workdir.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise ConfigError(f"--workdir {str(options.workdir)!r} cannot be created: {err.strerror}") from None
         self.storage = open_storage(self.storage_url)
         if not options.resume:  # a bad data set fails before any study is created
             self.data = _load_data(options.space)
