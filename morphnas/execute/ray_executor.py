@@ -392,7 +392,7 @@ def _authenticate(address: str) -> None:
     """Send the token a ``host:port`` head demands, as Ray 2.60 does for a local cluster; ConfigError if we cannot.
 
     Connects a bare GCS client first (milliseconds when the head answers; ConfigError after
-    about 12 s when what listens there is not Ray). If the head demands a token and
+    about 14 s when what listens there is not Ray). If the head demands a token and
     ``RAY_AUTH_MODE`` is unset or ``token``, token mode is turned on for this process when Ray
     finds a token here, and the connection is tried again with it.
     """
