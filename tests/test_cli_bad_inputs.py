@@ -209,6 +209,21 @@ def test_ray_connection_errors_are_one_line(monkeypatch: pytest.MonkeyPatch) -> 
         RayExecutor(ray_address="auto")
 
 
+def test_a_port_where_no_ray_listens_is_one_line_within_seconds(monkeypatch: pytest.MonkeyPatch) -> None:
+    ray = pytest.importorskip("ray")
+    from morphnas.execute.ray_executor import RayExecutor
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        address = f"127.0.0.1:{listening.getsockname()[1]}"
+        started = time.monotonic()
+        with pytest.raises(ConfigError, match=f"^no Ray cluster answers at {address}: Timed out while waiting for GCS"):
+            RayExecutor(ray_address=address)
+    assert time.monotonic() - started < 15
+
+
 JOIN_SCRIPT = textwrap.dedent("""
     import ray
     from morphnas.execute import ChildJob, DatasetSpec

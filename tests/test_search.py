@@ -51,7 +51,7 @@ def tiny_space(**overrides) -> dict:
 
 
 def search(tmp_path, executor="local", options=None, **overrides):
-    with make_executor(executor, cpus_per_child=1, storage_path=str(tmp_path / "ray")) as runner:
+    with make_executor(executor, cpus_per_child=1) as runner:
         options = SearchOptions(space=parse_space(tiny_space(**overrides)), workdir=tmp_path, study="t",
                                 executor=runner, seed=3, **(options or {}))
         return run_search(options)
@@ -464,3 +464,6 @@ def test_ray_search_matches_local_search(tmp_path):
     assert [t.state for t in b] == [t.state for t in a]
     assert [t.values for t in b] == [t.values for t in a]  # same seed, same search, either executor
     assert all(t.user_attrs.get("parent") is not None for t in b[1:])
+    files = {name: sorted(p.relative_to(tmp_path / name) for p in (tmp_path / name).rglob("*") if p.is_file())
+             for name in ("local", "ray")}
+    assert files["ray"] == files["local"], "Ray left files beside the project's own (Tune copies of weights?)"

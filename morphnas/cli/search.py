@@ -196,8 +196,9 @@ def search(
     # in-process children use every torch thread; on Ray each child gets one CPU unless told
     cpus = cpus_per_child or (torch.get_num_threads() if executor == "local" else 1)
     try:
-        with make_executor(executor, cpus_per_child=cpus, gpus_per_child=gpus_per_child, ray_address=ray_address,
-                           storage_path=str(workdir.resolve() / "ray")) as runner:
+        # no storage path: children come back through Ray, Tune's own state goes to a removed temporary dir
+        with make_executor(executor, cpus_per_child=cpus, gpus_per_child=gpus_per_child,
+                           ray_address=ray_address) as runner:
             options = SearchOptions(
                 space=loaded, workdir=workdir, storage=storage, study=study, executor=runner, seed=seed,
                 resume=resume, budget_overrides=budget, finetune_epochs=epochs,

@@ -8,19 +8,24 @@ How a child travels (written for Ray 2.60's ``ray.tune`` API):
   driver's disk, so workers on other nodes get their jobs too.
 - The worker calls :func:`~morphnas.execute.child.run_child_hooked` with
   ``threads_for(cpus_per_child)`` torch threads and reports every epoch with ``tune.report``.
-  At the end it reports the outcome and, unless the child failed, a checkpoint directory in
-  the project format (``weights.safetensors`` + ``arch.json`` + ``metrics.json``, written by
-  :func:`morphnas.train.save_checkpoint`; no pickle). Tune persists it under ``storage_path``
-  and the driver reads it back (``Checkpoint.as_directory`` downloads it when the storage is
-  remote). With the default ``storage_path`` (a temporary directory on the driver, deleted by
-  :meth:`RayExecutor.close`) this works on one machine only: **on a multi-node cluster pass a
-  path every node mounts (NFS) or a URI such as ``s3://bucket/prefix``**.
+  Children's weights come back through Ray, never through a disk: the worker hands them as
+  safetensors bytes (``safetensors.torch.save``; no pickle) to a small ``_Mailbox`` actor that
+  :meth:`RayExecutor.run` starts on the driver's node (0 CPUs, one per run, killed when the run
+  ends), and the driver takes them from it when Tune reports the trial complete. Metrics and
+  the epoch history travel in the trial's reported results. Tune writes no checkpoints, so a
+  worker on a node that shares no disk with the driver returns its child like any other.
+- Tune still keeps its own experiment state (trial parameters, results; never weights) under
+  ``storage_path``, which only the driver uses: a temporary directory by default, one
+  ``morphnas-<id>`` sub-directory per run removed as soon as the run ends. A node-local path
+  is therefore fine on a multi-node cluster, and a path the user gives (local, NFS, ``s3://``)
+  keeps that state for inspection and is never needed to return a result.
 - ``Tuner.fit`` runs in a background thread of the driver. A ``tune.Callback`` and a
   ``tune.Stopper`` hand events to :meth:`RayExecutor.run`, which yields each result as soon as
   Tune reports its trial complete and calls ``on_epoch`` live, in the iterating thread, as each
-  epoch's result arrives. When ``on_epoch`` is given, every epoch also reports a checkpoint,
-  so a child pruned by ``on_epoch`` returning ``False`` (Tune stops the trial) comes back with
-  the weights of its last finished epoch. Without ``on_epoch`` only the final weights are saved.
+  epoch's result arrives. When ``on_epoch`` is given, the worker also hands every epoch's
+  weights to the mailbox (which keeps a child's latest two), so a child pruned by ``on_epoch``
+  returning ``False`` (Tune stops the trial) comes back with the weights of its last finished
+  epoch. Without ``on_epoch`` only the final weights travel.
 - A child that raises comes back ``"failed"`` from the worker (no retry: it would fail
   again). A worker that dies (killed, out of memory, node lost) is retried by Tune up to
   ``max_failures`` times from the start of the child, which repeats the same run; after that
@@ -31,17 +36,22 @@ How a child travels (written for Ray 2.60's ``ray.tune`` API):
   the loaders' imports (about 2 s per worker saved on ``digits``). Only if the driver cannot
   load a data set does the worker try itself, so its children fail with the loader's error;
   for that attempt a relative or default ``data_root`` is made absolute on the driver.
+- Joining a cluster by ``host:port``: Ray 2.60 heads started with ``ray start --head`` use token
+  authentication (``RAY_AUTH_MODE=token``) whenever a token exists, but a driver given an
+  explicit address does not send one (``ray.init`` then retries for 20 s and raises). The
+  executor connects to the head's GCS first: if it demands a token and this machine has one
+  (``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``), token mode is turned
+  on for this process as Ray does for a local cluster; without one, or with one the head
+  rejects, ConfigError says what to set, within milliseconds.
 - Ray Tune's output is silenced (``verbose=0``, the old output engine via
-  ``RAY_AIR_NEW_OUTPUT=0``, no "Checkpoint successfully created" lines from workers). Ray's
-  own warnings (e.g. the token-authentication notice at ``ray.init``) and a failed worker's
-  traceback still show.
+  ``RAY_AIR_NEW_OUTPUT=0``). Ray's own warnings (e.g. the token-authentication notice at
+  ``ray.init``) and a failed worker's traceback still show.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import os
 import queue
 import re
@@ -54,10 +64,12 @@ from pathlib import Path
 from typing import Any
 
 import ray
+import safetensors.torch
 import torch
 from ray import tune
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from morphnas.errors import CheckpointError, ConfigError
+from morphnas.errors import ConfigError
 from morphnas.execute.base import (
     ChildJob,
     ChildResult,
@@ -71,7 +83,6 @@ from morphnas.execute.base import (
     threads_for,
 )
 from morphnas.execute.child import cached_dataset, cpu_weights, run_child_hooked
-from morphnas.train import load_checkpoint, save_checkpoint
 from morphnas.train.data import DEFAULT_DATA_ROOT
 
 # Ray Tune's own output would bury the morphnas CLI's: the old output engine, which ``verbose=0``
@@ -80,7 +91,6 @@ QUIET_ENV: dict[str, str] = {
     "RAY_AIR_NEW_OUTPUT": "0",
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
 }
-_QUIET_WORKER_LOGGERS: tuple[str, ...] = ("ray.train._internal.storage", "ray.train.v2._internal.execution.storage")
 _POLL_SECONDS = 0.1
 
 
@@ -88,7 +98,9 @@ class RayExecutor(Executor):
     """Fine-tune children in parallel as Ray Tune trials (see the module docstring for the mechanics).
 
     - ``ray_address``: join that running cluster (``ray.init(address=...)``; None falls back to
-      ``$RAY_ADDRESS``); a ``host:port`` that does not answer within seconds raises ConfigError.
+      ``$RAY_ADDRESS``); a ``host:port`` that does not answer within seconds, or whose head
+      demands a token this machine lacks, raises ConfigError (token mode is turned on when the
+      head demands one and this machine has it).
       With neither, the cluster ``ray start`` left running on this machine is joined if there is
       one, else a local Ray is started with all this machine's CPUs and no dashboard (ConfigError
       for ``gpus_per_child > 0`` without CUDA). If Ray is already initialised in this process,
@@ -98,10 +110,10 @@ class RayExecutor(Executor):
       child uses ``threads_for(cpus_per_child)`` torch threads, and trains on ``"cuda"`` when
       ``gpus_per_child > 0`` (Ray sets ``CUDA_VISIBLE_DEVICES`` to its share of a GPU).
     - ``max_concurrent``: at most this many children at once (None: as many as fit).
-    - ``storage_path``: where Tune persists checkpoints; a local path or a URI that every node
-      reaches. None: a temporary directory on the driver, removed by :meth:`close` (each run's
-      sub-directory as soon as the run ends); refused with ConfigError on a multi-node
-      cluster. A given path is kept, one ``morphnas-<id>`` sub-directory per :meth:`run`.
+    - ``storage_path``: where Tune keeps its experiment state (never weights; results come back
+      through Ray). None: a temporary directory on the driver, removed by :meth:`close` (each
+      run's sub-directory as soon as the run ends), fine on any cluster. A given path or URI is
+      kept, one ``morphnas-<id>`` sub-directory per :meth:`run`.
     - ``max_failures``: how many times Tune restarts a child whose worker died.
     """
 
@@ -134,6 +146,7 @@ class RayExecutor(Executor):
         if not ray.is_initialized():
             if address is not None:
                 check_ray_address(address)
+                _authenticate(address)
                 try:
                     ray.init(address=address, logging_level=logging.WARNING)
                 except ConnectionError as err:
@@ -144,12 +157,6 @@ class RayExecutor(Executor):
             self._owns_ray = True
             if address is None:
                 self._check_fits()
-        if storage_path is None and sum(1 for node in ray.nodes() if node.get("Alive")) > 1:
-            self.close()
-            raise ConfigError(
-                "this Ray cluster has several nodes: pass a storage path every node reaches (NFS mount or "
-                "URI such as s3://bucket/prefix); workers cannot write children's checkpoints to the driver's disk"
-            )
         self._owns_storage = storage_path is None
         if storage_path is None:
             storage_path = tempfile.mkdtemp(prefix="morphnas-ray-")
@@ -199,7 +206,12 @@ class RayExecutor(Executor):
         data = _put_datasets({job.dataset for job in prepared})
         bridge = _Bridge(live=on_epoch is not None)
         _BRIDGES[bridge.id] = bridge
-        thread = threading.Thread(target=self._fit, args=(refs, data, bridge, name), name=f"{name}-tune", daemon=True)
+        mailbox = _Mailbox.options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+        ).remote()
+        thread = threading.Thread(
+            target=self._fit, args=(refs, data, mailbox, bridge, name), name=f"{name}-tune", daemon=True
+        )
         thread.start()
         pending = set(refs)
         try:
@@ -215,7 +227,7 @@ class RayExecutor(Executor):
                 elif isinstance(event, _Done):
                     if event.key in pending:
                         pending.discard(event.key)
-                        yield _to_result(event)
+                        yield _to_result(event, mailbox)
                 elif isinstance(event, _Finished):
                     if event.error is not None:
                         raise event.error
@@ -227,15 +239,23 @@ class RayExecutor(Executor):
             bridge.abandon()
             thread.join()
             del _BRIDGES[bridge.id]
+            ray.kill(mailbox)
             if self._owns_storage:
                 shutil.rmtree(Path(self.storage_path, name), ignore_errors=True)
 
     def _fit(
-        self, refs: dict[int, ray.ObjectRef], data: dict[DatasetSpec, ray.ObjectRef], bridge: _Bridge, name: str
+        self,
+        refs: dict[int, ray.ObjectRef],
+        data: dict[DatasetSpec, ray.ObjectRef],
+        mailbox: ray.actor.ActorHandle,
+        bridge: _Bridge,
+        name: str,
     ) -> None:
         """Tune's driver loop (background thread): run every job, then post :class:`_Finished`."""
         try:
-            parameters = {"refs": refs, "data": data, "threads": self.threads, "checkpoint_every_epoch": bridge.live}
+            parameters = {
+                "refs": refs, "data": data, "mailbox": mailbox, "threads": self.threads, "every_epoch": bridge.live
+            }
             trainable = tune.with_resources(
                 tune.with_parameters(_trainable, **parameters),
                 {"cpu": self.cpus_per_child, "gpu": self.gpus_per_child},
@@ -253,7 +273,6 @@ class RayExecutor(Executor):
                     name=name,
                     storage_path=self.storage_path,
                     failure_config=tune.FailureConfig(max_failures=self.max_failures),
-                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                     stop=bridge.stopper,
                     callbacks=[bridge.callback],
                     verbose=0,
@@ -309,27 +328,30 @@ def _trainable(
     *,
     refs: dict[int, ray.ObjectRef],
     data: dict[DatasetSpec, ray.ObjectRef],
+    mailbox: ray.actor.ActorHandle,
     threads: int,
-    checkpoint_every_epoch: bool,
+    every_epoch: bool,
 ) -> None:
-    """One Tune trial: fetch the job, fine-tune it, report epochs and the outcome (+ checkpoint)."""
-    for name in _QUIET_WORKER_LOGGERS:  # "Checkpoint successfully created at ..." on every report
-        logging.getLogger(name).setLevel(logging.WARNING)
+    """One Tune trial: fetch the job, fine-tune it, report epochs and the outcome; weights go to the mailbox."""
     key = int(config["key"])
     job: ChildJob = ray.get(refs[key])
 
+    def post(tag: int | str, weights: dict[str, torch.Tensor]) -> None:
+        """Hand ``weights`` to the mailbox before the report that names them (waits until they are there)."""
+        ray.get(mailbox.put.remote(key, tag, safetensors.torch.save(weights)))
+
     def report_epoch(epoch: int, val_error: float, model: torch.nn.Module) -> bool:
-        metrics = {"key": key, "epoch": epoch, "val_error": val_error}
-        if checkpoint_every_epoch:
-            _report_with_weights(metrics, job.arch, cpu_weights(model))
-        else:
-            tune.report(metrics)
+        if every_epoch:
+            post(epoch, cpu_weights(model))
+        tune.report({"key": key, "epoch": epoch, "val_error": val_error})
         return True  # pruning is decided on the driver: the Stopper ends the trial
 
     data_ref = data.get(job.dataset)
     load = None if data_ref is None else lambda: ray.get(data_ref)
     result = run_child_hooked(job, report_epoch, threads=threads, load=load)
-    final = {
+    if result.weights is not None:
+        post(FINAL, result.weights)
+    tune.report({
         "key": key,
         "final": True,
         "status": result.status,
@@ -338,23 +360,70 @@ def _trainable(
         "history": result.history,
         "seconds": result.seconds,
         "reason": result.reason,
-    }
-    if result.weights is None:
-        tune.report(final)
-    else:
-        _report_with_weights(final, job.arch, result.weights)
+    })
 
 
-def _report_with_weights(metrics: dict[str, Any], arch: dict, weights: dict[str, torch.Tensor]) -> None:
-    """``tune.report`` with a checkpoint directory (safetensors + JSON) that Tune persists to storage."""
-    with tempfile.TemporaryDirectory(prefix="morphnas-child-") as tmp:
-        path = save_checkpoint(Path(tmp, "child"), arch=arch, weights=weights, metrics=_json_safe(metrics))
-        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(path)))
+FINAL = "final"  # the mailbox tag of a child's final weights (epochs are tagged with their number)
 
 
-def _json_safe(metrics: dict[str, Any]) -> dict[str, Any]:
-    """``metrics`` with non-finite floats as None (checkpoint JSON allows no NaN)."""
-    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
+@ray.remote(num_cpus=0)
+class _Mailbox:
+    """Children's weights (safetensors bytes) on their way from the workers to the driver.
+
+    Keeps the latest two entries per child: a worker may hand over its next epoch's weights
+    before Tune stops it, and the driver takes the epoch it last saw.
+    """
+
+    def __init__(self) -> None:
+        self.boxes: dict[int, dict[int | str, bytes]] = {}
+
+    def put(self, key: int, tag: int | str, payload: bytes) -> None:
+        box = self.boxes.setdefault(key, {})
+        box[tag] = payload
+        while len(box) > 2:
+            del box[next(iter(box))]
+
+    def take(self, key: int, tag: int | str) -> bytes | None:
+        """The child's weights tagged ``tag`` (None if never handed over); the child's entries are dropped."""
+        return self.boxes.pop(key, {}).get(tag)
+
+
+def _authenticate(address: str) -> None:
+    """Send the token a ``host:port`` head demands, as Ray 2.60 does for a local cluster; ConfigError if we cannot.
+
+    Connects a bare GCS client first (milliseconds when the head answers; ConfigError after
+    about 14 s when what listens there is not Ray). If the head demands a token and
+    ``RAY_AUTH_MODE`` is unset or ``token``, token mode is turned on for this process when Ray
+    finds a token here, and the connection is tried again with it.
+    """
+    from ray._private.authentication import authentication_token_setup as auth
+    from ray._raylet import AuthenticationTokenLoader
+
+    host, _, port = address.rpartition(":")
+    if address.startswith("ray://") or not host or not port.isdigit() or _gcs_accepts(address):
+        return
+    fix = "copy the head's ~/.ray/auth_token here or set RAY_AUTH_TOKEN (`ray get-auth-token` on the head prints it)"
+    mode = os.environ.get(auth.AUTH_MODE_ENV_VAR)
+    if mode is not None and mode.lower() != "token":
+        raise ConfigError(f"the Ray cluster at {address} demands a token but RAY_AUTH_MODE={mode}: unset it and {fix}")
+    if not AuthenticationTokenLoader.instance().has_token(ignore_auth_mode=True):
+        raise ConfigError(f"the Ray cluster at {address} demands a token and this machine has none: {fix}")
+    auth._enable_token_auth()
+    if not _gcs_accepts(address):
+        raise ConfigError(f"the Ray cluster at {address} rejects this machine's token: {fix}")
+
+
+def _gcs_accepts(address: str) -> bool:
+    """False if the GCS at ``address`` refuses this process's credentials; ConfigError if it does not answer."""
+    from ray._raylet import InnerGcsClient
+
+    try:
+        InnerGcsClient.standalone(address, None, 4000)
+    except ray.exceptions.AuthenticationError:
+        return False
+    except Exception as err:  # noqa: BLE001 - Ray raises its RpcError for a port that is not a GCS
+        raise ConfigError(f"no Ray cluster answers at {address}: {str(err).splitlines()[0]}") from None
+    return True
 
 
 # ---- the driver side: from Tune's thread to the iterating thread -------------------------------
@@ -377,13 +446,12 @@ class _Epoch:
 
 @dataclasses.dataclass
 class _Done:
-    """A trial that ended: its last metrics, its latest checkpoint, and how it ended."""
+    """A trial that ended: its last metrics, its epoch history, and how it ended."""
 
     key: int
     status: str  # "final" (the worker reported its outcome), "pruned", or "error"
     metrics: dict[str, Any]
     history: list[float]
-    checkpoint: tune.Checkpoint | None
     reason: str | None = None
 
 
@@ -439,12 +507,12 @@ class _Bridge:
         metrics = dict(trial.last_result or {})
         status = "final" if metrics.get("final") else "pruned" if key in self.pruned else "error"
         reason = None if status != "error" else "RayError: Ray Tune stopped the child before it finished"
-        self.events.put(_Done(key, status, metrics, list(self.history.get(key, [])), trial.checkpoint, reason))
+        self.events.put(_Done(key, status, metrics, list(self.history.get(key, [])), reason))
 
     def on_error(self, trial: Any) -> None:
         key = int(trial.config["key"])
         self.events.put(
-            _Done(key, "error", dict(trial.last_result or {}), list(self.history.get(key, [])), None, _error_of(trial))
+            _Done(key, "error", dict(trial.last_result or {}), list(self.history.get(key, [])), _error_of(trial))
         )
 
 
@@ -510,35 +578,30 @@ def _error_of(trial: Any) -> str:
 _ERROR_LINE = re.compile(r"^(?:[A-Za-z_]\w*\.)*([A-Za-z_]\w*(?:Error|Exception))(?::\s*(.*))?$")
 
 
-def _to_result(done: _Done) -> ChildResult:
-    """Turn a finished trial into a :class:`ChildResult`, reading its checkpoint's weights."""
+def _to_result(done: _Done, mailbox: ray.actor.ActorHandle) -> ChildResult:
+    """Turn a finished trial into a :class:`ChildResult`, taking its weights from the mailbox."""
     metrics = done.metrics
     if done.status == "error":
         seconds = float(metrics.get("time_total_s", 0.0))
         return ChildResult(done.key, "failed", None, done.history, seconds, None, done.reason)
     if done.status == "final":
-        status, history = str(metrics["status"]), [float(v) for v in metrics.get("history", [])]
+        status, history, tag = str(metrics["status"]), [float(v) for v in metrics.get("history", [])], FINAL
         val_error, seconds, reason = metrics.get("val_error"), float(metrics.get("seconds", 0.0)), metrics.get("reason")
     else:
-        status, history = "pruned", done.history
+        status, history, tag = "pruned", done.history, len(done.history)
         val_error, seconds, reason = (history[-1] if history else None), float(metrics.get("time_total_s", 0.0)), None
     if status == "failed":
         return ChildResult(done.key, status, None, history, seconds, None, reason)
     try:
-        weights = _read_weights(done.checkpoint)
-    except Exception as err:  # noqa: BLE001 - an unreadable checkpoint fails this child only
-        return ChildResult(done.key, "failed", None, history, seconds, None, f"{type(err).__name__}: {err}")
+        payload = ray.get(mailbox.take.remote(done.key, tag))
+    except ray.exceptions.RayError as err:  # the mailbox is gone (its node died): this child only fails
+        return ChildResult(done.key, "failed", None, history, seconds, None, f"RayError: {str(err).splitlines()[0]}")
+    if payload is None:
+        which = "final" if tag == FINAL else f"epoch {tag}"
+        reason = f"RayError: the child's weights ({which}) never reached the driver"
+        return ChildResult(done.key, "failed", None, history, seconds, None, reason)
     val_loss = metrics.get("val_loss") if done.status == "final" else None
     return ChildResult(
-        done.key, status, None if val_error is None else float(val_error), history, seconds, weights,
-        val_loss=None if val_loss is None else float(val_loss),
+        done.key, status, None if val_error is None else float(val_error), history, seconds,
+        safetensors.torch.load(payload), val_loss=None if val_loss is None else float(val_loss),
     )
-
-
-def _read_weights(checkpoint: tune.Checkpoint | None) -> dict[str, torch.Tensor]:
-    """The weights of a child's checkpoint, wherever Tune persisted it (local path or URI)."""
-    if checkpoint is None:
-        raise CheckpointError("the child reported no checkpoint")
-    with checkpoint.as_directory() as directory:
-        _, weights, _ = load_checkpoint(directory)
-    return {name: tensor.contiguous() for name, tensor in weights.items()}
