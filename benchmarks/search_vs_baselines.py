@@ -37,6 +37,7 @@ from typing import Any
 
 import optuna
 
+from morphnas.execute import ProcessExecutor
 from morphnas.grammar.space import SearchSpace, load_space, parse_space
 from morphnas.ir import compile_graph, cost, init_weights, load_arch
 from morphnas.search import SearchOptions, run_search
@@ -77,8 +78,10 @@ def run_search_arm(arm: str, space: SearchSpace, split: int) -> dict[str, Any]:
     elif arm == "random":
         options["sampler"] = optuna.samplers.RandomSampler(seed=split)
     started = time.monotonic()
-    with tempfile.TemporaryDirectory() as workdir:
-        summary = run_search(SearchOptions(space=space, workdir=Path(workdir), study="bench", seed=split, **options))
+    # children side by side, a core each, as `morphnas search` runs them by default
+    with tempfile.TemporaryDirectory() as workdir, ProcessExecutor() as executor:
+        summary = run_search(SearchOptions(space=space, workdir=Path(workdir), study="bench", seed=split,
+                                           executor=executor, **options))
         study = load_study(open_storage(summary.storage), "bench")
         epochs = sum(len(t.user_attrs.get("history", [])) for t in lineage(study, summary.best_trial))
         val_loss = study.trials[summary.best_trial].user_attrs.get("val_loss")

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 # The executors a user can name (--executor): the search and the executors take and are objects;
 # only the command line turns a name into one. A new executor is a class and a line here.
-EXECUTORS: tuple[str, ...] = ("local", "ray")
+EXECUTORS: tuple[str, ...] = ("local", "processes", "ray")
 
 
 def make_executor(
@@ -35,11 +35,13 @@ def make_executor(
     storage_path: str | None = None,
     max_failures: int = 1,
 ) -> Executor:
-    """The executor named ``kind`` (``"local"`` or ``"ray"``); anything else raises ConfigError.
+    """The executor named ``kind`` (``"local"``, ``"processes"`` or ``"ray"``); anything else
+    raises ConfigError.
 
-    ``cpus_per_child`` sets each child's CPUs (Ray) and torch threads (both; see
-    :func:`~morphnas.execute.base.threads_for`); ``gpus_per_child > 0`` makes children train on ``"cuda"`` (fractional
-    on Ray: 0.25 = four children share a GPU). ``ray_address``, ``max_concurrent``,
+    ``cpus_per_child`` sets each child's CPUs (Ray) and torch threads (all; see
+    :func:`~morphnas.execute.base.threads_for`; ``processes`` runs as many children at once as
+    whole ``cpus_per_child`` fit in this machine's cores); ``gpus_per_child > 0`` makes children
+    train on ``"cuda"`` (fractional on Ray: 0.25 = four children share a GPU). ``ray_address``, ``max_concurrent``,
     ``storage_path`` and ``max_failures`` concern Ray only and are ignored by ``"local"``; see
     :class:`~morphnas.execute.ray_executor.RayExecutor`.
     """
@@ -47,6 +49,13 @@ def make_executor(
         from morphnas.execute.local import LocalExecutor
 
         return LocalExecutor(cpus_per_child=cpus_per_child, gpus_per_child=gpus_per_child)
+    if kind == "processes":
+        import os
+
+        from morphnas.execute.processes import ProcessExecutor
+
+        cores = len(os.sched_getaffinity(0))
+        return ProcessExecutor(workers=max(1, int(cores // max(1.0, cpus_per_child))), gpus_per_child=gpus_per_child)
     if kind == "ray":
         from morphnas.execute.ray_executor import RayExecutor
 
@@ -157,7 +166,10 @@ def search(
     storage: str = typer.Option(None, "--storage", help="SQLAlchemy URL (default: sqlite in the work dir)."),
     study: str = typer.Option(None, "--study", help="Study name (default: <space>-<timestamp>)."),
     workdir: Path = typer.Option(Path("runs"), "--workdir", help="Checkpoints and the default database."),
-    executor: str = typer.Option("local", "--executor", help="local (in-process) or ray."),
+    executor: str = typer.Option(
+        "processes", "--executor",
+        help="processes (children side by side on this machine, a core each), local (in-process, one child at a "
+             "time, on every core) or ray."),
     ray_address: str = typer.Option(None, "--ray-address", help="Join a Ray cluster (implies --executor ray)."),
     gpus_per_child: float = typer.Option(0.0, "--gpus-per-child", min=0.0, help="Fraction of a GPU per child."),
     cpus_per_child: float = typer.Option(None, "--cpus-per-child", min=0.0, help="CPUs per child."),
@@ -193,7 +205,7 @@ def search(
     import torch
 
     console = Console()
-    # in-process children use every torch thread; on Ray each child gets one CPU unless told
+    # in-process children use every torch thread; side by side or on Ray each child gets one CPU unless told
     cpus = cpus_per_child or (torch.get_num_threads() if executor == "local" else 1)
     try:
         # no storage path: children come back through Ray, Tune's own state goes to a removed temporary dir

@@ -1,4 +1,5 @@
-"""Where children run: in-process (:class:`LocalExecutor`) or on Ray Tune (:class:`RayExecutor`).
+"""Where children run: in-process (:class:`LocalExecutor`), side by side in worker processes
+(:class:`ProcessExecutor`) or on Ray Tune (:class:`RayExecutor`).
 
 Knows nothing of morphing: a child is an architecture JSON, its weights, a training config
 and a data set. ``RayExecutor`` is imported lazily (importing Ray takes a second or two).
@@ -20,13 +21,14 @@ from morphnas.execute.base import (
 )
 from morphnas.execute.child import run_child
 from morphnas.execute.local import LocalExecutor
+from morphnas.execute.processes import ProcessExecutor
 
 if TYPE_CHECKING:
     from morphnas.execute.ray_executor import RayExecutor
 
 __all__ = [
     "STATUSES", "ChildJob", "ChildResult", "DatasetSpec", "EpochCallback", "Executor",
-    "LocalExecutor", "RayExecutor", "child_seed", "run_child", "threads_for",
+    "LocalExecutor", "ProcessExecutor", "RayExecutor", "child_seed", "run_child", "threads_for",
 ]
 
 
