@@ -8,8 +8,9 @@ each, still train on all cores.
 
 - Workers are spawned once per executor (a fork would copy torch's thread pools mid-use) and
   reused by every run, so a script that uses this executor guards its entry point with
-  ``if __name__ == "__main__":`` (the workers import the script's main module); each loads a data set once (cached per process, as Ray workers do).
-  Jobs and results travel pickled between the driver and its own workers, never through a file.
+  ``if __name__ == "__main__":`` (the workers import the script's main module). Each worker
+  loads a data set once (cached per process, as Ray workers do). Jobs and results travel
+  pickled between the driver and its own workers, never through a file.
 - ``on_epoch`` runs in the driver, in the iterating thread, as each epoch's report arrives; the
   worker waits for the answer, so pruning stops a child after the same epoch as in-process.
 - A worker that dies (killed, out of memory) fails the children in flight with that reason;
