@@ -38,11 +38,12 @@ from morphnas.execute import ChildJob, ChildResult, DatasetSpec, Executor, Local
 from morphnas.grammar.rules import get_rule
 from morphnas.grammar.sampling import suggest_descriptor, suggest_value
 from morphnas.grammar.space import Range, SearchSpace, parse_space
-from morphnas.ir import ArchGraph, compile_graph, cost, init_weights, load_arch
+from morphnas.ir import ArchGraph, compile_graph, cost, init_weights
 from morphnas.morph import verify
 from morphnas.search.budget import BudgetPlan, plan_budget
 from morphnas.search.lease import DriverLease
 from morphnas.search.lineages import BestLineages, ParentSelector
+from morphnas.search.seeds import seed_network
 from morphnas.search.study import (
     best_trial,
     default_storage,
@@ -120,8 +121,10 @@ class Search:
             except OSError as err:
                 raise ConfigError(f"--workdir {str(options.workdir)!r} cannot be created: {err.strerror}") from None
         self.storage = open_storage(self.storage_url)
-        if not options.resume:  # a bad data set fails before any study is created
+        self.seed_network: tuple[ArchGraph, dict[str, torch.Tensor]] | None = None
+        if not options.resume:  # a bad data set or seed fails before any study is created
             self.data = _load_data(options.space)
+            self.seed_network = _seed_network(options.space, self.data, options.seed)
         self.study = self._open_study()
         attrs = self.study.user_attrs
         # the study keeps the flags it was started with; flags given again on resume change them
@@ -246,7 +249,7 @@ class Search:
         if any(val_error(t) < math.inf for t in self._trials() if t.user_attrs.get("generation") == 0):
             return
         s = self.space.seed
-        graph = load_arch(s.arch, self.data.input_shape, self.data.num_classes, **_arch_options(s))
+        graph, weights = self.seed_network or _seed_network(self.space, self.data, self.seed)  # or a resumed one's
         trial = self._ask()
         trial.set_user_attr("generation", 0)
         trial.set_user_attr("parent", None)
@@ -259,7 +262,7 @@ class Search:
             epochs=s.epochs, lr=s.lr, batch_size=s.batch_size, seed=self.seed, device=self.options.device,
             time_limit=plan.seed_seconds, cycle=(0.0, plan.seed_share) if self._lineage_schedule else (0.0, 1.0),
         )
-        job = ChildJob(trial.number, graph.to_json(), init_weights(graph, self.seed), config, self.dataset_spec)
+        job = ChildJob(trial.number, graph.to_json(), weights, config, self.dataset_spec)
         self.on_event("seed", {"trial": trial.number, "arch": s.arch, "epochs": s.epochs,
                                "seconds": plan.seed_seconds})
         for result in self.executor.run([job]):
@@ -616,8 +619,10 @@ def _pruner(space: SearchSpace) -> optuna.pruners.BasePruner:
     return optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=0)
 
 
-def _arch_options(seed) -> dict[str, Any]:
-    return {"shortcut": seed.shortcut} if seed.arch.startswith("resnet") else {}
+def _seed_network(space: SearchSpace, data: Dataset, seed: int) -> tuple[ArchGraph, dict[str, torch.Tensor]]:
+    s = space.seed
+    options = {"shortcut": s.shortcut} if s.arch.startswith("resnet") else {}
+    return seed_network(s.arch, data.input_shape, data.num_classes, seed=seed, **options)
 
 
 def _over_limits(space: SearchSpace, child_cost: dict[str, Any]) -> str | None:
