@@ -45,8 +45,10 @@ from morphnas.search.lease import DriverLease
 from morphnas.search.lineages import BestLineages, ParentSelector
 from morphnas.search.seeds import seed_network
 from morphnas.search.study import (
+    INTERRUPTED,
     best_trial,
     default_storage,
+    failure_reason,
     final_trial,
     is_multi_objective,
     lineage,
@@ -60,7 +62,6 @@ from morphnas.search.study import (
 from morphnas.train import Dataset, TrainConfig, evaluate, load_checkpoint, load_dataset, save_checkpoint
 
 Event = Callable[[str, dict[str, Any]], None]
-INTERRUPTED = "interrupted: the search stopped while this child was running"
 CALIBRATION_IMAGES = 256
 
 
@@ -187,9 +188,9 @@ class Search:
 
     @staticmethod
     def _mark_interrupted(study: optuna.Study) -> None:
-        """Trials left RUNNING by a killed driver become FAIL; their slots are redone."""
+        """Trials left RUNNING by a killed driver become FAIL without a reason, which
+        :func:`failure_reason` reads as interrupted; their slots are redone."""
         for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            study._storage.set_trial_user_attr(trial._trial_id, "reason", INTERRUPTED)
             study.tell(trial.number, state=TrialState.FAIL)
 
     def _objectives(self, error: float, child_cost: dict[str, Any]) -> list[float]:
@@ -274,7 +275,7 @@ class Search:
         trials = self._trials()
         done = [
             t for t in trials
-            if t.user_attrs.get("generation") == generation and t.user_attrs.get("reason") != INTERRUPTED
+            if t.user_attrs.get("generation") == generation and failure_reason(t) != INTERRUPTED
             and t.user_attrs.get("rule") != "final"
         ]
         slots = self.space.budget.children - len(done)
