@@ -72,10 +72,10 @@ def test_a_checkpoint_seed_is_a_warm_start_from_its_weights(tmp_path, nets):
 
 @pytest.mark.parametrize("arch,message", [
     ("torchvision:resnet18", "fails on an input of shape"),  # 3-channel stem, 1-channel digits
-    ("usernets:five", "gives outputs of shape 5, the data set has 10 classes"),
+    ("usernets:five", "the network has 5 outputs but digits has 10 classes"),
     ("usernets:nothing", "has no attribute 'nothing'"),
     ("{tmp}", "is a directory without an arch.json"),
-    ("{tmp}/rgb", "takes inputs of shape 3x8x8, the data set's are 1x8x8"),
+    ("{tmp}/rgb", "the network takes 3x8x8 inputs but digits has 1x8x8"),
 ])
 def test_a_seed_that_does_not_fit_is_one_line_before_any_study(tmp_path, nets, arch, message):
     rgb = from_torch(nn.Sequential(nn.Conv2d(3, 4, 1), nn.Flatten(), nn.Linear(256, 10)), (3, 8, 8))

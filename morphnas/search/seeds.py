@@ -21,13 +21,13 @@ from pathlib import Path
 import torch
 
 from morphnas.errors import ConfigError
-from morphnas.ir import ArchGraph, from_torch, init_weights, load_arch
+from morphnas.ir import ArchGraph, check_fits, from_torch, init_weights, load_arch
 from morphnas.ir.importer import build_module
 from morphnas.train import load_checkpoint
 
 
-def seed_network(arch: str, input_shape: tuple[int, ...], num_classes: int, *, seed: int = 0,
-                 **options) -> tuple[ArchGraph, dict[str, torch.Tensor]]:
+def seed_network(arch: str, input_shape: tuple[int, ...], num_classes: int, *, dataset: str = "the data set",
+                 seed: int = 0, **options) -> tuple[ArchGraph, dict[str, torch.Tensor]]:
     """The seed ``arch`` names (see the module docstring) and its first weights; ``options`` go to
     the built-in seeds (e.g. ``shortcut`` for the ResNets), ``seed`` seeds fresh weights."""
     path = Path(arch)
@@ -43,15 +43,9 @@ def seed_network(arch: str, input_shape: tuple[int, ...], num_classes: int, *, s
     else:
         graph = load_arch(arch, input_shape, num_classes, **options)
         weights = init_weights(graph, seed)
-    _check_fits(arch, graph, input_shape, num_classes)
+    try:
+        check_fits(graph, input_shape, num_classes, dataset)
+    except ConfigError as err:
+        raise ConfigError(f"seed {arch!r}: {err}") from None
     return graph, weights
 
-
-def _check_fits(arch: str, graph: ArchGraph, input_shape: tuple[int, ...], num_classes: int) -> None:
-    if tuple(graph.input_shape) != tuple(input_shape):
-        raise ConfigError(f"seed {arch!r} takes inputs of shape {'x'.join(map(str, graph.input_shape))}, the data "
-                          f"set's are {'x'.join(map(str, input_shape))}")
-    outputs = graph.shapes()[graph.sink]
-    if tuple(outputs) != (num_classes,):
-        raise ConfigError(f"seed {arch!r} gives outputs of shape {'x'.join(map(str, outputs))}, the data set has "
-                          f"{num_classes} classes")
