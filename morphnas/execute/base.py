@@ -79,6 +79,7 @@ class ChildResult:
     None). ``history`` holds the validation error after each finished epoch (also for failed
     children, up to the failure). ``weights`` are detached, contiguous CPU tensors. ``val_loss``
     is the mean validation cross-entropy that goes with ``val_error`` (None when unknown).
+    ``node`` is the Ray node the child trained on (None when it trained on this machine).
     """
 
     key: int
@@ -89,6 +90,7 @@ class ChildResult:
     weights: dict[str, torch.Tensor] | None = None
     reason: str | None = None
     val_loss: float | None = None
+    node: str | None = None
 
 
 def child_seed(search_seed: int, key: int) -> int:

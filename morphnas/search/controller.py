@@ -330,6 +330,8 @@ class Search:
 
     def _halve_out(self, result: ChildResult, rung: int, kept: int, ranked: int) -> None:
         trial = self.live.pop(result.key)
+        if result.node is not None:
+            trial.set_user_attr("node", result.node)
         for key, value in (("history", result.history), ("seconds", round(result.seconds, 3)),
                            ("val_error", result.val_error), ("val_loss", result.val_loss),
                            ("reason", f"halved out after rung {rung + 1}: not among the best {kept} of {ranked}")):
@@ -468,6 +470,8 @@ class Search:
         return trial
 
     def _finish(self, trial: optuna.Trial, graph: ArchGraph, child_cost: dict, result: ChildResult) -> None:
+        if result.node is not None:
+            trial.set_user_attr("node", result.node)
         trial.set_user_attr("history", result.history)
         trial.set_user_attr("seconds", round(result.seconds, 3))
         if result.status == "failed":
