@@ -196,8 +196,8 @@ def test_a_two_generation_search_through_ray_address_uses_both_nodes(cluster, tm
     address, _, _, env = cluster
     (tmp_path / "space.yaml").write_text(json.dumps(SPACE))  # JSON is YAML
     run = subprocess.run(
-        [sys.executable, "-c", "from morphnas.cli import app; app()", "search", "--space", str(tmp_path / "space.yaml"), "--ray-address",
-         address, "--workdir", str(tmp_path / "w"), "--study", "c", "--json"],
+        [sys.executable, "-c", "from morphnas.cli import app; app()", "search", "--space", str(tmp_path / "space.yaml"),
+         "--ray-address", address, "--workdir", str(tmp_path / "w"), "--study", "c", "--json"],
         env={**env, "TMPDIR": str(tmp_path)}, capture_output=True, text=True, timeout=170)
     assert run.returncode == 0, run.stderr[-3000:]
     summary = json.loads(run.stdout.strip().splitlines()[-1])
