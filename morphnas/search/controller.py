@@ -76,6 +76,7 @@ class SearchOptions:
     executor: Executor | None = None  # default: children one after another in this process, on all torch threads
     seed: int = 0
     resume: bool = False
+    force: bool = False  # resume even while another driver's lease is fresh (a driver known to be gone)
     budget_overrides: dict[str, Any] = field(default_factory=dict)  # generations, children, time_budget
     finetune_epochs: float | None = None  # fixed fine-tuning epochs (the first rung's with halving)
     device: str = "cpu"
@@ -163,7 +164,7 @@ class Search:
                 raise StudyError(f"cannot resume: no study named {o.study!r} in {shown_url(self.storage_url)}")
             study = optuna.load_study(study_name=o.study, storage=self.storage, sampler=self._sampler())
             self.lease = DriverLease(study)
-            self.lease.acquire()  # before touching any trial: another driver may be running it
+            self.lease.acquire(force=o.force)  # before touching any trial: another driver may be running it
             self._mark_interrupted(study)
             return study
         name = o.study or f"{o.space.name}-{datetime.now():%Y%m%d-%H%M%S}"
