@@ -32,8 +32,6 @@ import torch
 from morphnas.errors import ConfigError
 from morphnas.train import TrainConfig
 
-STATUSES: tuple[str, ...] = ("ok", "failed", "pruned")
-
 _E = TypeVar("_E", bound="Executor")
 
 EpochCallback = Callable[[int, int, float], bool]
