@@ -34,11 +34,7 @@ import torch
 from morphnas.errors import MorphError
 from morphnas.ir import (
     ArchGraph,
-    BatchNorm2d,
-    Conv2d,
     Edge,
-    Linear,
-    ParametricActivation,
     ShortcutA,
     Weights,
 )
@@ -219,31 +215,34 @@ class _Rewrite:
                 self.edge(edge)
 
     def edge(self, edge: Edge) -> None:
+        """Grow the layer's channel parameters as its type says (:meth:`Layer.channel_params`):
+        new output channels of a mixing layer get random filters (and zero biases), new input
+        channels zero weights, new channels of a channel-wise layer its pass-through values."""
         layer, name = edge.layer, edge.name
         inp = self.layout(edge.src)
-        if isinstance(layer, Linear) or (isinstance(layer, Conv2d) and layer.groups == 1):
-            out = self.layout(edge.dst, name)
-            w = self.weights[f"{name}.weight"]
-            self.set(f"{name}.weight", _grow(_grow(w, 0, out, _random_filler(w, self.gen)), 1, inp, _filler(0.0)))
-            if layer.bias:
-                self.set(f"{name}.bias", _grow(self.weights[f"{name}.bias"], 0, out, _filler(0.0)))
-            fields = ("in_features", "out_features") if isinstance(layer, Linear) else ("in_channels", "out_channels")
-            self.graph.set_layer(name, layer.replace(**{fields[0]: inp.size, fields[1]: out.size}))
-        elif isinstance(layer, Conv2d):  # depthwise: channel-wise, one filter per channel
-            w = self.weights[f"{name}.weight"]
-            self.set(f"{name}.weight", _grow(w, 0, inp, _random_filler(w, self.gen)))
-            if layer.bias:
-                self.set(f"{name}.bias", _grow(self.weights[f"{name}.bias"], 0, inp, _filler(0.0)))
-            self.graph.set_layer(name, layer.replace(in_channels=inp.size, out_channels=inp.size, groups=inp.size))
-        elif isinstance(layer, BatchNorm2d):
-            for param, value in (("weight", 1.0), ("bias", 0.0), ("running_mean", 0.0), ("running_var", 1.0)):
-                self.set(f"{name}.{param}", _grow(self.weights[f"{name}.{param}"], 0, inp, _filler(value)))
-            self.graph.set_layer(name, layer.replace(num_features=inp.size))
-        elif isinstance(layer, ParametricActivation) and layer.num_parameters > 1:
-            self.set(f"{name}.weight", _grow(self.weights[f"{name}.weight"], 0, inp, _filler(1.0)))
-            self.graph.set_layer(name, layer.replace(num_parameters=inp.size))
-        elif isinstance(layer, ShortcutA):
+        role = layer.channel_role(self.analysis.shapes[edge.src])
+        if role == "shortcut":
             self.graph.set_layer(name, self.shortcut(edge, inp))
+            return
+        if role not in ("mix", "pass"):
+            return
+        out = self.layout(edge.dst, name) if role == "mix" else inp
+        for param, (out_axis, in_axis) in layer.channel_params().items():
+            key = f"{name}.{param}"
+            if key not in self.weights:  # e.g. a convolution without bias
+                continue
+            value = original = self.weights[key]
+            if out_axis is not None:
+                fill = layer.channel_fill(param)
+                make = _filler(fill) if fill is not None else (
+                    _random_filler(original, self.gen) if param == "weight" else _filler(0.0))
+                value = _grow(value, out_axis, out, make)
+            if in_axis is not None:
+                value = _grow(value, in_axis, inp, _filler(0.0))
+            self.set(key, value)
+        resized = layer.with_channels(inp.size, out.size)
+        if resized != layer:
+            self.graph.set_layer(name, resized)
 
     def shortcut(self, edge: Edge, inp: _Layout) -> ShortcutA:
         """Old inputs keep their (moved) output channel; new inputs take the outputs made for them."""
