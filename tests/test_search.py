@@ -143,6 +143,14 @@ def test_with_the_lineage_schedule_seed_rungs_and_final_phase_make_one_cycle(tmp
     assert positions == {1: (0.25, 0.25), 2: pytest.approx((0.45, 0.45))}
     assert len(rungs) == 2 * (2 + 1) and {lr for _, lr, _ in rungs} == {0.1}
     assert all("finetune.lr" not in t.params for t in study.trials)  # nothing to sample: the lineage sets it
+    # the lineage goes forward: parents are the tips of the generation before, the final phase trains a tip
+    tips = {g: {t.number for t in study.trials if t.user_attrs["generation"] == g and t.state == TrialState.COMPLETE
+                and t.user_attrs["rule"] != "final"} for g in (0, 1, 2)}
+    for t in study.trials:
+        g = t.user_attrs["generation"]
+        if t.user_attrs["rule"] != "final" and g > 0:
+            assert t.user_attrs["parent"] in tips[g - 1]
+    assert study.trials[summary.best_trial].user_attrs["parent"] in tips[2]
 
 
 def test_a_parent_selector_passed_in_chooses_every_parent(tmp_path):

@@ -285,6 +285,8 @@ class Search:
         pareto = {t.number for t in self.study.best_trials} if is_multi_objective(self.study) else None
         candidates = [t for t in trials if t.user_attrs.get("rule") != "final"
                       and int(t.user_attrs.get("generation", 0)) < generation]  # parents come from before
+        if self._lineage_schedule:
+            candidates = _frontier(candidates)
         parents = self.selector.select(candidates, slots, self._score, pareto)
         self.on_event("generation", {"generation": generation, "children": len(parents)})
         jobs, pending = [], {}
@@ -406,6 +408,8 @@ class Search:
         if f is None or is_multi_objective(self.study) or final_trial(self.study) is not None:
             return
         done = [t for t in self._trials() if t.state == TrialState.COMPLETE and t.user_attrs.get("checkpoint")]
+        if self._lineage_schedule:
+            done = _frontier(done)
         parent = min(done, key=lambda t: (self._score(t), t.number))
         seconds = plan.final_seconds(time.monotonic())
         epoch_seconds = parent.user_attrs.get("seconds", 0.0) / max(1, len(parent.user_attrs.get("history", [])))
@@ -609,6 +613,16 @@ def _signals_deferred() -> Iterator[None]:
         raise _Terminated
     if caught:
         raise KeyboardInterrupt
+
+
+def _frontier(trials: list[FrozenTrial]) -> list[FrozenTrial]:
+    """The completed trials of the latest generation that has any: the tips of lineages that
+    follow one learning-rate cycle. An older trial is behind on the cycle, and its validation
+    loss was measured at another rate, so it is no fair rival of the tips (it was the one
+    before: training it on would redo what its children did). Siblings compare on equal terms."""
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    latest = max((int(t.user_attrs.get("generation", 0)) for t in done), default=0)
+    return [t for t in done if int(t.user_attrs.get("generation", 0)) == latest]
 
 
 def _joined(earlier: ChildResult | None, later: ChildResult) -> ChildResult:
