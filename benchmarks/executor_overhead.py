@@ -1,13 +1,18 @@
-"""Per-child overhead of the Ray Tune executor against in-process execution, on the same children.
+"""Per-child cost of every executor against in-process execution, on the same children.
 
 Runs N identical-size children (the ``cnn`` seed, distinct trial numbers, so distinct seeds)
-three ways in one process and prints a table:
+five ways in one process and prints a table:
 
 - in-process: :class:`LocalExecutor`, one after another, ``--cpus`` threads each;
 - ray 1-at-a-time: :class:`RayExecutor` with ``max_concurrent=1`` and the same threads, so the
   difference to in-process is pure overhead (Tune start-up, worker start-up and imports, data
   loading in the worker, object store, per-epoch reports, checkpoint write and read);
-- ray parallel: as many children at once as the local Ray's CPUs allow.
+- ray parallel: as many children at once as the local Ray's CPUs allow;
+- processes: :class:`ProcessExecutor`, as many children at once in worker processes as whole
+  ``--cpus`` fit in the cores (the command line's default executor), workers started once;
+- in-process on every core: one after another, all torch threads (``--executor local``).
+
+"children/h" is 3,600 over wall/child: what a search's generations can train in an hour.
 
 Each executor runs the batch ``--repeats`` times and the fastest run is shown (the machine
 may be shared). Every Ray run starts its workers afresh, as every generation of a search does;
@@ -32,7 +37,7 @@ import os
 import statistics
 import time
 
-from morphnas.execute import ChildJob, ChildResult, DatasetSpec, LocalExecutor
+from morphnas.execute import ChildJob, ChildResult, DatasetSpec, LocalExecutor, ProcessExecutor
 from morphnas.execute.child import cached_dataset
 from morphnas.ir import cnn, init_weights
 from morphnas.train import TrainConfig
@@ -75,6 +80,11 @@ def main() -> None:
 
     local_wall, local_first, local = timed(LocalExecutor(cpus_per_child=args.cpus), jobs, args.repeats)
     rows.append(("in-process", local_wall, local_first, local))
+    cores = len(os.sched_getaffinity(0))
+    rows.append((f"in-process, {cores} threads", *timed(LocalExecutor(cpus_per_child=cores), jobs, args.repeats)))
+    with ProcessExecutor(workers=max(1, cores // args.cpus)) as processes:
+        list(processes.run(jobs[:1]))  # start the workers: a search pays this once
+        rows.append((f"processes ({processes.workers} at once)", *timed(processes, jobs, args.repeats)))
 
     from morphnas.execute.ray_executor import RayExecutor
 
@@ -94,18 +104,20 @@ def main() -> None:
         "the table)\n"
     )
     header = f"{'executor':<26}{'wall s':>8}{'first s':>9}{'wall/child':>12}{'next/child':>12}{'train/child':>13}"
-    print(header + f"{'overhead/child':>16}{'ratio':>7}{'next ratio':>12}")
+    print(header + f"{'overhead/child':>16}{'ratio':>7}{'next ratio':>12}{'children/h':>12}")
     base_next = (local_wall - local_first) / max(1, n - 1)
     for name, wall, first, results in rows:
         train = statistics.mean(r.seconds for r in results.values())
         following = (wall - first) / max(1, n - 1)
         print(
             f"{name:<26}{wall:>8.2f}{first:>9.2f}{wall / n:>12.2f}{following:>12.2f}{train:>13.2f}"
-            f"{wall / n - base:>+16.2f}{wall / n / base:>7.2f}{following / base_next:>12.2f}"
+            f"{wall / n - base:>+16.2f}{wall / n / base:>7.2f}{following / base_next:>12.2f}{3600 * n / wall:>12.0f}"
         )
     for name, _, _, results in rows[1:]:
         mismatched = [k for k in local if results[k].history != local[k].history or results[k].status != "ok"]
-        print(f"{name}: {'same validation errors as in-process' if not mismatched else f'DIFFERS for {mismatched}'}")
+        same = "same validation errors as in-process" if not mismatched else f"DIFFERS for {mismatched}"
+        print(f"{name}: {same}{' (expected: other thread counts round differently)' if 'threads' in name else ''}")
+    print(f"load average {os.getloadavg()[0]:.2f} after the runs")
 
 
 if __name__ == "__main__":

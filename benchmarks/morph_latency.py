@@ -21,12 +21,12 @@ from rich.console import Console
 from rich.table import Table
 
 from morphnas.ir import init_weights, resnet
-from morphnas.morph import REGISTRY, apply_morph
+from morphnas.morph import MORPHS, apply_morph
 
 
 def timings(name: str, graph, weights, calibration, sites: int, repeats: int) -> list[float]:
     """Milliseconds of ``apply_morph`` at ``sites`` seeded sites, ``repeats`` times each."""
-    spec = REGISTRY[name]
+    spec = MORPHS[name]
     gen = torch.Generator().manual_seed(0)
     candidates = spec.sites(graph)
     out = []
@@ -55,8 +55,8 @@ def main() -> None:
     table = Table(title=f"morph latency on resnet{args.depth} (3x32x32, {args.threads} threads), ms")
     for column in ("morph", "sites", "median", "fastest", f"median, calibrated ({args.calibration})", "fastest, cal."):
         table.add_column(column, justify="left" if column == "morph" else "right")
-    for name in sorted(REGISTRY):
-        n_sites = len(REGISTRY[name].sites(graph))
+    for name in sorted(MORPHS):
+        n_sites = len(MORPHS[name].sites(graph))
         if not n_sites:
             table.add_row(name, "0", "-", "-", "-", "-")
             continue

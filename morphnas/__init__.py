@@ -32,7 +32,7 @@ _SOURCES = {
     "from_torch": "morphnas.ir",
     "init_weights": "morphnas.ir",
     "load_arch": "morphnas.ir",
-    "REGISTRY": "morphnas.morph",
+    "MORPHS": "morphnas.morph",
     "apply_morph": "morphnas.morph",
     "replay": "morphnas.morph",
     "verify": "morphnas.morph",

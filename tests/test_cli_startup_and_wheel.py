@@ -19,7 +19,7 @@ import morphnas.cli
 from morphnas.cli import COMMANDS, app, load_command
 from morphnas.grammar.space import SPACES_DIR
 from morphnas.ir import ArchGraph, Conv2d, GlobalAvgPool, Linear, compile_graph, count_macs, init_weights, load_arch
-from morphnas.morph import REGISTRY, apply_morph, get_morph
+from morphnas.morph import MORPHS, apply_morph, get_morph
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -116,7 +116,7 @@ def test_macs_match_torchs_flop_counter_on_seeds_and_morphs():
         graph = load_arch(name, (3, 16, 16), 10)
         weights = init_weights(graph)
         graphs.append(graph)
-        for morph in sorted(REGISTRY):
+        for morph in sorted(MORPHS):
             sites = get_morph(morph).sites(graph)
             if sites:
                 params = get_morph(morph).default_params(graph, sites[-1], torch.Generator().manual_seed(0))

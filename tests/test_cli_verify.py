@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from morphnas.cli import app
 from morphnas.ir import cnn
-from morphnas.morph import REGISTRY, TOLERANCE, MorphRecord, MorphResult, MorphSpec
+from morphnas.morph import MORPHS, TOLERANCE, MorphRecord, MorphResult, MorphSpec
 
 runner = CliRunner()
 KEYS = {"morph", "site", "exact", "max_rel_err", "train_max_rel_err", "ms"}
@@ -23,7 +23,7 @@ def run_json(*args: str) -> list[dict]:
 
 def test_all_morphs_on_cnn_are_exact_and_cover_the_registry():
     rows = run_json("--arch", "cnn", "--input", "3x12x12")
-    applicable = {name for name, spec in REGISTRY.items() if spec.sites(cnn((3, 12, 12)))}
+    applicable = {name for name, spec in MORPHS.items() if spec.sites(cnn((3, 12, 12)))}
     assert {r["morph"] for r in rows} == applicable  # other engineers' morphs included
     assert {"deepen", "branch", "grow_kernel", "insert_bn", "insert_pact", "add_skip", "concat_skip"} <= applicable
     for r in rows:
@@ -52,12 +52,12 @@ def _perturbing(exact: bool):
         out = {**weights, f"{site}.weight": weights[f"{site}.weight"] * 1.01}
         return MorphResult(graph, out, exact, MorphRecord("fake", site, {}, 0))
 
-    return MorphSpec("fake", fn, lambda g: ["fc"], lambda g, s, r: {}, exact, "fake")
+    return MorphSpec("fake", fn, lambda g: ["fc"], lambda g, s, r: {}, exact)
 
 
 @pytest.mark.parametrize("exact,status", [(True, 1), (False, 0)])
 def test_exit_1_only_when_an_exact_morph_breaks_the_function(monkeypatch, exact, status):
-    monkeypatch.setitem(REGISTRY, "fake", _perturbing(exact))
+    monkeypatch.setitem(MORPHS, "fake", _perturbing(exact))
     result = runner.invoke(app, ["verify", "--arch", "mlp", "--input", "3x4x4", "--morph", "fake", "--json"])
     assert result.exit_code == status, result.output
     assert json.loads(result.stdout)[0]["max_rel_err"] > 1e-3

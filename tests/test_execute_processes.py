@@ -4,6 +4,10 @@ errors from the callback, and a worker that dies."""
 import multiprocessing
 import os
 import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 from test_execute_local import make_job, same_weights
@@ -75,3 +79,41 @@ def test_processes_by_name_and_bad_workers():
         assert isinstance(runner, ProcessExecutor) and runner.workers == len(os.sched_getaffinity(0))
     with pytest.raises(ConfigError, match="workers must be >= 1"):
         ProcessExecutor(workers=0)
+
+
+DRIVER = """
+import multiprocessing, sys, time
+from test_execute_local import make_job
+from morphnas.execute import ProcessExecutor
+
+if __name__ == "__main__":
+    executor = ProcessExecutor(workers=2)
+    list(executor.run([make_job(1, net="mlp"), make_job(2, net="mlp")]))
+    print(" ".join(str(p.pid) for p in multiprocessing.active_children()), flush=True)
+    time.sleep(600)
+"""
+
+
+def test_workers_end_when_their_driver_is_killed(tmp_path):
+    script = tmp_path / "driver.py"
+    script.write_text(DRIVER)
+    tests = str(Path(__file__).parent)
+    driver = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": os.pathsep.join([tests, *sys.path])})
+    pids = [int(p) for p in driver.stdout.readline().split()]
+    assert len(pids) >= 2, "the workers did not start"
+    driver.kill()
+    driver.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(alive(pid) for pid in pids):
+        time.sleep(0.2)
+    assert not [pid for pid in pids if alive(pid)], "workers outlived their killed driver"
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as stat:  # a zombie has exited; only its parent has not reaped it
+        return stat.read().split(") ")[-1][0] != "Z"

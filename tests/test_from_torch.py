@@ -5,14 +5,13 @@ import json
 import pytest
 import torch
 import torchvision
-from test_ir_seeds import randomise_bn
 from torch import nn
 from typer.testing import CliRunner
 
 from morphnas.cli import app
 from morphnas.errors import TorchImportError
 from morphnas.ir import ArchGraph, Conv2d, compile_graph, from_torch, importer
-from morphnas.morph import apply_morph, verify
+from morphnas.morph import apply_morph, randomise_bn, verify
 from morphnas.morph.shrink import shrink_sites
 from morphnas.morph.width import widen_sites
 from morphnas.train.checkpoint import load_checkpoint

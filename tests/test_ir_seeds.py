@@ -3,20 +3,7 @@ import torch
 from reference_nets import CNN, CNN_KEYS, MLP, MLP_KEYS, ResNet, resnet_key_map, translate
 
 from morphnas.ir import ArchGraph, cnn, compile_graph, cost, init_weights, mlp, resnet
-
-
-def randomise_bn(weights: dict, seed: int = 0) -> dict:
-    """Random BN statistics and affine terms, so BN is not the identity in the comparison."""
-    gen = torch.Generator().manual_seed(seed)
-    out = {}
-    for key, value in weights.items():
-        if key.endswith("running_var"):
-            value = torch.rand(value.shape, generator=gen) + 0.5
-        elif key.endswith(("running_mean", "bias")) or (key.endswith("weight") and value.dim() == 1):
-            value = torch.randn(value.shape, generator=gen) * 0.3 + (1.0 if key.endswith("weight") else 0.0)
-        out[key] = value
-    return out
-
+from morphnas.morph import randomise_bn
 
 CASES = [
     ("resnet20-A-cifar", lambda: resnet(20), lambda: ResNet(20, 3, 10), resnet_key_map(20), (3, 32, 32)),

@@ -2,13 +2,12 @@
 
 import pytest
 import torch
-from test_ir_seeds import randomise_bn
 
 from morphnas.errors import MorphError
 from morphnas.grammar.rules import RULES
 from morphnas.ir import cnn, compile_graph, init_weights, resnet
 from morphnas.modules import MODULES, classify, module_to_json
-from morphnas.morph import REGISTRY, apply_morph, verify
+from morphnas.morph import MORPHS, apply_morph, randomise_bn, verify
 
 
 def as_double(weights):
@@ -22,7 +21,7 @@ def net():
 
 
 def test_every_rule_names_a_registered_morph():
-    assert {rule.morph for rule in RULES.values()} <= set(REGISTRY)
+    assert {rule.morph for rule in RULES.values()} <= set(MORPHS)
 
 
 def test_paper_classification():

@@ -6,12 +6,11 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_ir_seeds import randomise_bn
 
 from morphnas.ir import ArchGraph, Weights, compile_graph, init_weights, mlp, resnet
-from morphnas.morph import REGISTRY, apply_morph, probe_inputs, verify
+from morphnas.morph import MORPHS, apply_morph, probe_inputs, randomise_bn, verify
 
-EXACT = sorted(name for name, spec in REGISTRY.items() if spec.exact)
+EXACT = sorted(name for name, spec in MORPHS.items() if spec.exact)
 HITS: Counter = Counter()  # morph name -> times applied, over all examples (for reports)
 
 
@@ -33,7 +32,7 @@ def compose(graph: ArchGraph, weights: Weights, plan: list[tuple[str, int, int]]
     for pick, where, seed in plan:
         for offset in range(len(EXACT)):
             name = EXACT[(EXACT.index(pick) + offset) % len(EXACT)]
-            sites = REGISTRY[name].sites(graph)
+            sites = MORPHS[name].sites(graph)
             if sites:
                 break
         else:

@@ -8,13 +8,12 @@ from functools import cache
 
 import pytest
 import torch
-from test_ir_seeds import randomise_bn
 
 import morphnas.morph  # noqa: F401  (registers every morph)
 from morphnas.errors import MorphError
 from morphnas.ir import ArchGraph, Conv2d, GlobalAvgPool, cnn, compile_graph, init_weights, mlp, resnet
 from morphnas.modules.kernels import compose
-from morphnas.morph import TOLERANCE, MorphResult, apply_morph, verify
+from morphnas.morph import TOLERANCE, MorphResult, apply_morph, randomise_bn, verify
 from morphnas.morph.depth import Geometry, decompose_factors, solve_first, solve_second
 
 NETS = {

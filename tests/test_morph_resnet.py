@@ -15,7 +15,7 @@ from test_morph_depth import (  # noqa: F401  (one_thread: an autouse fixture)
 
 from morphnas.errors import MorphError
 from morphnas.ir import ArchGraph, Conv2d, GlobalAvgPool, Identity, cost, init_weights, resnet
-from morphnas.morph import REGISTRY, apply_morph, replay, verify
+from morphnas.morph import MORPHS, apply_morph, replay, verify
 from morphnas.morph.resnet_ops import morph_resnet_variant, variant_shortcuts
 
 EXACT_CASES = [
@@ -95,7 +95,7 @@ def test_concat_skip_appends_channels_read_with_zero_weights():
 )
 def test_bad_requests_raise(name, site, match):
     graph, weights = parent("resnet20")
-    spec = REGISTRY[name]
+    spec = MORPHS[name]
     with pytest.raises(MorphError, match=match):
         spec.fn(graph, weights, site, {}, None)
 

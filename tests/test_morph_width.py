@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-from test_ir_seeds import randomise_bn
 
 from morphnas.errors import MorphError
 from morphnas.ir import (
@@ -21,7 +20,7 @@ from morphnas.ir import (
     mlp,
     resnet,
 )
-from morphnas.morph import REGISTRY, MorphContext, apply_morph, verify
+from morphnas.morph import MORPHS, MorphContext, apply_morph, randomise_bn, verify
 from morphnas.morph.tied import channel_groups
 from morphnas.morph.width import widen
 
@@ -96,7 +95,7 @@ def test_widening_stage_two_then_stage_one_keeps_the_map_explicit():
 @pytest.mark.parametrize("seed_net", [cnn, mlp], ids=["cnn", "mlp"])
 def test_widen_every_site_of_cnn_and_mlp_is_exact(seed_net):
     graph, weights = seeded(seed_net((1, 12, 12), 10))
-    sites = REGISTRY["widen"].sites(graph)
+    sites = MORPHS["widen"].sites(graph)
     groups = [g for g in channel_groups(graph) if g.blobs[0] in sites]
     assert sites == [blob for g in groups for blob in g.blobs]  # not the input, its flattening or the logits
     assert len(groups) == (3 if seed_net is cnn else 2)
@@ -152,7 +151,7 @@ def test_widening_other_concat_sites_is_exact(site, grown):
 
 
 def test_sites_exclude_input_output_and_flattened_blobs():
-    sites = REGISTRY["widen"].sites(concat_graph())
+    sites = MORPHS["widen"].sites(concat_graph())
     assert sorted(sites) == ["a", "a_bn", "b", "cat", "dw", "hidden"]  # "flat" has no channels of its own
 
 
@@ -178,7 +177,7 @@ def grouped_graph() -> ArchGraph:
 
 def test_grouped_convolutions_refuse_clearly():
     graph, weights = seeded(grouped_graph())
-    assert REGISTRY["widen"].sites(graph) == []
+    assert MORPHS["widen"].sites(graph) == []
     ctx = MorphContext(torch.Generator().manual_seed(0))
     with pytest.raises(MorphError, match="grouped conv"):
         widen(graph, weights, "a", {"channels": 10}, ctx)
@@ -197,7 +196,7 @@ def test_ties_that_feed_back_raise_instead_of_looping():
     g.add_layer("gap", "b", "pool", GlobalAvgPool())
     g.add_layer("fc", "pool", "out", Linear(6, 2))
     graph, weights = seeded(g.validate())
-    assert REGISTRY["widen"].sites(graph) == []
+    assert MORPHS["widen"].sites(graph) == []
     with pytest.raises(MorphError, match="does not terminate"):
         widen(graph, weights, "a", {"channels": 5}, MorphContext(torch.Generator().manual_seed(0)))
 

@@ -4,12 +4,11 @@ import math
 
 import pytest
 import torch
-from test_ir_seeds import randomise_bn
 from test_morph_width import concat_graph
 
 from morphnas.errors import ConfigError, MorphError
 from morphnas.ir import cnn, compile_graph, cost, init_weights, mlp, resnet
-from morphnas.morph import REGISTRY, apply_morph, verify
+from morphnas.morph import MORPHS, apply_morph, randomise_bn, verify
 from morphnas.morphnet import (
     ChannelMap,
     channel_costs,
@@ -133,7 +132,7 @@ def test_regularisers_shrink_early_layers_for_macs_and_late_layers_for_params():
                                   lambda: mlp((1, 8, 8)), concat_graph])
 def test_shrink_morph_removes_channels_everywhere_and_reports_its_error(make):
     graph, weights = seeded(make())
-    sites = REGISTRY["shrink"].sites(graph)
+    sites = MORPHS["shrink"].sites(graph)
     assert sites
     calibration = torch.randn(16, *graph.input_shape, generator=torch.Generator().manual_seed(0))
     for site in sites:
@@ -153,7 +152,7 @@ def test_shrink_works_on_weights_whose_first_entry_is_a_batch_norm_counter():
     counters = sorted(k for k in weights if k.endswith("num_batches_tracked"))
     assert counters and weights[counters[0]].dtype == torch.int64
     reordered = {counters[0]: weights[counters[0]], **weights}
-    site = REGISTRY["shrink"].sites(graph)[0]
+    site = MORPHS["shrink"].sites(graph)[0]
     calibration = torch.randn(16, *graph.input_shape, generator=torch.Generator().manual_seed(0))
     expected = apply_morph("shrink", graph, weights, site, {"fraction": 0.5}, calibration=calibration)
     result = apply_morph("shrink", graph, reordered, site, {"fraction": 0.5}, calibration=calibration)
@@ -262,7 +261,7 @@ def test_expand_morph_scales_every_width_exactly(make, site):
         assert check.max_rel_err <= tol and check.train_max_rel_err <= tol, (dtype, check)
     with pytest.raises(MorphError):
         apply_morph("expand", graph, weights, site, {"factor": 0.5})
-    assert REGISTRY["expand"].sites(graph) == ["input"]
+    assert MORPHS["expand"].sites(graph) == ["input"]
 
 
 def test_expand_leaves_groups_the_widen_morph_refuses_and_stays_exact():

@@ -1,6 +1,11 @@
 """A search whose study lives on a real PostgreSQL server, through a plain ``postgresql://`` URL."""
 
+import contextlib
 import json
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 from optuna.trial import TrialState
@@ -9,6 +14,8 @@ from typer.testing import CliRunner
 
 from morphnas.cli import app
 from morphnas.search import load_study, open_storage
+from morphnas.search.lease import LEASE_SECONDS
+from morphnas.search.study import INTERRUPTED, failure_reason
 
 pytestmark = pytest.mark.slow
 
@@ -42,3 +49,59 @@ def test_search_studies_and_resume_on_postgresql_never_print_the_password(tmp_pa
     again = runner.invoke(app, [*args, "--resume"])  # a finished study: nothing more to do
     assert again.exit_code == 0, again.output
     assert len(load_study(open_storage(url), "pg").get_trials()) == 4 and PASSWORD not in again.output
+
+
+def driver(tmp_path, url, *args):
+    """``morphnas search`` on PostgreSQL in a subprocess: 2 generations x 2 children of 2 epochs."""
+    space = tmp_path / "slow.yaml"
+    space.write_text(json.dumps({
+        "name": "slow", "dataset": {"name": "digits"},
+        "seed": {"arch": "cnn", "epochs": 2, "lr": 0.1, "batch_size": 64},
+        "rules": {"widen": {"params": {"factor": [1.5]}}, "deepen": {}},
+        "finetune": {"epochs": 2, "batch_size": 64}, "final": {"epochs": 1, "batch_size": 64},
+        "budget": {"generations": 2, "children": 2},
+    }))
+    command = [sys.executable, "-c", "from morphnas.cli import app; app()", "search", "--space", str(space),
+               "--storage", url, "--study", "two", "--workdir", str(tmp_path), "--executor", "local", *args]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finished(url):
+    return {t.number: (t.state, t.values) for t in load_study(open_storage(url), "two").get_trials()
+            if t.state.is_finished()}
+
+
+def test_two_drivers_on_one_postgresql_study_and_a_killed_one_resumed(tmp_path, url):
+    first = driver(tmp_path, url)
+    deadline = time.time() + 240
+    while time.time() < deadline and first.poll() is None:  # wait for a child of generation 1 in training
+        time.sleep(0.3)
+        with contextlib.suppress(Exception):  # the study may not exist yet
+            trials = load_study(open_storage(url), "two").get_trials()
+            if any(t.state == TrialState.RUNNING and t.user_attrs.get("generation") == 1 for t in trials):
+                break
+    else:
+        raise AssertionError(f"no child was seen running: {first.communicate()[1][-2000:]}")
+    second = driver(tmp_path, url, "--resume")
+    _, err = second.communicate(timeout=120)
+    assert second.returncode == 2 and len(err.strip().splitlines()) == 1 and "being run by another driver" in err
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    before = finished(url)
+    study = load_study(open_storage(url), "two")
+    # the killed driver as if it had run on another machine: its lease holds until it expires
+    held = study.user_attrs["driver"]
+    study.set_user_attr("driver", {**held, "host": "elsewhere", "renewed": time.time()})
+    refused = driver(tmp_path, url, "--resume")
+    _, err = refused.communicate(timeout=120)
+    assert refused.returncode == 2 and "pid" in err and "elsewhere" in err
+    study.set_user_attr("driver", {**held, "host": "elsewhere", "renewed": time.time() - LEASE_SECONDS - 1})
+    resumed = driver(tmp_path, url, "--resume")
+    _, err = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, err
+    trials = load_study(open_storage(url), "two").get_trials()
+    for number, (state, values) in before.items():  # nothing finished before the kill was lost or redone
+        assert (trials[number].state, trials[number].values) == (state, values)
+    done = [t for t in trials if failure_reason(t) != INTERRUPTED and t.user_attrs.get("rule") != "final"]
+    assert sorted(t.user_attrs["generation"] for t in done) == [0, 1, 1, 2, 2]  # no generation overfilled
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in done)  # the median pruner may stop one

@@ -26,6 +26,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import optuna
 import pytest
 
 pytest.importorskip("ray")
@@ -180,3 +181,30 @@ def test_a_head_that_wants_a_token_this_machine_lacks_is_refused_at_once(cluster
         last = run.stderr.strip().splitlines()[-1]
         assert last.startswith("morphnas.errors.ConfigError: the Ray cluster at ") and message in last, last
         assert "RAY_AUTH_TOKEN" in last
+
+
+SPACE = {
+    "name": "cluster", "dataset": {"name": "digits"},
+    "seed": {"arch": "cnn", "epochs": 1, "lr": 0.1, "batch_size": 64},
+    "rules": {"widen": {"params": {"factor": [1.5]}}, "deepen": {}},
+    "finetune": {"epochs": 1, "batch_size": 64}, "final": {"epochs": 1, "batch_size": 64},
+    "budget": {"generations": 2, "children": 2},
+}
+
+
+def test_a_two_generation_search_through_ray_address_uses_both_nodes(cluster, tmp_path: Path) -> None:
+    address, _, _, env = cluster
+    (tmp_path / "space.yaml").write_text(json.dumps(SPACE))  # JSON is YAML
+    run = subprocess.run(
+        [sys.executable, "-c", "from morphnas.cli import app; app()", "search", "--space", str(tmp_path / "space.yaml"),
+         "--ray-address", address, "--workdir", str(tmp_path / "w"), "--study", "c", "--json"],
+        env={**env, "TMPDIR": str(tmp_path)}, capture_output=True, text=True, timeout=170)
+    assert run.returncode == 0, run.stderr[-3000:]
+    summary = json.loads(run.stdout.strip().splitlines()[-1])
+    assert summary["n_trials"] == 1 + 2 * 2 + 1 and summary["n_failed"] == 0
+    study = optuna.load_study(study_name="c", storage=f"sqlite:///{tmp_path / 'w' / 'morphnas.db'}")
+    trials = study.get_trials()
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    children = [t for t in trials if t.user_attrs["generation"] in (1, 2) and t.user_attrs["rule"] != "final"]
+    assert [t.user_attrs["generation"] for t in children] == [1, 1, 2, 2]
+    assert len({t.user_attrs["node"] for t in trials}) == 2, "no child trained on the second node"

@@ -30,6 +30,7 @@ from morphnas.search import (
     trial_checkpoint,
     trials_frame,
 )
+from morphnas.search.study import INTERRUPTED, failure_reason
 from morphnas.train import evaluate, load_checkpoint, load_dataset
 
 pytestmark = pytest.mark.slow
@@ -307,7 +308,7 @@ def stop_mid_generation(proc, tmp_path, sig) -> dict[int, tuple]:
             proc.wait(timeout=120)
             return {t.number: (t.state, t.values, t.user_attrs.get("morphs"))
                     for t in study_trials(tmp_path)  # the stopped search changes nothing any more
-                    if t.state.is_finished() and "interrupted" not in t.user_attrs.get("reason", "")}
+                    if t.state.is_finished() and failure_reason(t) != INTERRUPTED}
     raise AssertionError(f"the search ended before it could be stopped: {proc.communicate()[1][-2000:]}")
 
 
@@ -328,9 +329,9 @@ def test_sigkill_mid_generation_then_resume_with_study_alone_keeps_the_budget_fl
         assert (trials[number].state, trials[number].values, trials[number].user_attrs.get("morphs")) == (
             state, values, morphs)
     assert not [t for t in trials if t.state == TrialState.RUNNING]
-    assert all("interrupted" in trials[n].user_attrs["reason"] for n in killed), "a killed child was not marked"
+    assert all(failure_reason(trials[n]) == INTERRUPTED for n in killed), "a killed child was not marked"
     # a child killed right after it was asked may have no attributes yet
-    kept = [t for t in trials if "interrupted" not in t.user_attrs.get("reason", "")]
+    kept = [t for t in trials if failure_reason(t) != INTERRUPTED]
     per_generation = {}
     for t in kept:
         if t.user_attrs["rule"] != "final":
@@ -351,7 +352,7 @@ def test_ctrl_c_or_sigterm_marks_the_children_in_flight_and_says_how_to_resume(t
         f"interrupted; resume with `morphnas search --study k --resume --workdir {tmp_path / 'w'}`"]
     trials = study_trials(tmp_path)
     assert not [t for t in trials if t.state == TrialState.RUNNING]
-    interrupted = [t for t in trials if "interrupted" in t.user_attrs.get("reason", "")]
+    interrupted = [t for t in trials if failure_reason(t) == INTERRUPTED]
     assert interrupted and all(t.state == TrialState.FAIL for t in interrupted)
     for number, (state, values, _) in finished_before.items():
         assert (trials[number].state, trials[number].values) == (state, values)
@@ -382,7 +383,7 @@ def test_a_second_driver_is_refused_while_the_first_runs_the_study(tmp_path):
     _, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err  # the first driver was not disturbed
     trials = study_trials(tmp_path)
-    assert not [t for t in trials if "interrupted" in t.user_attrs.get("reason", "")]
+    assert not [t for t in trials if failure_reason(t) == INTERRUPTED]
     third = subprocess.run(second.args, capture_output=True, text=True)  # the lease was released at the end
     assert third.returncode == 0, third.stderr
 

@@ -11,7 +11,7 @@ from morphnas.errors import GraphError
 from morphnas.grammar.rules import RULES, Descriptor
 from morphnas.ir import ArchGraph, Conv2d, Identity, init_weights, load_arch
 from morphnas.morph import apply_morph
-from morphnas.morph.base import REGISTRY, MorphRecord, MorphResult, MorphSpec, in_program_order
+from morphnas.morph.base import MORPHS, MorphRecord, MorphResult, MorphSpec, in_program_order
 from morphnas.morph.sites import conv_edges
 
 RESNET8_CONVS = [
@@ -41,16 +41,16 @@ def precedes(graph: ArchGraph, a: str, b: str) -> bool:
 
 def test_resnet8_conv_sites_run_from_input_to_output():
     graph, _ = seed()
-    sites = REGISTRY["branch"].sites(graph)  # every ungrouped conv
+    sites = MORPHS["branch"].sites(graph)  # every ungrouped conv
     assert sites == RESNET8_CONVS
     assert graph.edge(sites[0]).src == graph.source == "input"
     assert all(precedes(graph, a, b) for a, b in zip(sites, sites[1:], strict=False))
-    assert REGISTRY["deepen"].sites(graph) == [*RESNET8_CONVS, "fc"]  # convs, then the classifier
+    assert MORPHS["deepen"].sites(graph) == [*RESNET8_CONVS, "fc"]  # convs, then the classifier
 
 
 def test_resnet20_projection_shortcut_follows_its_block():
     graph, _ = seed("resnet20", "B")
-    sites = REGISTRY["grow_kernel"].sites(graph)
+    sites = MORPHS["grow_kernel"].sites(graph)
     assert len(sites) == 21
     assert sites[:3] == ["stem_conv", "s1b0_1_conv", "s1b0_2_conv"]
     # a block's residual path comes out whole, then its projection, then the next block
@@ -86,7 +86,7 @@ def test_order_does_not_depend_on_insertion_order(shortcut):
     assert backwards.program_blobs() == graph.program_blobs()
     assert backwards.program_order() == graph.program_order()
     for name in ("deepen", "insert_pact", "widen", "shrink", "add_skip", "split_identity"):
-        assert REGISTRY[name].sites(backwards) == REGISTRY[name].sites(graph), name
+        assert MORPHS[name].sites(backwards) == MORPHS[name].sites(graph), name
 
 
 def test_deepen_at_zero_picks_the_first_conv_before_and_after_a_late_morph():
@@ -121,19 +121,19 @@ def test_positions_keep_their_layer_after_deepening_the_first_conv():
 def test_a_new_layer_is_listed_next_to_the_one_it_follows():
     graph, weights = seed()
     child = apply_morph("insert_pact", graph, weights, "s1b0_1_bn", seed=0).graph
-    sites = REGISTRY["insert_pact"].sites(child)
+    sites = MORPHS["insert_pact"].sites(child)
     i = sites.index("s1b0_1_bn")
     assert sites[i - 1: i + 3] == ["s1b0_1_conv", "s1b0_1_bn", "s1b0_1_bn_act", "s1b0_relu1"]
-    assert [s for s in sites if s != "s1b0_1_bn_act"] == REGISTRY["insert_pact"].sites(graph)
+    assert [s for s in sites if s != "s1b0_1_bn_act"] == MORPHS["insert_pact"].sites(graph)
 
 
 def test_blob_and_pair_sites_follow_blob_order():
     graph, _ = seed()
     blobs = graph.program_blobs()
-    widen = REGISTRY["widen"].sites(graph)
+    widen = MORPHS["widen"].sites(graph)
     assert widen[:3] == ["stem_conv", "stem_bn", "stem_relu"]
     assert widen == sorted(widen, key=blobs.index)
-    pairs = REGISTRY["add_skip"].sites(graph)
+    pairs = MORPHS["add_skip"].sites(graph)
     assert pairs[:2] == ["input->stem_conv", "input->stem_bn"]
     keys = [(blobs.index(u), blobs.index(v)) for u, v in (p.split("->") for p in pairs)]
     assert keys == sorted(keys)
@@ -145,7 +145,7 @@ def test_a_hand_built_spec_is_sorted_too_and_unknown_names_go_last():
     def fn(graph, weights, site, params, ctx):  # pragma: no cover - never applied
         return MorphResult(graph, weights, True, MorphRecord("fake", site, {}, 0))
 
-    spec = MorphSpec("fake", fn, lambda g: ["fc", "nowhere", "s1b0_2_conv", "stem_conv"], lambda g, s, r: {}, True, "")
+    spec = MorphSpec("fake", fn, lambda g: ["fc", "nowhere", "s1b0_2_conv", "stem_conv"], lambda g, s, r: {}, True)
     assert spec.sites(graph) == ["stem_conv", "s1b0_2_conv", "fc", "nowhere"]
     assert in_program_order(graph, ["fc"]) == ["fc"]
 
@@ -166,7 +166,7 @@ def test_parallel_branches_are_ordered_by_the_layers_that_join_them():
         "x": 0, "to_a1": 1, "a1": 2, "to_b1": 3, "b1": 4, "to_b2": 5, "b2": 6,
         "a_from_a": 7, "z_from_b": 8, "out": 9,
     }
-    assert REGISTRY["branch"].sites(graph) == ["to_a1", "to_b1", "to_b2"]
+    assert MORPHS["branch"].sites(graph) == ["to_a1", "to_b1", "to_b2"]
 
 
 def test_program_order_of_a_cyclic_graph_raises():

@@ -13,22 +13,10 @@ from rich.table import Table
 
 from morphnas.cli.train import check_out
 from morphnas.errors import ConfigError
-from morphnas.ir import ArchGraph, compile_graph, cost, init_weights, load_arch
-from morphnas.morph.expand import narrowest_cost
-from morphnas.morphnet import DEFAULT_STRENGTH, DEFAULT_THRESHOLD, TARGETS, CycleConfig, layer_widths, morphnet
-from morphnas.morphnet.cycle import parse_budget
-from morphnas.train import DATASETS, load_dataset, save_checkpoint, train
-
-
-def _check_fits(graph: ArchGraph, input_shape: tuple[int, ...], num_classes: int, dataset: str) -> None:
-    if tuple(graph.input_shape) != tuple(input_shape):
-        raise ConfigError(
-            f"the network takes {'x'.join(map(str, graph.input_shape))} inputs but {dataset} has "
-            f"{'x'.join(map(str, input_shape))}"
-        )
-    if tuple(graph.shapes()[graph.sink]) != (num_classes,):
-        outputs = graph.shapes()[graph.sink]
-        raise ConfigError(f"the network has {outputs} outputs but {dataset} has {num_classes} classes")
+from morphnas.ir import check_fits, cost, load_arch
+from morphnas.morphnet import DEFAULT_STRENGTH, DEFAULT_THRESHOLD, TARGETS, CycleConfig
+from morphnas.morphnet.cycle import morphnet_from_scratch, parse_budget
+from morphnas.train import DATASETS, load_dataset, save_checkpoint
 
 
 def _width_table(before: dict[str, int], after: dict[str, int]) -> Table:
@@ -65,23 +53,16 @@ def morphnet_command(
     check_out(out)
     data = load_dataset(dataset, data_root=data_root, augment=augment)
     graph = load_arch(arch, input_shape=data.input_shape, num_classes=data.num_classes)
-    _check_fits(graph, data.input_shape, data.num_classes, dataset)
-    before_cost = cost(graph)
-    config = CycleConfig(budget=parse_budget(budget, float(before_cost[target])), target=target, iterations=iterations,
-                         epochs=epochs, strength=strength, threshold=threshold, seed=seed)
-    floor = narrowest_cost(graph, target)
-    if config.budget < floor:
-        raise ConfigError(f"budget {config.budget:g} is below the cost of the narrowest network ({floor:g} {target} "
-                          f"with one channel per group)")
+    check_fits(graph, data.input_shape, data.num_classes, dataset)
+    config = CycleConfig(budget=parse_budget(budget, float(cost(graph)[target])), target=target,
+                         iterations=iterations, epochs=epochs, strength=strength, threshold=threshold, seed=seed)
     console = Console(stderr=as_json, quiet=as_json)
 
-    model = compile_graph(graph, init_weights(graph, seed))
-    seed_run = train(model, data, config.train_config(epochs, seed))
-    console.print(f"seed {arch}: val error {seed_run.val_error:.2%}   MACs {before_cost['macs']:,}   "
-                  f"params {before_cost['params']:,}   budget {config.budget:,.0f} {target}")
-
     def on_event(kind: str, info: dict[str, Any]) -> None:
-        if kind == "shrunk":
+        if kind == "seed":
+            console.print(f"seed {arch}: val error {info['val_error']:.2%}   MACs {info['macs']:,}   "
+                          f"params {info['params']:,}   budget {config.budget:,.0f} {target}")
+        elif kind == "shrunk":
             console.print(f"  cycle {info['iteration'] + 1}: shrunk to {info['macs']:,} MACs, {info['params']:,} "
                           f"params ({info['note']})")
         elif kind == "expanded":
@@ -90,30 +71,14 @@ def morphnet_command(
         elif kind == "trained":
             console.print(f"  cycle {info['iteration'] + 1}: val error {info['val_error']:.2%}")
 
-    weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    result = morphnet(graph, weights, data, config, on_event=on_event)
-    after_cost = cost(result.graph)
-    widths_before, widths_after = layer_widths(graph), layer_widths(result.graph)
-    widths_after = {**{name: 0 for name in widths_before}, **widths_after}  # removed layers: 0
-    summary = {
-        "macs_before": int(before_cost["macs"]),
-        "macs_after": int(after_cost["macs"]),
-        "params_before": int(before_cost["params"]),
-        "params_after": int(after_cost["params"]),
-        "val_error_before": seed_run.val_error,
-        "val_error_after": result.iterations[-1].val_error,
-        "widths_before": widths_before,
-        "widths_after": widths_after,
-        "target": target,
-        "budget": config.budget,
-    }
+    result, summary = morphnet_from_scratch(graph, data, config, on_event=on_event)
     metrics = {**summary, "dataset": dataset, "arch": arch, "config": dataclasses.asdict(config),
                "iterations": result.to_json(), "normalisation": {"mean": list(data.mean), "std": list(data.std)}}
     path = save_checkpoint(out, arch=result.graph.to_json(), weights=result.weights, metrics=metrics)
     if as_json:
         typer.echo(json.dumps({**summary, "out": str(path)}))
         return
-    console.print(_width_table(widths_before, widths_after))
+    console.print(_width_table(summary["widths_before"], summary["widths_after"]))
     console.print(
         f"{arch} on {dataset}: val error {summary['val_error_before']:.2%} -> "
         f"{summary['val_error_after']:.2%}   MACs {summary['macs_before']:,} -> {summary['macs_after']:,}   "

@@ -181,6 +181,8 @@ def search(
     objectives: str = typer.Option(None, "--objectives", help="error, error,macs or error,params."),
     seed: int = typer.Option(0, "--seed", min=0, max=2**32 - 1),
     resume: bool = typer.Option(False, "--resume", help="Continue a killed search (needs --study)."),
+    force: bool = typer.Option(False, "--force", help="With --resume: take the study over from a driver that "
+                               "still holds its lease (one on another machine that you know is gone)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object at the end."),
 ) -> None:
     """Search by morphing: seed, generations of fine-tuned children, the best child."""
@@ -213,7 +215,7 @@ def search(
                            ray_address=ray_address) as runner:
             options = SearchOptions(
                 space=loaded, workdir=workdir, storage=storage, study=study, executor=runner, seed=seed,
-                resume=resume, budget_overrides=budget, finetune_epochs=epochs,
+                resume=resume, force=force, budget_overrides=budget, finetune_epochs=epochs,
             )
             if as_json:
                 summary = run_search(options)

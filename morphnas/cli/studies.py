@@ -24,6 +24,7 @@ from morphnas.search.study import (
     best_trial,
     default_storage,
     delete_study,
+    failure_reason,
     final_trial,
     find_trial,
     is_multi_objective,
@@ -238,7 +239,8 @@ def _step(study: optuna.Study, trial: FrozenTrial, before: float | None) -> str:
         change = "" if before is None else f" ({(error - before) * 100:+.2f} pp)"
         result = f"val error [bold]{error:.2%}[/]{change}"
     else:
-        result = f"[red]{trial.state.name.lower()}[/]" + (f": {escape(str(a['reason']))}" if a.get("reason") else "")
+        reason = failure_reason(trial)
+        result = f"[red]{trial.state.name.lower()}[/]" + (f": {escape(reason)}" if reason else "")
     cost = f"  [dim]{a['params']:,} params, {a['macs'] / 1e6:.3f} M MACs[/]" if "params" in a and "macs" in a else ""
     return f"[bold]trial {trial.number}[/]  {escape(what)}  ->  {result}{cost}"
 

@@ -16,20 +16,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from morphnas.errors import ConfigError
-from morphnas.ir import ArchGraph, compile_graph, load_arch
+from morphnas.ir import check_fits, compile_graph, load_arch
 from morphnas.train import DATASETS, EpochReport, TrainConfig, load_dataset, save_checkpoint, train
 from morphnas.train.checkpoint import FILES
-
-
-def _check_fits(graph: ArchGraph, input_shape: tuple[int, ...], num_classes: int, dataset: str) -> None:
-    if tuple(graph.input_shape) != tuple(input_shape):
-        raise ConfigError(
-            f"the network takes {'x'.join(map(str, graph.input_shape))} inputs but {dataset} has "
-            f"{'x'.join(map(str, input_shape))}"
-        )
-    outputs = graph.shapes()[graph.sink]
-    if tuple(outputs) != (num_classes,):
-        raise ConfigError(f"the network has {outputs} outputs but {dataset} has {num_classes} classes")
 
 
 def check_out(out: Path) -> None:
@@ -103,7 +92,7 @@ def train_command(
     check_out(out)
     data = load_dataset(dataset, data_root=data_root, augment=augment)
     graph = load_arch(arch, input_shape=data.input_shape, num_classes=data.num_classes)
-    _check_fits(graph, data.input_shape, data.num_classes, dataset)
+    check_fits(graph, data.input_shape, data.num_classes, dataset)
     config = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed)
     torch.manual_seed(seed)
     model = compile_graph(graph)

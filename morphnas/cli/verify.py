@@ -14,23 +14,10 @@ from rich.table import Table
 
 from morphnas.cli.arch import resolve
 from morphnas.errors import ConfigError, MorphError
-from morphnas.ir import ArchGraph, BatchNorm2d, Weights, init_weights
-from morphnas.morph import REGISTRY, TOLERANCE, apply_morph, get_morph, probe_inputs, verify
+from morphnas.ir import ArchGraph, Weights, init_weights
+from morphnas.morph import MORPHS, TOLERANCE, apply_morph, get_morph, probe_inputs, randomise_bn, verify
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
-
-
-def randomise_bn(graph: ArchGraph, weights: Weights, gen: torch.Generator) -> Weights:
-    """Random BN statistics and affine terms, so that a BN is not trivially the identity."""
-    out = dict(weights)
-    for edge in graph.edges():
-        if isinstance(edge.layer, BatchNorm2d):  # BatchNorm1d too
-            n = edge.layer.num_features
-            out[f"{edge.name}.running_mean"] = torch.randn(n, generator=gen) * 0.3
-            out[f"{edge.name}.running_var"] = torch.rand(n, generator=gen) + 0.5
-            out[f"{edge.name}.weight"] = torch.randn(n, generator=gen) * 0.3 + 1.0
-            out[f"{edge.name}.bias"] = torch.randn(n, generator=gen) * 0.3
-    return out
 
 
 def check_morph(
@@ -94,11 +81,11 @@ def verify_command(
     """
     if dtype not in DTYPES:
         raise ConfigError(f"--dtype must be float32 or float64, got {dtype!r}")
-    names = sorted(REGISTRY) if morph == "all" else [get_morph(morph).name]
+    names = sorted(MORPHS) if morph == "all" else [get_morph(morph).name]
     graph = resolve(arch, input, classes, shortcut)
     torch_dtype = DTYPES[dtype]
     gen = torch.Generator().manual_seed(seed)
-    weights = randomise_bn(graph, init_weights(graph, seed), gen)
+    weights = randomise_bn(init_weights(graph, seed), seed)
     weights = {k: v.to(torch_dtype) if v.is_floating_point() else v for k, v in weights.items()}
     calibration = torch.randn(16, *graph.input_shape, generator=gen).to(torch_dtype)
     rows, skipped = [], []

@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from morphnas.execute.base import (
-    STATUSES,
     ChildJob,
     ChildResult,
     DatasetSpec,
@@ -27,7 +26,7 @@ if TYPE_CHECKING:
     from morphnas.execute.ray_executor import RayExecutor
 
 __all__ = [
-    "STATUSES", "ChildJob", "ChildResult", "DatasetSpec", "EpochCallback", "Executor",
+    "ChildJob", "ChildResult", "DatasetSpec", "EpochCallback", "Executor",
     "LocalExecutor", "ProcessExecutor", "RayExecutor", "child_seed", "run_child", "threads_for",
 ]
 

@@ -32,8 +32,6 @@ import torch
 from morphnas.errors import ConfigError
 from morphnas.train import TrainConfig
 
-STATUSES: tuple[str, ...] = ("ok", "failed", "pruned")
-
 _E = TypeVar("_E", bound="Executor")
 
 EpochCallback = Callable[[int, int, float], bool]
@@ -79,6 +77,7 @@ class ChildResult:
     None). ``history`` holds the validation error after each finished epoch (also for failed
     children, up to the failure). ``weights`` are detached, contiguous CPU tensors. ``val_loss``
     is the mean validation cross-entropy that goes with ``val_error`` (None when unknown).
+    ``node`` is the Ray node the child trained on (None when it trained on this machine).
     """
 
     key: int
@@ -89,6 +88,7 @@ class ChildResult:
     weights: dict[str, torch.Tensor] | None = None
     reason: str | None = None
     val_loss: float | None = None
+    node: str | None = None
 
 
 def child_seed(search_seed: int, key: int) -> int:

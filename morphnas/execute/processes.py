@@ -16,7 +16,8 @@ each, still train on all cores.
 - A worker that dies (killed, out of memory) fails the children in flight with that reason;
   the next run starts new workers.
 - Ctrl-C reaches only the driver (workers ignore SIGINT); :meth:`ProcessExecutor.close` then
-  tells every waiting worker to stop its child and shuts the workers down.
+  tells every waiting worker to stop its child and shuts the workers down. A worker whose
+  driver is gone (killed with SIGKILL) ends itself within a second.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ import multiprocessing
 import os
 import queue
 import signal
+import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -44,16 +47,25 @@ from morphnas.execute.base import (
 from morphnas.execute.child import run_child
 
 POLL_SECONDS = 0.05
+WATCH_SECONDS = 0.5
 
 _worker: dict[str, Any] = {}  # in a worker: the queue to the driver and this worker's answers
 
 
 def _start_worker(reports: Any, answers: list[Any], counter: Any) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
+    threading.Thread(target=_exit_with_driver, args=(os.getppid(),), daemon=True).start()
     with counter.get_lock():
         index = counter.value
         counter.value += 1
     _worker.update(index=index, reports=reports, answers=answers[index])
+
+
+def _exit_with_driver(driver: int) -> None:
+    """End this worker once its driver has died (the worker is then someone else's child)."""
+    while os.getppid() == driver:
+        time.sleep(WATCH_SECONDS)
+    os._exit(1)
 
 
 def _train(job: ChildJob, threads: int, live: bool) -> ChildResult:

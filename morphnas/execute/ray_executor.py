@@ -335,6 +335,7 @@ def _trainable(
     """One Tune trial: fetch the job, fine-tune it, report epochs and the outcome; weights go to the mailbox."""
     key = int(config["key"])
     job: ChildJob = ray.get(refs[key])
+    node = ray.get_runtime_context().get_node_id()
 
     def post(tag: int | str, weights: dict[str, torch.Tensor]) -> None:
         """Hand ``weights`` to the mailbox before the report that names them (waits until they are there)."""
@@ -343,7 +344,7 @@ def _trainable(
     def report_epoch(epoch: int, val_error: float, model: torch.nn.Module) -> bool:
         if every_epoch:
             post(epoch, cpu_weights(model))
-        tune.report({"key": key, "epoch": epoch, "val_error": val_error})
+        tune.report({"key": key, "epoch": epoch, "val_error": val_error, "node": node})
         return True  # pruning is decided on the driver: the Stopper ends the trial
 
     data_ref = data.get(job.dataset)
@@ -360,6 +361,7 @@ def _trainable(
         "history": result.history,
         "seconds": result.seconds,
         "reason": result.reason,
+        "node": node,
     })
 
 
@@ -604,4 +606,5 @@ def _to_result(done: _Done, mailbox: ray.actor.ActorHandle) -> ChildResult:
     return ChildResult(
         done.key, status, None if val_error is None else float(val_error), history, seconds,
         safetensors.torch.load(payload), val_loss=None if val_loss is None else float(val_loss),
+        node=metrics.get("node"),
     )

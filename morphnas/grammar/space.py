@@ -58,7 +58,11 @@ class RuleConfig(_Strict):
 
 
 class SeedConfig(_Strict):
-    """The seed network and its training; with a time budget ``epochs`` is an upper bound."""
+    """The seed network and its training; with a time budget ``epochs`` is an upper bound.
+
+    ``arch``: a built-in seed, an architecture JSON file, ``torchvision:NAME``, ``MODULE:ATTR``
+    (a PyTorch network, imported) or a checkpoint directory (a warm start from its weights).
+    """
 
     arch: str = "resnet20"
     shortcut: Literal["A", "B"] = "A"

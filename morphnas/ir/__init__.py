@@ -21,12 +21,13 @@ from morphnas.ir.layers import (
     layer_from_dict,
 )
 from morphnas.ir.metrics import cost, count_macs, count_params, size_mb
-from morphnas.ir.seeds import RESNET_DEPTHS, SEEDS, arch_to_file, build_seed, cnn, load_arch, mlp, resnet
+from morphnas.ir.seeds import RESNET_DEPTHS, SEEDS, arch_to_file, build_seed, check_fits, cnn, load_arch, mlp, resnet
 
 __all__ = [
     "LAYER_TYPES", "RESNET_DEPTHS", "SEEDS", "Activation", "ArchGraph", "BatchNorm1d", "BatchNorm2d",
     "Conv2d", "Dropout", "Edge", "Flatten", "GlobalAvgPool", "Identity", "Imported", "Layer", "Linear",
     "ParametricActivation", "Pool2d", "ShortcutA", "Weights", "arch_to_file", "build_seed", "cnn",
-    "compile_graph", "cost", "count_macs", "count_params", "from_torch", "init_weights", "layer_from_dict", "load_arch",
+    "check_fits", "compile_graph", "cost", "count_macs", "count_params", "from_torch", "init_weights",
+    "layer_from_dict", "load_arch",
     "load_weights", "mlp", "resnet", "size_mb",
 ]

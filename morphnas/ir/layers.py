@@ -69,6 +69,38 @@ class Layer(abc.ABC):
     def replace(self, **changes: Any) -> Layer:
         return dataclasses.replace(self, **changes)
 
+    # Channel rules: what the width morphs (widen, shrink) and the tied channel groups need to
+    # know of a layer type; a new type states them here and nowhere else.
+    def channel_role(self, shape: Shape) -> str:
+        """How the layer treats the channels (dim 0) of an input of ``shape``: ``mix`` reads all
+        input channels into each output channel, ``pass`` maps channel i to channel i,
+        ``shortcut`` maps them by a channel map, ``flatten`` spreads each over features, and
+        ``block`` (a type that says nothing) stops width changes."""
+        return "block"
+
+    def channel_params(self) -> dict[str, tuple[int | None, int | None]]:
+        """Per parameter or buffer: (its axis that follows the output channels, its axis that
+        follows the input channels), None where none does; a ``pass`` layer's output channels
+        are its input channels."""
+        return {}
+
+    def channel_fill(self, param: str) -> float | None:
+        """The value of ``param`` for a new channel that passes it through unchanged (a batch
+        norm's 1 and 0); None: a new filter is random and a new bias zero."""
+        return None
+
+    def with_channels(self, n_in: int, n_out: int) -> Layer:
+        """This layer for ``n_in`` input and ``n_out`` output channels (``pass``: ``n_out == n_in``)."""
+        return self
+
+
+@dataclass(frozen=True)
+class _ChannelWise(Layer):
+    """A layer without channel parameters that maps channel i to channel i."""
+
+    def channel_role(self, shape: Shape) -> str:
+        return "pass"
+
 
 def layer_from_dict(data: Any) -> Layer:
     """Parse one layer spec from its JSON form; any problem raises GraphError."""
@@ -125,6 +157,25 @@ class Conv2d(Layer):
             stride=self.stride, padding=self.padding, groups=self.groups, bias=self.bias,
         )
 
+    @property
+    def depthwise(self) -> bool:
+        return self.groups == self.in_channels == self.out_channels
+
+    def channel_role(self, shape: Shape) -> str:
+        """Mixing; depthwise passes channel i to channel i; other grouped convolutions block."""
+        return "mix" if self.groups == 1 else "pass" if self.depthwise else "block"
+
+    def channel_params(self) -> dict[str, tuple[int | None, int | None]]:
+        return {"weight": (0, 1), "bias": (0, None)} if self.groups == 1 else {"weight": (0, None), "bias": (0, None)}
+
+    def with_channels(self, n_in: int, n_out: int) -> Layer:
+        if self.groups == 1:
+            return self.replace(in_channels=n_in, out_channels=n_out)
+        return self.replace(in_channels=n_in, out_channels=n_in, groups=n_in)
+
+
+_BN_FILL = {"weight": 1.0, "bias": 0.0, "running_mean": 0.0, "running_var": 1.0}  # a new channel passes through
+
 
 @dataclass(frozen=True)
 class BatchNorm2d(Layer):
@@ -147,6 +198,18 @@ class BatchNorm2d(Layer):
 
     def build(self) -> nn.Module:
         return nn.BatchNorm2d(self.num_features, self.eps, self.momentum)
+
+    def channel_role(self, shape: Shape) -> str:
+        return "pass"
+
+    def channel_params(self) -> dict[str, tuple[int | None, int | None]]:
+        return {name: (0, None) for name in _BN_FILL}
+
+    def channel_fill(self, param: str) -> float | None:
+        return _BN_FILL[param]
+
+    def with_channels(self, n_in: int, n_out: int) -> Layer:
+        return self.replace(num_features=n_in)
 
 
 @dataclass(frozen=True)
@@ -178,7 +241,7 @@ _ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 
 
 @dataclass(frozen=True)
-class Activation(Layer):
+class Activation(_ChannelWise):
     type: ClassVar[str] = "activation"
     kind: str = "relu"
 
@@ -241,9 +304,21 @@ class ParametricActivation(Layer):
             return nn.PReLU(self.num_parameters, init=1.0)
         return ParametricActivationModule(self.kind, self.num_parameters)
 
+    def channel_role(self, shape: Shape) -> str:
+        return "pass"
+
+    def channel_params(self) -> dict[str, tuple[int | None, int | None]]:
+        return {"weight": (0, None)} if self.num_parameters > 1 else {}
+
+    def channel_fill(self, param: str) -> float | None:
+        return 1.0  # a = 1: the identity (eq. 8)
+
+    def with_channels(self, n_in: int, n_out: int) -> Layer:
+        return self.replace(num_parameters=n_in) if self.num_parameters > 1 else self
+
 
 @dataclass(frozen=True)
-class Identity(Layer):
+class Identity(_ChannelWise):
     """The identity times a constant ``scale`` (the paper's scaled identity shortcut)."""
 
     type: ClassVar[str] = "identity"
@@ -322,9 +397,12 @@ class ShortcutA(Layer):
     def build(self) -> nn.Module:
         return ShortcutAModule(self.in_channels, self.out_channels, self.stride, self.channel_map)
 
+    def channel_role(self, shape: Shape) -> str:
+        return "shortcut"
+
 
 @dataclass(frozen=True)
-class Pool2d(Layer):
+class Pool2d(_ChannelWise):
     type: ClassVar[str] = "pool2d"
     mode: str = "max"
     kernel_size: int = 2
@@ -351,7 +429,7 @@ class Pool2d(Layer):
 
 
 @dataclass(frozen=True)
-class GlobalAvgPool(Layer):
+class GlobalAvgPool(_ChannelWise):
     """Mean over height and width: (C, H, W) -> (C,)."""
 
     type: ClassVar[str] = "global_avg_pool"
@@ -377,6 +455,9 @@ class Flatten(Layer):
     def build(self) -> nn.Module:
         return nn.Flatten()
 
+    def channel_role(self, shape: Shape) -> str:
+        return "pass" if len(shape) == 1 else "flatten"
+
 
 @dataclass(frozen=True)
 class Linear(Layer):
@@ -397,9 +478,18 @@ class Linear(Layer):
     def build(self) -> nn.Module:
         return nn.Linear(self.in_features, self.out_features, bias=self.bias)
 
+    def channel_role(self, shape: Shape) -> str:
+        return "mix"
+
+    def channel_params(self) -> dict[str, tuple[int | None, int | None]]:
+        return {"weight": (0, 1), "bias": (0, None)}
+
+    def with_channels(self, n_in: int, n_out: int) -> Layer:
+        return self.replace(in_features=n_in, out_features=n_out)
+
 
 @dataclass(frozen=True)
-class Dropout(Layer):
+class Dropout(_ChannelWise):
     type: ClassVar[str] = "dropout"
     p: float = 0.5
 

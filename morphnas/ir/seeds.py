@@ -160,5 +160,19 @@ def load_arch(
     return build_seed(text, input_shape, num_classes, **options)
 
 
+def check_fits(graph: ArchGraph, input_shape: tuple[int, ...], num_classes: int, dataset: str) -> None:
+    """ConfigError unless ``graph`` takes the inputs of ``dataset`` and gives one output per class."""
+    if tuple(graph.input_shape) != tuple(input_shape):
+        raise ConfigError(f"the network takes {_shape(graph.input_shape)} inputs but {dataset} has "
+                          f"{_shape(input_shape)}")
+    outputs = graph.shapes()[graph.sink]
+    if tuple(outputs) != (num_classes,):
+        raise ConfigError(f"the network has {_shape(outputs)} outputs but {dataset} has {num_classes} classes")
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    return "x".join(map(str, shape))
+
+
 def arch_to_file(graph: ArchGraph, path: str | Path) -> None:
     Path(path).write_text(json.dumps(graph.to_json(), indent=1) + "\n")

@@ -8,7 +8,7 @@ import importlib
 import pkgutil
 
 from morphnas.morph.base import (
-    REGISTRY,
+    MORPHS,
     MorphContext,
     MorphRecord,
     MorphResult,
@@ -18,12 +18,12 @@ from morphnas.morph.base import (
     register,
     replay,
 )
-from morphnas.morph.verify import TOLERANCE, Verification, probe_inputs, verify
+from morphnas.morph.verify import TOLERANCE, Verification, probe_inputs, randomise_bn, verify
 
 for _info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
     importlib.import_module(f"{__name__}.{_info.name}")
 
 __all__ = [
-    "REGISTRY", "TOLERANCE", "MorphContext", "MorphRecord", "MorphResult", "MorphSpec", "Verification",
-    "apply_morph", "get_morph", "probe_inputs", "register", "replay", "verify",
+    "MORPHS", "TOLERANCE", "MorphContext", "MorphRecord", "MorphResult", "MorphSpec", "Verification",
+    "apply_morph", "get_morph", "probe_inputs", "randomise_bn", "register", "replay", "verify",
 ]

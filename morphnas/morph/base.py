@@ -118,14 +118,13 @@ class MorphSpec:
     fn: MorphFn
     sites: Callable[[ArchGraph], list[str]]
     default_params: Callable[[ArchGraph, str, torch.Generator], dict[str, Any]]
-    exact: bool
-    summary: str
+    exact: bool  # preserves the function exactly (checked by the verifier); False: approximate by design
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sites", _program_ordered(self.sites))
 
 
-REGISTRY: dict[str, MorphSpec] = {}
+MORPHS: dict[str, MorphSpec] = {}
 
 
 def register(
@@ -135,22 +134,21 @@ def register(
     default_params: Callable[[ArchGraph, str, torch.Generator], dict[str, Any]] | None = None,
     exact: bool = True,
 ) -> Callable[[MorphFn], MorphFn]:
-    """Decorator adding a morph function to :data:`REGISTRY` under ``name``."""
+    """Decorator adding a morph function to :data:`MORPHS` under ``name``."""
 
     def decorate(fn: MorphFn) -> MorphFn:
-        if name in REGISTRY:
+        if name in MORPHS:
             raise MorphError(f"morph {name!r} registered twice")
-        summary = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else name
-        REGISTRY[name] = MorphSpec(name, fn, sites, default_params or (lambda g, s, r: {}), exact, summary)
+        MORPHS[name] = MorphSpec(name, fn, sites, default_params or (lambda g, s, r: {}), exact)
         return fn
 
     return decorate
 
 
 def get_morph(name: str) -> MorphSpec:
-    if name not in REGISTRY:
-        raise MorphError(f"unknown morph {name!r}; known: {', '.join(sorted(REGISTRY))}")
-    return REGISTRY[name]
+    if name not in MORPHS:
+        raise MorphError(f"unknown morph {name!r}; known: {', '.join(sorted(MORPHS))}")
+    return MORPHS[name]
 
 
 def apply_morph(

@@ -24,9 +24,9 @@ from morphnas.morph.sites import (
     graph_errors_as,
     kernel_pair,
     layer_state,
+    morph_result,
     parse_params,
     replace_parallel,
-    result,
     site_edge,
     without,
 )
@@ -87,7 +87,7 @@ def branch(graph: ArchGraph, weights: Weights, site: str, params: dict[str, Any]
     out = without(weights, [site])
     for name, layer, kernel, bias in zip(names, layers, kernels, biases, strict=True):
         out.update(layer_state(name, layer, dtype, weight=kernel, **bias))
-    return result("branch", child, out, site, params, names, note=f"F1 {k1}x{k1}, F2 {k2}x{k2}")
+    return morph_result("branch", child, out, site, params, names, note=f"F1 {k1}x{k1}, F2 {k2}x{k2}")
 
 
 def _grow_defaults(graph: ArchGraph, site: str, gen: torch.Generator) -> dict[str, Any]:
@@ -116,6 +116,6 @@ def grow_kernel(
     key = f"{site}.weight"
     out = {**weights, key: pad_kernel(weights[key], kernel)}
     note = f"{conv.kernel_size}x{conv.kernel_size} -> {kernel}x{kernel}"
-    res = result("grow_kernel", child, out, site, params, [], note=note)
+    res = morph_result("grow_kernel", child, out, site, params, [], note=note)
     res.new_weights = [key]
     return res

@@ -35,10 +35,10 @@ from morphnas.morph.sites import (
     kernel_pair,
     layer_state,
     linear_edges,
+    morph_result,
     pact_state,
     parse_params,
     replace_edge,
-    result,
     site_edge,
     without,
 )
@@ -273,7 +273,7 @@ def deepen(graph: ArchGraph, weights: Weights, site: str, params: dict[str, Any]
     bias = {"bias": weights[f"{site}.bias"]} if edge.layer.bias else {}
     new.update(layer_state(names[-1], second, dtype, weight=w2, **bias))
     out = calibrate(child, {**without(weights, [site]), **new}, new_bns(child, names), ctx.calibration)
-    return result("deepen", child, out, site, params, names, exact=f.exact, note=f.note)
+    return morph_result("deepen", child, out, site, params, names, exact=f.exact, note=f.note)
 
 
 # insert a P-activation or a BN -----------------------------------------------------------------
@@ -296,7 +296,7 @@ def insert_pact(
         layer = ParametricActivation(p["kind"])
         names = insert_after(child, site, [(f"{site}_act", layer)])
     out = {**weights, **pact_state(names[0], layer, float_dtype(weights))}
-    return result("insert_pact", child, out, site, params, names)
+    return morph_result("insert_pact", child, out, site, params, names)
 
 
 def _bn_sites(graph: ArchGraph) -> list[str]:
@@ -320,4 +320,4 @@ def insert_bn(graph: ArchGraph, weights: Weights, site: str, params: dict[str, A
     out = {**weights, **new_layer_weights(child, names, float_dtype(weights))}
     out = calibrate(child, out, names, ctx.calibration)
     note = "calibrated" if ctx.calibration is not None else "statistics 0/1: the identity in eval mode only"
-    return result("insert_bn", child, out, site, params, names, note=note)
+    return morph_result("insert_bn", child, out, site, params, names, note=note)

@@ -32,9 +32,9 @@ from morphnas.morph.sites import (
     float_dtype,
     identity_bn_state,
     layer_state,
+    morph_result,
     pact_state,
     parse_params,
-    result,
     site_edge,
     without,
 )
@@ -129,4 +129,4 @@ def morph_module(
         f"solver residual {solution.residual:.2e} after {solution.sweeps} sweeps"
         + ("" if paths_exact_at_borders(module) else "; a path stacks two convs wider than 1x1 (borders differ)")
     )
-    return result("morph_module", child, new_weights, site, params, created, exact=exact, note=note)
+    return morph_result("morph_module", child, new_weights, site, params, created, exact=exact, note=note)

@@ -44,11 +44,11 @@ from morphnas.morph.sites import (
     identity_edges,
     kernel_pair,
     layer_state,
+    morph_result,
     parse_params,
     replace_edge,
     replace_parallel,
-    resource,
-    result,
+    rewire_source,
     site_edge,
 )
 
@@ -67,7 +67,7 @@ def split_identity(
     child = clone(graph)
     half = Identity(scale / 2)
     names = replace_parallel(child, site, [(f"{site}_h1", half), (f"{site}_h2", half)])
-    return result("split_identity", child, dict(weights), site, params, names, note=f"{names[0]} + {names[1]}")
+    return morph_result("split_identity", child, dict(weights), site, params, names, note=f"{names[0]} + {names[1]}")
 
 
 # an identity becomes a conv path ---------------------------------------------------------------
@@ -110,7 +110,7 @@ def identity_to_conv_path(
     out.update(layer_state(names[0], chain[0][1], dtype, weight=delta(c, c, k1)))
     out.update(layer_state(names[3], chain[3][1], dtype, weight=edge.layer.scale * delta(c, c, k2)))
     out = calibrate(child, out, new_bns(child, names), ctx.calibration)
-    return result("identity_to_conv_path", child, out, site, params, names, note=f"morph{k1}c{k2}")
+    return morph_result("identity_to_conv_path", child, out, site, params, names, note=f"morph{k1}c{k2}")
 
 
 # skips -----------------------------------------------------------------------------------------
@@ -170,7 +170,7 @@ def add_skip(graph: ArchGraph, weights: Weights, site: str, params: dict[str, An
     dtype = float_dtype(weights)
     zero = torch.zeros(layer.build().weight.shape)  # type: ignore[union-attr]
     out = {**weights, **layer_state(name, layer, dtype, weight=zero)}
-    return result("add_skip", child, out, site, params, [name])
+    return morph_result("add_skip", child, out, site, params, [name])
 
 
 def _concat_fits(graph: ArchGraph, u: str, v: str, shapes: dict[str, Shape]) -> bool:
@@ -209,10 +209,11 @@ def concat_skip(
     extra = shapes[u][0]
     for e in readers:
         conv: Conv2d = e.layer  # type: ignore[assignment]
-        resource(child, e.name, cat, conv.replace(in_channels=conv.in_channels + extra))
+        rewire_source(child, e.name, cat, conv.replace(in_channels=conv.in_channels + extra))
         w = weights[f"{e.name}.weight"]
         out[f"{e.name}.weight"] = torch.cat([w, w.new_zeros(w.shape[0], extra, *w.shape[2:])], dim=1)
-    res = result("concat_skip", child, out, site, params, [keep, skip], note=f"{v} gains {extra} channels from {u}")
+    res = morph_result("concat_skip", child, out, site, params, [keep, skip],
+                       note=f"{v} gains {extra} channels from {u}")
     res.new_weights = [f"{e.name}.weight" for e in readers]
     return res
 

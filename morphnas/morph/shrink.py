@@ -30,8 +30,6 @@ from morphnas.ir import (
     ArchGraph,
     BatchNorm2d,
     Conv2d,
-    Linear,
-    ParametricActivation,
     ShortcutA,
     Weights,
     compile_graph,
@@ -317,25 +315,16 @@ def _slice(cmap: ChannelMap, pruned: ArchGraph, weights: Weights | None, keep: l
         kept_out = keep[cmap.group_of[edge.dst]]
         kout = kept_out[(kept_out >= offset) & (kept_out < offset + width)] - offset
         sliced: dict[str, list[tuple[int, torch.Tensor]]] = {}  # param -> (dim, kept indices)
-        if isinstance(layer, Linear) or (isinstance(layer, Conv2d) and layer.groups == 1):
-            fields = ("in_features", "out_features") if isinstance(layer, Linear) else ("in_channels", "out_channels")
-            pruned.set_layer(name, layer.replace(**{fields[0]: len(kin), fields[1]: len(kout)}))
-            sliced = {"weight": [(0, kout), (1, kin)], "bias": [(0, kout)]}
-        elif isinstance(layer, Conv2d) and not layer.groups == layer.in_channels == layer.out_channels:
-            # grouped, or depthwise with a channel multiplier: its groups are frozen, its channels never change
-            if len(kin) != layer.in_channels or len(kout) != layer.out_channels:  # pragma: no cover - frozen
-                raise MorphError(f"shrink: {name!r} is a grouped convolution (groups={layer.groups})")
-        elif isinstance(layer, Conv2d):  # depthwise: one filter per channel
-            n = len(kin)
-            pruned.set_layer(name, layer.replace(in_channels=n, out_channels=n, groups=n))
-            sliced = {"weight": [(0, kin)], "bias": [(0, kin)]}
-        elif isinstance(layer, BatchNorm2d):
-            pruned.set_layer(name, layer.replace(num_features=len(kin)))
-            sliced = {p: [(0, kin)] for p in ("weight", "bias", "running_mean", "running_var")}
-        elif isinstance(layer, ParametricActivation) and layer.num_parameters > 1:
-            pruned.set_layer(name, layer.replace(num_parameters=len(kin)))
-            sliced = {"weight": [(0, kin)]}
-        elif isinstance(layer, ShortcutA):
+        role = layer.channel_role(cmap.shapes[edge.src])
+        if role in ("mix", "pass"):  # as the layer's type says (Layer.channel_params)
+            kept = kout if role == "mix" else kin
+            pruned.set_layer(name, layer.with_channels(len(kin), len(kept)))
+            sliced = {param: [(out_axis, kept)] + ([] if in_axis is None else [(in_axis, kin)])
+                      for param, (out_axis, in_axis) in layer.channel_params().items() if out_axis is not None}
+        elif role == "block" and (len(kin), len(kout)) != (cmap.shapes[edge.src][0], width):
+            # grouped convolutions and unknown types: their groups are frozen, their channels never change
+            raise MorphError(f"shrink: {name!r} ({layer.type}) cannot change its channels")  # pragma: no cover
+        elif role == "shortcut":
             position = {int(j): n for n, j in enumerate(kout.tolist())}
             channel_map = []
             for i in kin.tolist():

@@ -79,7 +79,7 @@ def graph_errors_as(morph: str) -> Iterator[None]:
         raise MorphError(f"{morph}: {err}") from None
 
 
-def result(
+def morph_result(
     morph: str,
     graph: ArchGraph,
     weights: Weights,
@@ -187,7 +187,7 @@ def replace_parallel(graph: ArchGraph, name: str, branches: Chain) -> list[str]:
     return [add_chain(graph, edge.src, joint, [branch])[0] for branch in branches]
 
 
-def resource(graph: ArchGraph, name: str, src: str, layer: Layer) -> None:
+def rewire_source(graph: ArchGraph, name: str, src: str, layer: Layer) -> None:
     """Move edge ``name`` to read from ``src`` (with a new spec), keeping its concat slot."""
     edge = graph.edge(name)
     order = _concat_order(graph, edge.dst)

@@ -20,24 +20,8 @@ from dataclasses import dataclass
 
 import networkx as nx
 
-from morphnas.ir import (
-    Activation,
-    ArchGraph,
-    BatchNorm2d,
-    Conv2d,
-    Dropout,
-    Edge,
-    Flatten,
-    GlobalAvgPool,
-    Identity,
-    Linear,
-    ParametricActivation,
-    Pool2d,
-    ShortcutA,
-)
+from morphnas.ir import ArchGraph, Conv2d, Edge
 from morphnas.ir.layers import Shape
-
-_CHANNELWISE = (BatchNorm2d, Activation, ParametricActivation, Identity, Pool2d, Dropout, GlobalAvgPool)
 
 
 @dataclass(frozen=True)
@@ -55,24 +39,10 @@ class ChannelGroup:
 
 
 def edge_role(edge: Edge, shapes: dict[str, Shape]) -> str:
-    """How a layer treats channels: ``pass``, ``mix``, ``shortcut``, ``flatten`` or ``block``.
-
-    ``pass`` maps channel i to channel i; ``mix`` (convolution, linear) reads all its input
-    channels into each output channel; ``block`` is anything width changes cannot go through
-    (grouped, non-depthwise convolutions and layer types this module does not know).
-    """
-    layer = edge.layer
-    if isinstance(layer, Conv2d):
-        if layer.groups == 1:
-            return "mix"
-        return "pass" if layer.groups == layer.in_channels == layer.out_channels else "block"
-    if isinstance(layer, Linear):
-        return "mix"
-    if isinstance(layer, ShortcutA):
-        return "shortcut"
-    if isinstance(layer, Flatten):
-        return "pass" if len(shapes[edge.src]) == 1 else "flatten"
-    return "pass" if isinstance(layer, _CHANNELWISE) else "block"
+    """How a layer treats channels: ``pass``, ``mix``, ``shortcut``, ``flatten`` or ``block``, as its
+    type says (:meth:`~morphnas.ir.layers.Layer.channel_role`); ``block`` is anything width changes
+    cannot go through (grouped, non-depthwise convolutions, and types that say nothing)."""
+    return edge.layer.channel_role(shapes[edge.src])
 
 
 def in_slices(graph: ArchGraph, shapes: dict[str, Shape] | None = None) -> dict[str, tuple[int, int]]:

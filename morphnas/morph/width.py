@@ -34,11 +34,7 @@ import torch
 from morphnas.errors import MorphError
 from morphnas.ir import (
     ArchGraph,
-    BatchNorm2d,
-    Conv2d,
     Edge,
-    Linear,
-    ParametricActivation,
     ShortcutA,
     Weights,
 )
@@ -50,7 +46,7 @@ DEFAULT_FACTOR = 1.25
 
 
 @dataclass(frozen=True)
-class _New:
+class _NewChannel:
     pos: int  # inserted before old channel ``pos`` of the group
     seq: int  # creation order, breaks ties between channels at one position
     depth: int  # number of shortcuts / flattens that created it from the request
@@ -74,43 +70,43 @@ class _Analysis:
         return _Analysis(graph, shapes, groups, group_of, in_slices(graph, shapes))
 
 
-Plan = dict[int, dict[int, _New]]  # group index -> channel id -> new channel
+Plan = dict[int, dict[int, _NewChannel]]  # group index -> channel id -> new channel
 Links = dict[str, dict[int, list[int]]]  # link layer -> id in its source group -> ids it created
 
 
-def plan(an: _Analysis, site: str, delta: int) -> tuple[Plan, Links]:
+def plan(analysis: _Analysis, site: str, delta: int) -> tuple[Plan, Links]:
     """Which new channels every group gets when ``site``'s group grows by ``delta`` at its end."""
     counter = itertools.count()
-    start = an.group_of[site]
-    new: Plan = {i: {} for i in range(len(an.groups))}
-    new[start] = {k: _New(an.groups[start].width, k, 0) for k in itertools.islice(counter, delta)}
-    links = sorted({name for g in an.groups for name in g.links_out})
+    start = analysis.group_of[site]
+    new: Plan = {i: {} for i in range(len(analysis.groups))}
+    new[start] = {k: _NewChannel(analysis.groups[start].width, k, 0) for k in itertools.islice(counter, delta)}
+    links = sorted({name for g in analysis.groups for name in g.links_out})
     created: Links = {name: {} for name in links}
     changed = True
     while changed:
         changed = False
         for name in links:
-            changed |= _follow(an, an.graph.edge(name), new, created[name], counter, len(links))
-    _check(an, site, new, created)
+            changed |= _follow(analysis, analysis.graph.edge(name), new, created[name], counter, len(links))
+    _check(analysis, site, new, created)
     return new, created
 
 
 def _follow(
-    an: _Analysis, edge: Edge, new: Plan, created: dict[int, list[int]], counter: Iterator[int], limit: int
+    analysis: _Analysis, edge: Edge, new: Plan, created: dict[int, list[int]], counter: Iterator[int], limit: int
 ) -> bool:
     """Propagate new channels across one link (both ways for a concat input); True if any moved."""
-    src, dst = an.group_of[edge.src], an.group_of[edge.dst]
-    offset, width = an.slices[edge.name]
-    role = edge_role(edge, an.shapes)
+    src, dst = analysis.group_of[edge.src], analysis.group_of[edge.dst]
+    offset, width = analysis.slices[edge.name]
+    role = edge_role(edge, analysis.shapes)
     before = sum(map(len, new.values()))
     if role == "pass":  # into a concat blob: the same channels, shifted by the slice offset
         for k, ch in list(new[src].items()):
-            new[dst].setdefault(k, _New(ch.pos + offset, ch.seq, ch.depth))
+            new[dst].setdefault(k, _NewChannel(ch.pos + offset, ch.seq, ch.depth))
         for k, ch in list(new[dst].items()):
             if offset < ch.pos <= offset + width:
-                new[src].setdefault(k, _New(ch.pos - offset, ch.seq, ch.depth))
+                new[src].setdefault(k, _NewChannel(ch.pos - offset, ch.seq, ch.depth))
         return sum(map(len, new.values())) > before
-    spread = math.prod(an.shapes[edge.src][1:]) if role == "flatten" else 1
+    spread = math.prod(analysis.shapes[edge.src][1:]) if role == "flatten" else 1
     for k, ch in sorted(new[src].items(), key=lambda kv: (kv[1].pos, kv[1].seq)):
         if k in created:
             continue
@@ -121,22 +117,22 @@ def _follow(
             continue
         pos = offset + (ch.pos * spread if role == "flatten" else width)
         created[k] = list(itertools.islice(counter, spread))
-        new[dst].update({j: _New(pos, j, ch.depth + 1) for j in created[k]})
+        new[dst].update({j: _NewChannel(pos, j, ch.depth + 1) for j in created[k]})
     return sum(map(len, new.values())) > before
 
 
-def _check(an: _Analysis, site: str, new: Plan, created: Links) -> None:
+def _check(analysis: _Analysis, site: str, new: Plan, created: Links) -> None:
     for i, channels in new.items():
-        if channels and an.groups[i].frozen:
-            g = an.groups[i]
+        if channels and analysis.groups[i].frozen:
+            g = analysis.groups[i]
             raise MorphError(f"cannot widen {site!r}: it is tied to blob {g.blobs[0]!r}, whose group {g.frozen}")
     for name, made in created.items():
-        edge = an.graph.edge(name)
-        if edge_role(edge, an.shapes) != "flatten":
+        edge = analysis.graph.edge(name)
+        if edge_role(edge, analysis.shapes) != "flatten":
             continue
-        offset, width = an.slices[name]
+        offset, width = analysis.slices[name]
         mine = {j for js in made.values() for j in js}
-        inside = {k for k, ch in new[an.group_of[edge.dst]].items() if offset < ch.pos <= offset + width}
+        inside = {k for k, ch in new[analysis.group_of[edge.dst]].items() if offset < ch.pos <= offset + width}
         if inside - mine:
             raise MorphError(f"cannot widen {site!r}: flatten {name!r} would have to write channels without input")
 
@@ -154,7 +150,7 @@ class _Layout:
         return torch.tensor(sorted(self.new.values()), dtype=torch.long)
 
 
-def _layout(channels: dict[int, _New], total: int, offset: int, width: int) -> _Layout:
+def _layout(channels: dict[int, _NewChannel], total: int, offset: int, width: int) -> _Layout:
     """The layout of the slice ``[offset, offset + width)`` of a group of ``total`` old channels."""
     ordered = sorted(channels.items(), key=lambda kv: (kv[1].pos, kv[1].seq))
     index = {k: ch.pos + j for j, (k, ch) in enumerate(ordered)}
@@ -195,17 +191,17 @@ def _random_filler(t: torch.Tensor, gen: torch.Generator) -> Callable[[list[int]
 class _Rewrite:
     """Applies a plan to one copy of the graph and weights."""
 
-    def __init__(self, an: _Analysis, new: Plan, created: Links, weights: Weights, gen: torch.Generator):
-        self.an, self.new, self.created, self.gen = an, new, created, gen
-        self.graph = an.graph.copy()
+    def __init__(self, analysis: _Analysis, new: Plan, created: Links, weights: Weights, gen: torch.Generator):
+        self.analysis, self.new, self.created, self.gen = analysis, new, created, gen
+        self.graph = analysis.graph.copy()
         self.weights = dict(weights)
         self.touched: list[str] = []
 
     def layout(self, blob: str, edge: str | None = None) -> _Layout:
         """The whole blob, or the slice layer ``edge`` writes in it."""
-        g = self.an.group_of[blob]
-        total = self.an.groups[g].width
-        offset, width = self.an.slices[edge] if edge else (0, total)
+        g = self.analysis.group_of[blob]
+        total = self.analysis.groups[g].width
+        offset, width = self.analysis.slices[edge] if edge else (0, total)
         return _layout(self.new[g], total, offset, width)
 
     def set(self, key: str, value: torch.Tensor) -> None:
@@ -214,36 +210,39 @@ class _Rewrite:
             self.touched.append(key)
 
     def run(self) -> None:
-        for edge in sorted(self.an.graph.edges(), key=lambda e: e.name):
-            if self.new[self.an.group_of[edge.src]] or self.new[self.an.group_of[edge.dst]]:
+        for edge in sorted(self.analysis.graph.edges(), key=lambda e: e.name):
+            if self.new[self.analysis.group_of[edge.src]] or self.new[self.analysis.group_of[edge.dst]]:
                 self.edge(edge)
 
     def edge(self, edge: Edge) -> None:
+        """Grow the layer's channel parameters as its type says (:meth:`Layer.channel_params`):
+        new output channels of a mixing layer get random filters (and zero biases), new input
+        channels zero weights, new channels of a channel-wise layer its pass-through values."""
         layer, name = edge.layer, edge.name
         inp = self.layout(edge.src)
-        if isinstance(layer, Linear) or (isinstance(layer, Conv2d) and layer.groups == 1):
-            out = self.layout(edge.dst, name)
-            w = self.weights[f"{name}.weight"]
-            self.set(f"{name}.weight", _grow(_grow(w, 0, out, _random_filler(w, self.gen)), 1, inp, _filler(0.0)))
-            if layer.bias:
-                self.set(f"{name}.bias", _grow(self.weights[f"{name}.bias"], 0, out, _filler(0.0)))
-            fields = ("in_features", "out_features") if isinstance(layer, Linear) else ("in_channels", "out_channels")
-            self.graph.set_layer(name, layer.replace(**{fields[0]: inp.size, fields[1]: out.size}))
-        elif isinstance(layer, Conv2d):  # depthwise: channel-wise, one filter per channel
-            w = self.weights[f"{name}.weight"]
-            self.set(f"{name}.weight", _grow(w, 0, inp, _random_filler(w, self.gen)))
-            if layer.bias:
-                self.set(f"{name}.bias", _grow(self.weights[f"{name}.bias"], 0, inp, _filler(0.0)))
-            self.graph.set_layer(name, layer.replace(in_channels=inp.size, out_channels=inp.size, groups=inp.size))
-        elif isinstance(layer, BatchNorm2d):
-            for param, value in (("weight", 1.0), ("bias", 0.0), ("running_mean", 0.0), ("running_var", 1.0)):
-                self.set(f"{name}.{param}", _grow(self.weights[f"{name}.{param}"], 0, inp, _filler(value)))
-            self.graph.set_layer(name, layer.replace(num_features=inp.size))
-        elif isinstance(layer, ParametricActivation) and layer.num_parameters > 1:
-            self.set(f"{name}.weight", _grow(self.weights[f"{name}.weight"], 0, inp, _filler(1.0)))
-            self.graph.set_layer(name, layer.replace(num_parameters=inp.size))
-        elif isinstance(layer, ShortcutA):
+        role = layer.channel_role(self.analysis.shapes[edge.src])
+        if role == "shortcut":
             self.graph.set_layer(name, self.shortcut(edge, inp))
+            return
+        if role not in ("mix", "pass"):
+            return
+        out = self.layout(edge.dst, name) if role == "mix" else inp
+        for param, (out_axis, in_axis) in layer.channel_params().items():
+            key = f"{name}.{param}"
+            if key not in self.weights:  # e.g. a convolution without bias
+                continue
+            value = original = self.weights[key]
+            if out_axis is not None:
+                fill = layer.channel_fill(param)
+                make = _filler(fill) if fill is not None else (
+                    _random_filler(original, self.gen) if param == "weight" else _filler(0.0))
+                value = _grow(value, out_axis, out, make)
+            if in_axis is not None:
+                value = _grow(value, in_axis, inp, _filler(0.0))
+            self.set(key, value)
+        resized = layer.with_channels(inp.size, out.size)
+        if resized != layer:
+            self.graph.set_layer(name, resized)
 
     def shortcut(self, edge: Edge, inp: _Layout) -> ShortcutA:
         """Old inputs keep their (moved) output channel; new inputs take the outputs made for them."""
@@ -274,27 +273,27 @@ def _target(width: int, params: dict[str, Any], site: str) -> int:
 
 def widen_sites(graph: ArchGraph) -> list[str]:
     """Blobs whose group (and everything linked to it) can grow: not the input, not the output."""
-    an = _Analysis.of(graph)
-    twice = _concatenated_twice(graph, an)
-    growable = [g for i, g in enumerate(an.groups) if i not in twice and _can_grow(an, g)]
+    analysis = _Analysis.of(graph)
+    twice = _concatenated_twice(graph, analysis)
+    growable = [g for i, g in enumerate(analysis.groups) if i not in twice and _can_grow(analysis, g)]
     return [blob for group in growable for blob in group.blobs]
 
 
-def _concatenated_twice(graph: ArchGraph, an: _Analysis) -> set[int]:
+def _concatenated_twice(graph: ArchGraph, analysis: _Analysis) -> set[int]:
     """Groups that reach one concat blob through two in-edges: their channel offsets cannot both move."""
     twice: set[int] = set()
     for blob in graph.blobs():
         if graph.merge(blob) == "concat":
-            ids = [an.group_of.get(e.src) for e in graph.in_edges(blob)]
+            ids = [analysis.group_of.get(e.src) for e in graph.in_edges(blob)]
             twice |= {i for i in ids if i is not None and ids.count(i) > 1}
     return twice
 
 
-def _can_grow(an: _Analysis, group: ChannelGroup) -> bool:
+def _can_grow(analysis: _Analysis, group: ChannelGroup) -> bool:
     if group.frozen:
         return False
     try:
-        plan(an, group.blobs[0], 1)
+        plan(analysis, group.blobs[0], 1)
     except MorphError:
         return False
     return True
@@ -309,16 +308,16 @@ def widen(graph: ArchGraph, weights: Weights, site: str, params: dict[str, Any],
     """Give blob ``site`` (and its tied group) more channels: random new filters, zero consumer weights."""
     if site not in graph.blobs():
         raise MorphError(f"widen: no blob named {site!r}")
-    an = _Analysis.of(graph)
-    if an.group_of[site] in _concatenated_twice(graph, an):
+    analysis = _Analysis.of(graph)
+    if analysis.group_of[site] in _concatenated_twice(graph, analysis):
         raise MorphError(f"widen: blob {site!r} reaches one concat blob through two inputs; it cannot grow")
-    width = an.groups[an.group_of[site]].width
+    width = analysis.groups[analysis.group_of[site]].width
     target = _target(width, params, site)
-    new, created = plan(an, site, target - width)
-    rewrite = _Rewrite(an, new, created, weights, ctx.generator)
+    new, created = plan(analysis, site, target - width)
+    rewrite = _Rewrite(analysis, new, created, weights, ctx.generator)
     rewrite.run()
     rewrite.graph.validate()
-    grown = [an.groups[i].blobs[0] for i, ch in new.items() if ch]
+    grown = [analysis.groups[i].blobs[0] for i, ch in new.items() if ch]
     return MorphResult(
         graph=rewrite.graph,
         weights=rewrite.weights,

@@ -32,6 +32,7 @@ from morphnas.morphnet.cycle import (
     Iteration,
     layer_widths,
     morphnet,
+    morphnet_from_scratch,
     parse_budget,
 )
 from morphnas.morphnet.regulariser import GammaRegulariser, channel_costs, regulariser, train_regularised
@@ -39,6 +40,7 @@ from morphnas.morphnet.regulariser import GammaRegulariser, channel_costs, regul
 __all__ = [
     "AGGREGATES", "DEFAULT_STRENGTH", "DEFAULT_THRESHOLD", "TARGETS", "ChannelMap", "CycleConfig", "CycleResult",
     "ExpandResult", "GammaRegulariser", "Iteration", "Removal", "ShrinkResult", "channel_costs", "expand_morph",
-    "expand_to_budget", "layer_widths", "morphnet", "narrowest_cost", "parse_budget", "regulariser", "remove_units",
+    "expand_to_budget", "layer_widths", "morphnet", "morphnet_from_scratch", "narrowest_cost", "parse_budget",
+    "regulariser", "remove_units",
     "scale_network", "select_dead", "select_fraction", "select_uniform", "shrink", "shrink_morph", "train_regularised",
 ]

@@ -24,7 +24,7 @@ from typing import Any
 from morphnas.errors import ConfigError
 from morphnas.ir import ArchGraph, Conv2d, Linear, Weights, compile_graph, cost, init_weights
 from morphnas.morph.channels import AGGREGATES, DEFAULT_THRESHOLD, TARGETS
-from morphnas.morph.expand import expand_to_budget
+from morphnas.morph.expand import expand_to_budget, narrowest_cost
 from morphnas.morph.shrink import shrink
 from morphnas.morphnet.regulariser import regulariser, train_regularised
 from morphnas.train import Dataset, TrainConfig, train
@@ -166,3 +166,45 @@ def morphnet(
         ))
     result.graph, result.weights = graph, weights
     return result
+
+
+def morphnet_from_scratch(
+    graph: ArchGraph,
+    data: Dataset,
+    config: CycleConfig,
+    *,
+    on_event: Callable[[str, dict[str, Any]], None] | None = None,
+) -> tuple[CycleResult, dict[str, Any]]:
+    """Train ``graph`` from fresh weights (seeded ``config.seed``) for ``config.epochs``, then run
+    :func:`morphnet` from it. Returns the result and a summary: costs, validation errors and
+    per-layer widths before and after (a removed layer has width 0), the target and the budget.
+
+    ConfigError, before any training, when the budget is below the cost of the narrowest
+    network (one channel per group). ``on_event("seed", ...)`` reports the trained seed.
+    """
+    floor = narrowest_cost(graph, config.target)
+    if config.budget < floor:
+        raise ConfigError(f"budget {config.budget:g} is below the cost of the narrowest network ({floor:g} "
+                          f"{config.target} with one channel per group)")
+    before = cost(graph)
+    model = compile_graph(graph, init_weights(graph, config.seed))
+    seed_run = train(model, data, config.train_config(config.epochs, config.seed))
+    if on_event is not None:
+        on_event("seed", {"val_error": seed_run.val_error, **before})
+    weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    result = morphnet(graph, weights, data, config, on_event=on_event)
+    after = cost(result.graph)
+    widths_before = layer_widths(graph)
+    summary = {
+        "macs_before": int(before["macs"]),
+        "macs_after": int(after["macs"]),
+        "params_before": int(before["params"]),
+        "params_after": int(after["params"]),
+        "val_error_before": seed_run.val_error,
+        "val_error_after": result.iterations[-1].val_error,
+        "widths_before": widths_before,
+        "widths_after": {**{name: 0 for name in widths_before}, **layer_widths(result.graph)},
+        "target": config.target,
+        "budget": config.budget,
+    }
+    return result, summary

@@ -38,14 +38,17 @@ from morphnas.execute import ChildJob, ChildResult, DatasetSpec, Executor, Local
 from morphnas.grammar.rules import get_rule
 from morphnas.grammar.sampling import suggest_descriptor, suggest_value
 from morphnas.grammar.space import Range, SearchSpace, parse_space
-from morphnas.ir import ArchGraph, compile_graph, cost, init_weights, load_arch
+from morphnas.ir import ArchGraph, compile_graph, cost, init_weights
 from morphnas.morph import verify
 from morphnas.search.budget import BudgetPlan, plan_budget
 from morphnas.search.lease import DriverLease
 from morphnas.search.lineages import BestLineages, ParentSelector
+from morphnas.search.seeds import seed_network
 from morphnas.search.study import (
+    INTERRUPTED,
     best_trial,
     default_storage,
+    failure_reason,
     final_trial,
     is_multi_objective,
     lineage,
@@ -59,7 +62,6 @@ from morphnas.search.study import (
 from morphnas.train import Dataset, TrainConfig, evaluate, load_checkpoint, load_dataset, save_checkpoint
 
 Event = Callable[[str, dict[str, Any]], None]
-INTERRUPTED = "interrupted: the search stopped while this child was running"
 CALIBRATION_IMAGES = 256
 
 
@@ -74,6 +76,7 @@ class SearchOptions:
     executor: Executor | None = None  # default: children one after another in this process, on all torch threads
     seed: int = 0
     resume: bool = False
+    force: bool = False  # resume even while another driver's lease is fresh (a driver known to be gone)
     budget_overrides: dict[str, Any] = field(default_factory=dict)  # generations, children, time_budget
     finetune_epochs: float | None = None  # fixed fine-tuning epochs (the first rung's with halving)
     device: str = "cpu"
@@ -120,8 +123,10 @@ class Search:
             except OSError as err:
                 raise ConfigError(f"--workdir {str(options.workdir)!r} cannot be created: {err.strerror}") from None
         self.storage = open_storage(self.storage_url)
-        if not options.resume:  # a bad data set fails before any study is created
+        self.seed_network: tuple[ArchGraph, dict[str, torch.Tensor]] | None = None
+        if not options.resume:  # a bad data set or seed fails before any study is created
             self.data = _load_data(options.space)
+            self.seed_network = _seed_network(options.space, self.data, options.seed)
         self.study = self._open_study()
         attrs = self.study.user_attrs
         # the study keeps the flags it was started with; flags given again on resume change them
@@ -159,7 +164,7 @@ class Search:
                 raise StudyError(f"cannot resume: no study named {o.study!r} in {shown_url(self.storage_url)}")
             study = optuna.load_study(study_name=o.study, storage=self.storage, sampler=self._sampler())
             self.lease = DriverLease(study)
-            self.lease.acquire()  # before touching any trial: another driver may be running it
+            self.lease.acquire(force=o.force)  # before touching any trial: another driver may be running it
             self._mark_interrupted(study)
             return study
         name = o.study or f"{o.space.name}-{datetime.now():%Y%m%d-%H%M%S}"
@@ -184,9 +189,9 @@ class Search:
 
     @staticmethod
     def _mark_interrupted(study: optuna.Study) -> None:
-        """Trials left RUNNING by a killed driver become FAIL; their slots are redone."""
+        """Trials left RUNNING by a killed driver become FAIL without a reason, which
+        :func:`failure_reason` reads as interrupted; their slots are redone."""
         for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            study._storage.set_trial_user_attr(trial._trial_id, "reason", INTERRUPTED)
             study.tell(trial.number, state=TrialState.FAIL)
 
     def _objectives(self, error: float, child_cost: dict[str, Any]) -> list[float]:
@@ -246,7 +251,7 @@ class Search:
         if any(val_error(t) < math.inf for t in self._trials() if t.user_attrs.get("generation") == 0):
             return
         s = self.space.seed
-        graph = load_arch(s.arch, self.data.input_shape, self.data.num_classes, **_arch_options(s))
+        graph, weights = self.seed_network or _seed_network(self.space, self.data, self.seed)  # or a resumed one's
         trial = self._ask()
         trial.set_user_attr("generation", 0)
         trial.set_user_attr("parent", None)
@@ -259,7 +264,7 @@ class Search:
             epochs=s.epochs, lr=s.lr, batch_size=s.batch_size, seed=self.seed, device=self.options.device,
             time_limit=plan.seed_seconds, cycle=(0.0, plan.seed_share) if self._lineage_schedule else (0.0, 1.0),
         )
-        job = ChildJob(trial.number, graph.to_json(), init_weights(graph, self.seed), config, self.dataset_spec)
+        job = ChildJob(trial.number, graph.to_json(), weights, config, self.dataset_spec)
         self.on_event("seed", {"trial": trial.number, "arch": s.arch, "epochs": s.epochs,
                                "seconds": plan.seed_seconds})
         for result in self.executor.run([job]):
@@ -271,7 +276,7 @@ class Search:
         trials = self._trials()
         done = [
             t for t in trials
-            if t.user_attrs.get("generation") == generation and t.user_attrs.get("reason") != INTERRUPTED
+            if t.user_attrs.get("generation") == generation and failure_reason(t) != INTERRUPTED
             and t.user_attrs.get("rule") != "final"
         ]
         slots = self.space.budget.children - len(done)
@@ -328,6 +333,8 @@ class Search:
 
     def _halve_out(self, result: ChildResult, rung: int, kept: int, ranked: int) -> None:
         trial = self.live.pop(result.key)
+        if result.node is not None:
+            trial.set_user_attr("node", result.node)
         for key, value in (("history", result.history), ("seconds", round(result.seconds, 3)),
                            ("val_error", result.val_error), ("val_loss", result.val_loss),
                            ("reason", f"halved out after rung {rung + 1}: not among the best {kept} of {ranked}")):
@@ -468,6 +475,8 @@ class Search:
         return trial
 
     def _finish(self, trial: optuna.Trial, graph: ArchGraph, child_cost: dict, result: ChildResult) -> None:
+        if result.node is not None:
+            trial.set_user_attr("node", result.node)
         trial.set_user_attr("history", result.history)
         trial.set_user_attr("seconds", round(result.seconds, 3))
         if result.status == "failed":
@@ -630,8 +639,10 @@ def _pruner(space: SearchSpace) -> optuna.pruners.BasePruner:
     return optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=0)
 
 
-def _arch_options(seed) -> dict[str, Any]:
-    return {"shortcut": seed.shortcut} if seed.arch.startswith("resnet") else {}
+def _seed_network(space: SearchSpace, data: Dataset, seed: int) -> tuple[ArchGraph, dict[str, torch.Tensor]]:
+    s = space.seed
+    options = {"shortcut": s.shortcut} if s.arch.startswith("resnet") else {}
+    return seed_network(s.arch, data.input_shape, data.num_classes, dataset=data.name, seed=seed, **options)
 
 
 def _over_limits(space: SearchSpace, child_cost: dict[str, Any]) -> str | None:

@@ -32,14 +32,16 @@ class DriverLease:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def acquire(self) -> None:
-        """Take the lease, or raise StudyError naming the driver that holds it."""
+    def acquire(self, force: bool = False) -> None:
+        """Take the lease, or raise StudyError naming the driver that holds it; ``force`` takes
+        it from a holder that still looks alive (the user knows it is gone)."""
         held = self.study.user_attrs.get(ATTR)
-        if held and _alive(held) and {k: held.get(k) for k in self.me} != self.me:
+        if held and not force and _alive(held) and {k: held.get(k) for k in self.me} != self.me:
             age = time.time() - float(held["renewed"])
             raise StudyError(
                 f"study {self.study.study_name!r} is being run by another driver (pid {held['pid']} on "
-                f"{held['host']}, {age:.0f} s ago); resume it once that search has ended or was stopped"
+                f"{held['host']}, renewed {age:.0f} s ago); resume it once that search has ended or was stopped "
+                f"(--force takes it over, if you know that driver is gone)"
             )
         self._renew()
 

@@ -157,6 +157,16 @@ def lineage(study: optuna.Study, number: int) -> list[FrozenTrial]:
     return chain[::-1]
 
 
+INTERRUPTED = "interrupted: the search stopped while this child was running"
+
+
+def failure_reason(trial: FrozenTrial) -> str | None:
+    """Why ``trial`` did not complete, as recorded; a FAIL trial that records no reason was
+    running when its driver was killed (marked FAIL by the next resume)."""
+    reason = trial.user_attrs.get("reason")
+    return INTERRUPTED if reason is None and trial.state == TrialState.FAIL else reason
+
+
 COLUMNS = [
     "number", "state", "generation", "parent", "rule", "morphs", "val_error", "val_loss", "test_error", "params",
     "macs", "preservation_error", "exact", "duration_s", "reason",
@@ -184,7 +194,7 @@ def trials_frame(study: optuna.Study) -> pandas.DataFrame:
             "preservation_error": a.get("preservation_error"),
             "exact": a.get("exact"),
             "duration_s": duration,
-            "reason": a.get("reason"),
+            "reason": failure_reason(t),
         })
     import pandas as pd  # only tables need it: `morphnas studies list` starts without it
 
@@ -199,7 +209,7 @@ def load_trials(storage: str, study: str) -> pandas.DataFrame:
 def trial_checkpoint(study: optuna.Study, trial: FrozenTrial) -> Path:
     """The checkpoint directory of a completed trial; StudyError for a trial that has none."""
     if trial.state != TrialState.COMPLETE or "checkpoint" not in trial.user_attrs:
-        reason = trial.user_attrs.get("reason", "")
+        reason = failure_reason(trial)
         raise StudyError(
             f"trial {trial.number} of {study.study_name!r} is {trial.state.name} and has no checkpoint"
             + (f" ({reason})" if reason else "")

@@ -1,0 +1,51 @@
+"""Where a search starts: the seed network a space names, with its first weights.
+
+``seed.arch`` in a search space is one of
+
+- a built-in seed (``resnet8``, ``resnet20``, ``cnn``, ``mlp``, ...): fresh weights;
+- an architecture JSON file (``morphnas arch save``): fresh weights;
+- ``torchvision:NAME`` or ``MODULE:ATTR`` (an ``nn.Module`` or a factory of one): imported with
+  :func:`~morphnas.ir.from_torch` at the data set's input shape, with the module's own weights
+  (random for torchvision, which downloads nothing);
+- a checkpoint directory (``arch.json`` + ``weights.safetensors``: ``morphnas import``, an
+  exported bundle, a trial of an earlier search): its architecture and weights, a warm start.
+
+The network must take the data set's input shape and give one output per class; anything
+else is refused with one line before a study is created.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from morphnas.errors import ConfigError
+from morphnas.ir import ArchGraph, check_fits, from_torch, init_weights, load_arch
+from morphnas.ir.importer import build_module
+from morphnas.train import load_checkpoint
+
+
+def seed_network(arch: str, input_shape: tuple[int, ...], num_classes: int, *, dataset: str = "the data set",
+                 seed: int = 0, **options) -> tuple[ArchGraph, dict[str, torch.Tensor]]:
+    """The seed ``arch`` names (see the module docstring) and its first weights; ``options`` go to
+    the built-in seeds (e.g. ``shortcut`` for the ResNets), ``seed`` seeds fresh weights."""
+    path = Path(arch)
+    if path.is_dir():
+        if not (path / "arch.json").is_file():
+            raise ConfigError(f"seed {arch!r} is a directory without an arch.json: not a checkpoint")
+        graph_json, weights, _ = load_checkpoint(path)
+        graph = ArchGraph.from_json(graph_json)
+    elif ":" in arch and not path.exists():
+        module = build_module(arch, num_classes if arch.startswith("torchvision:") else None)
+        imported = from_torch(module, input_shape, seed=seed)
+        graph, weights = imported.graph, imported.weights
+    else:
+        graph = load_arch(arch, input_shape, num_classes, **options)
+        weights = init_weights(graph, seed)
+    try:
+        check_fits(graph, input_shape, num_classes, dataset)
+    except ConfigError as err:
+        raise ConfigError(f"seed {arch!r}: {err}") from None
+    return graph, weights
+
