@@ -10,7 +10,9 @@ express is refused with one line naming the node and its op: nothing is approxim
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import io
 import math
 import operator
 import os
@@ -435,10 +437,12 @@ def from_torch(
         traced.graph.eliminate_dead_code()
         traced.recompile()
         with torch.no_grad():
-            try:
-                ShapeProp(traced).propagate(example)
+            try:  # ShapeProp prints a traceback of its own on failure: keep it out of the user's terminal
+                with contextlib.redirect_stderr(io.StringIO()):
+                    ShapeProp(traced).propagate(example)
             except Exception as err:  # noqa: BLE001 - the user's module fails on this input
-                line = " ".join(str(err).split())[:200]
+                cause = err.__cause__ or err  # ShapeProp wraps the module's own error
+                line = " ".join(f"{type(cause).__name__}: {cause}".split())[:200]
                 raise TorchImportError(f"{type(module).__name__} fails on an input of shape {tuple(example.shape)}: "
                                        f"{line}") from None
         importer = _Importer(traced, input_shape)
