@@ -78,7 +78,7 @@ def run_search_arm(arm: str, space: SearchSpace, split: int) -> dict[str, Any]:
     elif arm == "random":
         options["sampler"] = optuna.samplers.RandomSampler(seed=split)
     started = time.monotonic()
-    # children side by side, a core each, as `morphnas search` runs them by default
+    # children side by side, a core each (`morphnas search --executor processes`)
     with tempfile.TemporaryDirectory() as workdir, ProcessExecutor() as executor:
         summary = run_search(SearchOptions(space=space, workdir=Path(workdir), study="bench", seed=split,
                                            executor=executor, **options))

@@ -82,29 +82,36 @@ def test_processes_by_name_and_bad_workers():
 
 
 DRIVER = """
-import multiprocessing, sys, time
+import multiprocessing, sys, threading, time
 from test_execute_local import make_job
 from morphnas.execute import ProcessExecutor
 
 if __name__ == "__main__":
     executor = ProcessExecutor(workers=2)
-    list(executor.run([make_job(1, net="mlp"), make_job(2, net="mlp")]))
+    run = lambda: list(executor.run([make_job(1, net="mlp"), make_job(2, net="mlp")]))
+    if sys.argv[1] == "starting":  # killed while the workers still import torch
+        threading.Thread(target=run, daemon=True).start()
+        while len(multiprocessing.active_children()) < 2:
+            time.sleep(0.01)
+    else:
+        run()
     print(" ".join(str(p.pid) for p in multiprocessing.active_children()), flush=True)
     time.sleep(600)
 """
 
 
-def test_workers_end_when_their_driver_is_killed(tmp_path):
+@pytest.mark.parametrize("when", ["starting", "idle"])
+def test_workers_end_when_their_driver_is_killed(tmp_path, when):
     script = tmp_path / "driver.py"
     script.write_text(DRIVER)
     tests = str(Path(__file__).parent)
-    driver = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
+    driver = subprocess.Popen([sys.executable, str(script), when], stdout=subprocess.PIPE, text=True,
                               env={**os.environ, "PYTHONPATH": os.pathsep.join([tests, *sys.path])})
     pids = [int(p) for p in driver.stdout.readline().split()]
     assert len(pids) >= 2, "the workers did not start"
     driver.kill()
     driver.wait()
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 20
     while time.monotonic() < deadline and any(alive(pid) for pid in pids):
         time.sleep(0.2)
     assert not [pid for pid in pids if alive(pid)], "workers outlived their killed driver"

@@ -167,9 +167,9 @@ def search(
     study: str = typer.Option(None, "--study", help="Study name (default: <space>-<timestamp>)."),
     workdir: Path = typer.Option(Path("runs"), "--workdir", help="Checkpoints and the default database."),
     executor: str = typer.Option(
-        "processes", "--executor",
-        help="processes (children side by side on this machine, a core each), local (in-process, one child at a "
-             "time, on every core) or ray."),
+        "local", "--executor",
+        help="local (in-process, one child at a time, on every core), processes (children side by side on this "
+             "machine, a core each) or ray."),
     ray_address: str = typer.Option(None, "--ray-address", help="Join a Ray cluster (implies --executor ray)."),
     gpus_per_child: float = typer.Option(0.0, "--gpus-per-child", min=0.0, help="Fraction of a GPU per child."),
     cpus_per_child: float = typer.Option(None, "--cpus-per-child", min=0.0, help="CPUs per child."),

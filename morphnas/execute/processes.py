@@ -30,7 +30,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
@@ -52,9 +52,10 @@ WATCH_SECONDS = 0.5
 _worker: dict[str, Any] = {}  # in a worker: the queue to the driver and this worker's answers
 
 
-def _start_worker(reports: Any, answers: list[Any], counter: Any) -> None:
+def _start_worker(reports: Any, answers: list[Any], counter: Any, driver: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
-    threading.Thread(target=_exit_with_driver, args=(os.getppid(),), daemon=True).start()
+    # the driver's pid, not getppid() now: a driver killed while this worker started is gone already
+    threading.Thread(target=_exit_with_driver, args=(driver,), daemon=True).start()
     with counter.get_lock():
         index = counter.value
         counter.value += 1
@@ -101,7 +102,8 @@ class ProcessExecutor(Executor):
             self._reports = context.Queue()
             self._answers = [context.Queue() for _ in range(self.workers)]
             self._pool = ProcessPoolExecutor(self.workers, mp_context=context, initializer=_start_worker,
-                                             initargs=(self._reports, self._answers, context.Value("i", 0)))
+                                             initargs=(self._reports, self._answers, context.Value("i", 0),
+                                                       os.getpid()))
         return self._pool
 
     def run(self, jobs: list[ChildJob], on_epoch: EpochCallback | None = None) -> Iterator[ChildResult]:
@@ -119,7 +121,12 @@ class ProcessExecutor(Executor):
         try:
             while pending:
                 self._answer(on_epoch)
-                done, pending = wait(pending, timeout=POLL_SECONDS, return_when=FIRST_COMPLETED)
+                # polled, not concurrent.futures.wait(): a Ctrl-C inside wait() can leave a future's
+                # lock held, and the pool's manager thread then never finishes (a hang seen once)
+                done = {future for future in pending if future.done()}
+                if not done:
+                    time.sleep(POLL_SECONDS)
+                pending -= done
                 for future in done:
                     yield self._result(futures[future], future)
         finally:
