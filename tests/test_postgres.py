@@ -52,13 +52,14 @@ def test_search_studies_and_resume_on_postgresql_never_print_the_password(tmp_pa
 
 
 def driver(tmp_path, url, *args):
-    """``morphnas search`` on PostgreSQL in a subprocess: 2 generations x 2 children of 2 epochs."""
+    """``morphnas search`` on PostgreSQL in a subprocess: 2 generations x 2 children of 30 epochs (long
+    enough that a second driver starts while the first still runs)."""
     space = tmp_path / "slow.yaml"
     space.write_text(json.dumps({
         "name": "slow", "dataset": {"name": "digits"},
         "seed": {"arch": "cnn", "epochs": 2, "lr": 0.1, "batch_size": 64},
         "rules": {"widen": {"params": {"factor": [1.5]}}, "deepen": {}},
-        "finetune": {"epochs": 2, "batch_size": 64}, "final": {"epochs": 1, "batch_size": 64},
+        "finetune": {"epochs": 30, "batch_size": 64}, "final": {"epochs": 1, "batch_size": 64},
         "budget": {"generations": 2, "children": 2},
     }))
     command = [sys.executable, "-c", "from morphnas.cli import app; app()", "search", "--space", str(space),
@@ -85,6 +86,7 @@ def test_two_drivers_on_one_postgresql_study_and_a_killed_one_resumed(tmp_path, 
     second = driver(tmp_path, url, "--resume")
     _, err = second.communicate(timeout=120)
     assert second.returncode == 2 and len(err.strip().splitlines()) == 1 and "being run by another driver" in err
+    assert first.poll() is None, "the first driver ended before it could be killed"
     first.send_signal(signal.SIGKILL)
     first.wait()
     before = finished(url)
