@@ -173,3 +173,26 @@ def test_reserved_or_invalid_layer_names_rejected(name):
     g = small()
     with pytest.raises(GraphError, match="not an identifier or is reserved"):
         g.add_layer(name, "a", "b", Identity())
+
+
+def test_surgery_keeps_concat_slots_and_copies_are_independent():
+    graph = ArchGraph((2, 5, 5))
+    for blob in ("input", "a"):
+        graph.add_blob(blob)
+    graph.add_blob("cat", merge="concat")
+    graph.add_layer("c1", "input", "a", Conv2d(2, 3, 3, padding=1))
+    graph.add_layer("l", "a", "cat", Identity())
+    graph.add_layer("r", "input", "cat", Conv2d(2, 4, 1))
+    copy = graph.copy()
+    assert copy.to_json() == graph.to_json()
+
+    copy.replace_edge("l", [("l_x", Conv2d(3, 3, 1)), ("l_y", Identity())])
+    assert [e.name for e in copy.in_edges("cat")] == ["l_y", "r"]
+    copy.insert_after("r", [("r_bn", BatchNorm2d(4))])
+    assert [e.name for e in copy.in_edges("cat")] == ["l_y", "r_bn"]
+    src, joint = copy.open_edge("l_y")
+    assert src == "l_x" and copy.merge(joint) == "add"
+    assert [e.name for e in copy.in_edges("cat")] == ["l_y_join", "r_bn"]
+    copy.rewire_source("c1", "input", Conv2d(2, 3, 1))
+    assert copy.layer("c1").kernel_size == 1 and copy.edge("c1").src == "input"
+    assert graph.layer("c1").kernel_size == 3 and [e.name for e in graph.in_edges("cat")] == ["l", "r"]

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from test_morph_depth import concat_net
 
 from morphnas.errors import MorphError
 from morphnas.grammar.rules import RULES
@@ -43,6 +44,16 @@ def test_module_morph_is_exact_in_float32_and_float64(net, template, site):
     module_edges = MODULES[template].number_of_edges()
     convs = [n for n in r32.new_weights if n.endswith(".weight") and r32.weights[n].dim() == 4]
     assert len(convs) == module_edges
+
+
+def test_a_conv_into_a_concat_blob_becomes_a_module_in_its_slot():
+    graph = concat_net()  # "ib", a 1x1 conv, is the second of two operands of concat blob "cat"
+    weights = as_double(randomise_bn(init_weights(graph, 3)))
+    res = apply_morph("morph_module", graph, weights, "ib", {"template": "B"}, seed=1)
+    assert res.exact, res.note
+    join = res.graph.in_edges("cat")[1]
+    assert join.name == "ib_join" and res.graph.merge(join.src) == "add"  # the module sums, then takes ib's slot
+    assert verify(graph, weights, res.graph, res.weights, dtype=torch.float64).max_rel_err <= 1e-10
 
 
 def test_module_from_json_and_two_wide_convs_on_a_path_is_approximate(net):

@@ -1,7 +1,7 @@
 """The architecture graph: blobs and layers, shapes, JSON, compilation to torch, cost."""
 
 from morphnas.ir.compile import Weights, compile_graph, init_weights, load_weights
-from morphnas.ir.graph import ArchGraph, Edge
+from morphnas.ir.graph import ArchGraph, Chain, Edge
 from morphnas.ir.importer import Imported, from_torch
 from morphnas.ir.layers import (
     LAYER_TYPES,
@@ -25,7 +25,7 @@ from morphnas.ir.seeds import RESNET_DEPTHS, SEEDS, arch_to_file, build_seed, ch
 
 __all__ = [
     "LAYER_TYPES", "RESNET_DEPTHS", "SEEDS", "Activation", "ArchGraph", "BatchNorm1d", "BatchNorm2d",
-    "Conv2d", "Dropout", "Edge", "Flatten", "GlobalAvgPool", "Identity", "Imported", "Layer", "Linear",
+    "Chain", "Conv2d", "Dropout", "Edge", "Flatten", "GlobalAvgPool", "Identity", "Imported", "Layer", "Linear",
     "ParametricActivation", "Pool2d", "ShortcutA", "Weights", "arch_to_file", "build_seed", "cnn",
     "check_fits", "compile_graph", "cost", "count_macs", "count_params", "from_torch", "init_weights",
     "layer_from_dict", "load_arch",

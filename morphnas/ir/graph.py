@@ -19,13 +19,16 @@ import networkx as nx
 import torch
 
 from morphnas.errors import GraphError
-from morphnas.ir.layers import Layer, Shape, layer_from_dict
+from morphnas.ir.layers import Identity, Layer, Shape, layer_from_dict
 
 FORMAT = "morphnas.arch"
 VERSION = 1
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Layer names become submodule attributes of the compiled module: no keywords, no nn.Module members.
 _RESERVED = frozenset(keyword.kwlist) | frozenset(dir(torch.nn.Module)) | {"code", "graph", "training", "x"}
+
+
+Chain = list[tuple[str, Layer]]  # new layers in order, each as (name stem, layer spec)
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,69 @@ class ArchGraph:
         if sorted(order) != sorted(names):
             raise GraphError(f"blob {blob!r}: order {order} must list exactly its in-layers {sorted(names)}")
         self.nx.nodes[blob]["order"] = list(order)
+
+    # surgery: rewrites that keep an edge's slot in a concat blob (so no channels move) ---------
+    def add_chain(self, src: str, dst: str, chain: Chain) -> list[str]:
+        """Add ``chain`` from ``src`` to ``dst``, each new blob between two layers named after its layer."""
+        names = []
+        for i, (stem, layer) in enumerate(chain):
+            name = self.fresh_name(stem)
+            out = dst if i == len(chain) - 1 else self.add_blob(name)
+            self.add_layer(name, src, out, layer)
+            names.append(name)
+            src = out
+        return names
+
+    def replace_edge(self, name: str, chain: Chain) -> list[str]:
+        """Replace edge ``name`` (src -> dst) by a chain of layers; the last takes its concat slot."""
+        edge, order = self.edge(name), self._concat_order(self.edge(name).dst)
+        self.remove_layer(name)
+        names = self.add_chain(edge.src, edge.dst, chain)
+        self._take_slot(edge.dst, order, name, names[-1])
+        return names
+
+    def insert_after(self, name: str, chain: Chain) -> list[str]:
+        """Put ``chain`` on the output of edge ``name``, before it reaches its destination blob."""
+        edge, order = self.edge(name), self._concat_order(self.edge(name).dst)
+        self.remove_layer(name)
+        mid = self.add_blob(self.fresh_name(f"{name}_out"))
+        self.add_layer(name, edge.src, mid, edge.layer)
+        names = self.add_chain(mid, edge.dst, chain)
+        self._take_slot(edge.dst, order, name, names[-1])
+        return names
+
+    def open_edge(self, name: str) -> tuple[str, str]:
+        """Remove edge ``name`` and return ``(src, joint)``: a blob that sums whatever is added into it.
+
+        ``joint`` is the edge's destination when that is an add blob; a concat destination gets a
+        new add blob instead, joined by an identity edge in the old edge's slot.
+        """
+        edge, order = self.edge(name), self._concat_order(self.edge(name).dst)
+        self.remove_layer(name)
+        if order is None:
+            return edge.src, edge.dst
+        joint = self.add_blob(self.fresh_name(f"{name}_sum"))
+        self._take_slot(edge.dst, order, name, self.add_chain(joint, edge.dst, [(f"{name}_join", Identity())])[0])
+        return edge.src, joint
+
+    def replace_parallel(self, name: str, branches: Chain) -> list[str]:
+        """Replace edge ``name`` by parallel edges whose outputs are added (eq. 4's split and joint)."""
+        src, joint = self.open_edge(name)
+        return [self.add_chain(src, joint, [branch])[0] for branch in branches]
+
+    def rewire_source(self, name: str, src: str, layer: Layer) -> None:
+        """Move edge ``name`` to read from ``src`` (with a new spec), keeping its concat slot."""
+        edge, order = self.edge(name), self._concat_order(self.edge(name).dst)
+        self.remove_layer(name)
+        self.add_layer(name, src, edge.dst, layer)
+        self._take_slot(edge.dst, order, name, name)
+
+    def _concat_order(self, blob: str) -> list[str] | None:
+        return [e.name for e in self.in_edges(blob)] if self.merge(blob) == "concat" else None
+
+    def _take_slot(self, blob: str, order: list[str] | None, old: str, new: str) -> None:
+        if order is not None:
+            self.reorder(blob, [new if n == old else n for n in order])
 
     def fresh_name(self, stem: str) -> str:
         """A name not yet used by any blob or layer: ``stem``, else ``stem_1``, ``stem_2``, ..."""
@@ -263,7 +329,13 @@ class ArchGraph:
         return self
 
     def copy(self) -> ArchGraph:
-        return ArchGraph.from_json(self.to_json())
+        """A structural copy; layer specs are frozen, so they are shared."""
+        new = ArchGraph(self.input_shape)
+        for blob in self.blobs():
+            new.add_blob(blob, self.merge(blob), self._concat_order(blob))
+        for edge in self.edges():
+            new.add_layer(edge.name, edge.src, edge.dst, edge.layer)
+        return new
 
     # JSON ---------------------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:

@@ -18,7 +18,6 @@ from morphnas.ir import ArchGraph, Conv2d, Weights
 from morphnas.modules.kernels import pad_kernel, split_parallel
 from morphnas.morph.base import MorphContext, MorphResult, register
 from morphnas.morph.sites import (
-    clone,
     conv_edges,
     float_dtype,
     graph_errors_as,
@@ -26,7 +25,6 @@ from morphnas.morph.sites import (
     layer_state,
     morph_result,
     parse_params,
-    replace_parallel,
     site_edge,
     without,
 )
@@ -75,9 +73,9 @@ def branch(graph: ArchGraph, weights: Weights, site: str, params: dict[str, Any]
     g = weights[f"{site}.weight"].to(torch.float64)
     r = _random_on_scale(g, (conv.out_channels, conv.in_channels, small, small), ctx.generator)
     kernels = split_parallel(g, r, (k1, k2))  # F1 = R when F1 is the smaller (or equal) branch
-    child = clone(graph)
+    child = graph.copy()
     with graph_errors_as("branch"):
-        names = replace_parallel(child, site, [(f"{site}_b1", layers[0]), (f"{site}_b2", layers[1])])
+        names = child.replace_parallel(site, [(f"{site}_b1", layers[0]), (f"{site}_b2", layers[1])])
     dtype = float_dtype(weights)
     biases: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]] = ({}, {})
     if conv.bias:
@@ -111,7 +109,7 @@ def grow_kernel(
         raise MorphError(f"grow_kernel: kernel must be an integer above {conv.kernel_size}, got {kernel!r}")
     if (kernel - conv.kernel_size) % 2:
         raise MorphError(f"grow_kernel: kernel must be {conv.kernel_size} plus an even number, got {kernel}")
-    child = clone(graph)
+    child = graph.copy()
     child.set_layer(site, conv.replace(kernel_size=kernel, padding=conv.padding + (kernel - conv.kernel_size) // 2))
     key = f"{site}.weight"
     out = {**weights, key: pad_kernel(weights[key], kernel)}

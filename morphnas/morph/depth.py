@@ -19,26 +19,22 @@ from typing import Any
 import torch
 
 from morphnas.errors import MorphError
-from morphnas.ir import ArchGraph, BatchNorm2d, Conv2d, Edge, Layer, Linear, ParametricActivation, Weights
+from morphnas.ir import ArchGraph, BatchNorm2d, Chain, Conv2d, Edge, Layer, Linear, ParametricActivation, Weights
 from morphnas.modules.kernels import compose, delta, pad_kernel
 from morphnas.morph.base import MorphContext, MorphResult, register
 from morphnas.morph.sites import (
-    Chain,
     batchnorm,
     calibrate,
-    clone,
     conv_edges,
     float_dtype,
     graph_errors_as,
     identity_bn_state,
-    insert_after,
     kernel_pair,
     layer_state,
     linear_edges,
     morph_result,
     pact_state,
     parse_params,
-    replace_edge,
     site_edge,
     without,
 )
@@ -261,12 +257,12 @@ def deepen(graph: ArchGraph, weights: Weights, site: str, params: dict[str, Any]
     edge = site_edge(graph, site, (Conv2d, Linear))
     f = _factors(edge, weights, p, ctx.generator)
     dtype = float_dtype(weights)
-    child = clone(graph)
+    child = graph.copy()
     image = isinstance(edge.layer, Conv2d)
     with graph_errors_as("deepen"):
         first, second = _factor_layers(edge, f)
         chain = [(f"{site}_a", first), *_middle(f.f1.shape[0], image, p, f"{site}_a"), (f"{site}_b", second)]
-        names = replace_edge(child, site, chain)
+        names = child.replace_edge(site, chain)
     w1, w2 = (f.f1, f.f2) if image else (f.f1[:, :, 0, 0], f.f2[:, :, 0, 0])
     new = layer_state(names[0], first, dtype, weight=w1)
     new.update(new_layer_weights(child, names[1:-1], dtype))
@@ -291,10 +287,10 @@ def insert_pact(
     """
     p = parse_params(params, {"kind": "relu"}, "insert_pact")
     site_edge(graph, site, (Layer,))
-    child = clone(graph)
+    child = graph.copy()
     with graph_errors_as("insert_pact"):
         layer = ParametricActivation(p["kind"])
-        names = insert_after(child, site, [(f"{site}_act", layer)])
+        names = child.insert_after(site, [(f"{site}_act", layer)])
     out = {**weights, **pact_state(names[0], layer, float_dtype(weights))}
     return morph_result("insert_pact", child, out, site, params, names)
 
@@ -313,10 +309,10 @@ def insert_bn(graph: ArchGraph, weights: Weights, site: str, params: dict[str, A
     """
     parse_params(params, {}, "insert_bn")
     edge = site_edge(graph, site, (Conv2d, Linear))
-    child = clone(graph)
+    child = graph.copy()
     image = isinstance(edge.layer, Conv2d)
     features = edge.layer.out_channels if image else edge.layer.out_features
-    names = insert_after(child, site, [(f"{site}_bn", batchnorm(features, image))])
+    names = child.insert_after(site, [(f"{site}_bn", batchnorm(features, image))])
     out = {**weights, **new_layer_weights(child, names, float_dtype(weights))}
     out = calibrate(child, out, names, ctx.calibration)
     note = "calibrated" if ctx.calibration is not None else "statistics 0/1: the identity in eval mode only"

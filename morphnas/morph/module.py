@@ -6,6 +6,7 @@ morphing sequence (simple morphable) or from Algorithm 2 on the irreducible core
 eq. 5 then holds up to the solver's residual. In the network each internal vertex of the
 module becomes a sum blob followed by a calibrated identity batch norm and a P-activation at
 a = 1 (section 3.7, eqs. 8-9), so the child can learn non-linearities from an exact start.
+A convolution into a concat blob keeps its slot: the module's sink is a new sum blob there.
 
 The morph is exact when the solver converged and no source-to-sink path stacks two convs wider
 than 1x1 (with zero padding such a path equals one conv only away from the borders); otherwise
@@ -44,13 +45,11 @@ DEFAULTS: dict[str, Any] = {"template": "A", "module": None, "width": None, "max
 
 
 def module_sites(graph: ArchGraph) -> list[str]:
-    """Stride-1 "same" convolutions up to 3x3 (what modules (A)-(D) carry) into an add blob."""
+    """Stride-1 "same" convolutions up to 3x3 (what modules (A)-(D) carry)."""
     out = []
     for name in conv_edges(graph):
-        edge = graph.edge(name)
-        conv = edge.layer
-        same = conv.stride == 1 and conv.padding == conv.kernel_size // 2
-        if same and conv.kernel_size <= 3 and graph.merge(edge.dst) == "add":
+        conv = graph.layer(name)
+        if conv.stride == 1 and conv.padding == conv.kernel_size // 2 and conv.kernel_size <= 3:
             out.append(name)
     return out
 
@@ -74,7 +73,7 @@ def morph_module(
     p = parse_params(params, DEFAULTS, "morph_module")
     if site not in module_sites(graph):
         site_edge(graph, site, (Conv2d,))
-        raise MorphError(f"morph_module: {site!r} is not a stride-1 'same' convolution into an add blob")
+        raise MorphError(f"morph_module: {site!r} is not a stride-1 'same' convolution")
     edge = graph.edge(site)
     conv: Conv2d = edge.layer
     module = _module(p)
@@ -93,20 +92,15 @@ def morph_module(
                      max_sweeps=p["max_sweeps"], tol=SOLVER_TOLERANCE, seed=seed)
 
     child, dtype = graph.copy(), float_dtype(weights)
-    child.remove_layer(site)
+    into = dict(zip((source, sink), child.open_edge(site), strict=True))  # where a module edge writes to
+    out_of = dict(into)  # where a module edge reads from
     new_weights = without(weights, [site])
-    into = {source: edge.src, sink: edge.dst}  # where a module edge reads from / writes to
-    out_of = dict(into)
     created, bns = [], []
     for v in inner:
         into[v] = child.add_blob(child.fresh_name(f"{site}_{v}"))
-        bn_layer, pact = batchnorm(channels[v], True), ParametricActivation("relu", 1)
-        bn, act = child.fresh_name(f"{site}_{v}_bn"), None
-        normed = child.add_blob(child.fresh_name(f"{site}_{v}_normed"))
-        child.add_layer(bn, into[v], normed, bn_layer)
-        act = child.fresh_name(f"{site}_{v}_act")
         out_of[v] = child.add_blob(child.fresh_name(f"{site}_{v}_out"))
-        child.add_layer(act, normed, out_of[v], pact)
+        bn_layer, pact = batchnorm(channels[v], True), ParametricActivation("relu", 1)
+        bn, act = child.add_chain(into[v], out_of[v], [(f"{site}_{v}_bn", bn_layer), (f"{site}_{v}_act", pact)])
         new_weights.update(identity_bn_state(bn, bn_layer, dtype))
         new_weights.update(pact_state(act, pact, dtype))
         created += [bn, act]

@@ -37,7 +37,6 @@ from morphnas.morph.base import MorphContext, MorphRecord, MorphResult, apply_mo
 from morphnas.morph.depth import new_bns, new_layer_weights
 from morphnas.morph.sites import (
     calibrate,
-    clone,
     descendants,
     float_dtype,
     graph_errors_as,
@@ -46,9 +45,6 @@ from morphnas.morph.sites import (
     layer_state,
     morph_result,
     parse_params,
-    replace_edge,
-    replace_parallel,
-    rewire_source,
     site_edge,
 )
 
@@ -64,9 +60,9 @@ def split_identity(
     """
     parse_params(params, {}, "split_identity")
     scale = site_edge(graph, site, (Identity,)).layer.scale
-    child = clone(graph)
+    child = graph.copy()
     half = Identity(scale / 2)
-    names = replace_parallel(child, site, [(f"{site}_h1", half), (f"{site}_h2", half)])
+    names = child.replace_parallel(site, [(f"{site}_h1", half), (f"{site}_h2", half)])
     return morph_result("split_identity", child, dict(weights), site, params, names, note=f"{names[0]} + {names[1]}")
 
 
@@ -103,8 +99,8 @@ def identity_to_conv_path(
             (f"{site}_conv2", Conv2d(c, c, k2, 1, k2 // 2, bias=False)),
             (f"{site}_bn2", BatchNorm2d(c)),
         ]
-    child = clone(graph)
-    names = replace_edge(child, site, chain)
+    child = graph.copy()
+    names = child.replace_edge(site, chain)
     dtype = float_dtype(weights)
     out = {**weights, **new_layer_weights(child, names, dtype)}
     out.update(layer_state(names[0], chain[0][1], dtype, weight=delta(c, c, k1)))
@@ -165,7 +161,7 @@ def add_skip(graph: ArchGraph, weights: Weights, site: str, params: dict[str, An
     if not _add_fits(graph, u, v, shapes):
         raise MorphError(f"add_skip: no 1x1 skip maps {u!r} {shapes[u]} onto add blob {v!r} {shapes[v]}")
     layer = _skip_layer(shapes[u], shapes[v])
-    child = clone(graph)
+    child = graph.copy()
     name = child.add_layer(child.fresh_name(f"skip_{u}_{v}"), u, v, layer)
     dtype = float_dtype(weights)
     zero = torch.zeros(layer.build().weight.shape)  # type: ignore[union-attr]
@@ -199,7 +195,7 @@ def concat_skip(
     if not _concat_fits(graph, u, v, shapes):
         raise MorphError(f"concat_skip: {v!r} must be read by convolutions only and {u!r} must map onto its grid")
     stride = _subsampling(shapes[u], shapes[v])
-    child = clone(graph)
+    child = graph.copy()
     readers = child.out_edges(v)
     cat = child.add_blob(child.fresh_name(f"{v}_cat"), merge="concat")
     keep = child.add_layer(child.fresh_name(f"{v}_keep"), v, cat, Identity())
@@ -209,7 +205,7 @@ def concat_skip(
     extra = shapes[u][0]
     for e in readers:
         conv: Conv2d = e.layer  # type: ignore[assignment]
-        rewire_source(child, e.name, cat, conv.replace(in_channels=conv.in_channels + extra))
+        child.rewire_source(e.name, cat, conv.replace(in_channels=conv.in_channels + extra))
         w = weights[f"{e.name}.weight"]
         out[f"{e.name}.weight"] = torch.cat([w, w.new_zeros(w.shape[0], extra, *w.shape[2:])], dim=1)
     res = morph_result("concat_skip", child, out, site, params, [keep, skip],

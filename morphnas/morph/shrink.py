@@ -36,7 +36,6 @@ from morphnas.ir import (
 )
 from morphnas.morph.base import MorphContext, MorphRecord, MorphResult, register
 from morphnas.morph.channels import AGGREGATES, DEFAULT_THRESHOLD, ChannelMap
-from morphnas.morph.sites import clone
 from morphnas.morph.verify import Verification, verify
 
 DEFAULT_FRACTION = 0.25
@@ -136,7 +135,7 @@ def _propagate(graph: ArchGraph, dead_blobs: set[str], dead_edges: list[str]) ->
     None when that disconnects the input from the output.
     """
     source, sink = graph.source, graph.sink
-    g = clone(graph)
+    g = graph.copy()
     removed: list[str] = []
     todo = list(dead_blobs)
     dead: set[str] = set()

@@ -1,7 +1,7 @@
-"""Shared helpers for morphs: finding sites, rewiring edges, and weights of new layers.
+"""Shared helpers for morphs: finding sites, parsing parameters, and weights of new layers.
 
-Graph surgery here keeps an edge's place in its destination's concatenation order, so a rewrite
-never moves channels of a concat blob (concat offsets follow the consumer's input channel order).
+Graph surgery itself belongs to the graph (``ArchGraph.replace_edge``, ``insert_after``,
+``open_edge``, ``replace_parallel``, ``rewire_source``, ``copy``).
 """
 
 from __future__ import annotations
@@ -28,8 +28,6 @@ from morphnas.ir import (
     load_weights,
 )
 from morphnas.morph.base import MorphRecord, MorphResult
-
-Chain = list[tuple[str, Layer]]  # (name stem, layer) of new layers, in order
 
 
 # sites ----------------------------------------------------------------------------------------
@@ -114,86 +112,6 @@ def kernel_pair(value: Any, morph: str) -> tuple[int, int]:
     ):
         raise MorphError(f"{morph}: kernels must be two positive integers, got {value!r}")
     return int(value[0]), int(value[1])
-
-
-# graph surgery --------------------------------------------------------------------------------
-def clone(graph: ArchGraph) -> ArchGraph:
-    """A structural copy sharing the (frozen) layer specs: ``graph.copy()`` without the JSON round trip."""
-    new = ArchGraph(graph.input_shape)
-    for blob in graph.blobs():
-        concat = graph.merge(blob) == "concat"
-        new.add_blob(blob, graph.merge(blob), [e.name for e in graph.in_edges(blob)] if concat else None)
-    for edge in graph.edges():
-        new.add_layer(edge.name, edge.src, edge.dst, edge.layer)
-    return new
-
-
-def _concat_order(graph: ArchGraph, blob: str) -> list[str] | None:
-    return [e.name for e in graph.in_edges(blob)] if graph.merge(blob) == "concat" else None
-
-
-def _take_slot(graph: ArchGraph, blob: str, order: list[str] | None, old: str, new: str) -> None:
-    if order is not None:
-        graph.reorder(blob, [new if n == old else n for n in order])
-
-
-def add_chain(graph: ArchGraph, src: str, dst: str, chain: Chain) -> list[str]:
-    """Add ``chain`` from ``src`` to ``dst`` with a fresh blob (named after its layer) between layers."""
-    names = []
-    for i, (stem, layer) in enumerate(chain):
-        name = graph.fresh_name(stem)
-        out = dst if i == len(chain) - 1 else graph.add_blob(name)
-        graph.add_layer(name, src, out, layer)
-        names.append(name)
-        src = out
-    return names
-
-
-def replace_edge(graph: ArchGraph, name: str, chain: Chain) -> list[str]:
-    """Replace edge ``name`` (src -> dst) by a chain of layers; the last takes its concat slot."""
-    edge = graph.edge(name)
-    order = _concat_order(graph, edge.dst)
-    graph.remove_layer(name)
-    names = add_chain(graph, edge.src, edge.dst, chain)
-    _take_slot(graph, edge.dst, order, name, names[-1])
-    return names
-
-
-def insert_after(graph: ArchGraph, name: str, chain: Chain) -> list[str]:
-    """Put ``chain`` on the output of edge ``name``, before it reaches its destination blob."""
-    edge = graph.edge(name)
-    order = _concat_order(graph, edge.dst)
-    graph.remove_layer(name)
-    mid = graph.add_blob(graph.fresh_name(f"{name}_out"))
-    graph.add_layer(name, edge.src, mid, edge.layer)
-    names = add_chain(graph, mid, edge.dst, chain)
-    _take_slot(graph, edge.dst, order, name, names[-1])
-    return names
-
-
-def replace_parallel(graph: ArchGraph, name: str, branches: Chain) -> list[str]:
-    """Replace edge ``name`` by parallel edges whose outputs are added (eq. 4's split and joint).
-
-    An add blob takes the branches directly (it sums all its in-edges anyway); a concat blob gets
-    a new sum blob and an identity edge in the old edge's slot.
-    """
-    edge = graph.edge(name)
-    order = _concat_order(graph, edge.dst)
-    graph.remove_layer(name)
-    joint = edge.dst
-    if order is not None:
-        joint = graph.add_blob(graph.fresh_name(f"{name}_sum"))
-        _take_slot(graph, edge.dst, order, name, add_chain(graph, joint, edge.dst, [(f"{name}_join", Identity())])[0])
-    return [add_chain(graph, edge.src, joint, [branch])[0] for branch in branches]
-
-
-def rewire_source(graph: ArchGraph, name: str, src: str, layer: Layer) -> None:
-    """Move edge ``name`` to read from ``src`` (with a new spec), keeping its concat slot."""
-    edge = graph.edge(name)
-    order = _concat_order(graph, edge.dst)
-    graph.remove_layer(name)
-    graph.add_layer(name, src, edge.dst, layer)
-    _take_slot(graph, edge.dst, order, name, name)
 
 
 # weights --------------------------------------------------------------------------------------
