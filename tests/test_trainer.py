@@ -139,12 +139,26 @@ def test_on_epoch_gets_each_report_and_may_stop_the_run(synthetic) -> None:
     assert len(model.batches) == 2 * 3
 
 
-def test_divergence_raises_at_once_naming_epoch_and_step(synthetic) -> None:
-    model = Counting(mlp(64, 4))
-    with pytest.raises(TrainingDivergedError, match=r"epoch 1, step \d+ of") as info:
-        train(model, synthetic, TrainConfig(epochs=5, lr=1e12, momentum=0.0, schedule="constant"))
-    step = int(str(info.value).split("step ")[1].split()[0])
-    assert len(model.batches) == step  # nothing ran after the bad step
+class Poisoned(Counting):
+    """Gives NaN logits from its ``bad``-th training step on."""
+
+    def __init__(self, inner: nn.Module, bad: int) -> None:
+        super().__init__(inner)
+        self.bad = bad
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = super().forward(x)
+        return out * math.nan if self.training and len(self.batches) >= self.bad else out
+
+
+def test_divergence_raises_at_the_end_of_its_epoch_naming_the_first_bad_step(synthetic) -> None:
+    """Losses stay on the device during an epoch (one host sync per epoch), so the epoch runs out."""
+    model = Poisoned(mlp(64, 4), bad=5)
+    with pytest.raises(TrainingDivergedError, match=r"loss nan at epoch 1, step 5 of 60 \(lr 0.1\)"):
+        train(model, synthetic, TrainConfig(epochs=5, batch_size=32, lr=0.1))
+    assert len(model.batches) == 12  # the first epoch ran to its end, no second one began
+    with pytest.raises(TrainingDivergedError, match=r"epoch 1, step \d+ of"):
+        train(mlp(64, 4), synthetic, TrainConfig(epochs=5, lr=1e12, momentum=0.0, schedule="constant"))
 
 
 def test_lr_schedules_with_warmup() -> None:

@@ -236,7 +236,7 @@ def train(
     The model moves to ``config.device`` (and stays there) and is left in the train/eval mode it
     had on entry. ``on_epoch`` receives each :class:`EpochReport` and may raise to stop the run
     (e.g. an Optuna pruner); the exception propagates. A NaN or infinite loss raises
-    :class:`TrainingDivergedError` at once.
+    :class:`TrainingDivergedError` at the end of its epoch (losses stay on the device until then).
     """
     settings = device_settings(config.device)
     if settings.device.type == "cuda" and not torch.cuda.is_available():
@@ -284,7 +284,7 @@ def _train(
             epoch += 1
             epoch_start = time.perf_counter()
             order = torch.randperm(n, generator=generator, device=settings.device)
-            loss_sum, extra_sum, batches = 0.0, 0.0, 0
+            losses, extras = [], []  # on the device: one host sync per epoch, not per step (as airbench)
             for index in order[: min(steps_per_epoch, total_steps - step) * batch_size].split(batch_size):
                 x = x_train[index]
                 x = augment(x, data.augment, generator)
@@ -292,25 +292,19 @@ def _train(
                     group["lr"] = lr_at(step, total_steps, warmup_steps, config)
                 with settings.autocast():
                     loss = F.cross_entropy(net(x), y_train[index], label_smoothing=config.label_smoothing)
-                value = loss.item()
+                losses.append(loss.detach())
                 if extra_loss is not None:
                     extra = extra_loss(model)
-                    extra_sum += extra.item()
+                    extras.append(extra.detach())
                     loss = loss + extra
-                if not math.isfinite(loss.item()):
-                    raise TrainingDivergedError(
-                        f"training diverged: loss {loss.item()} at epoch {epoch}, step {step + 1} of {total_steps} "
-                        f"(lr {config.lr})"
-                    )
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                loss_sum += value
-                batches += 1
                 step += 1
+            train_loss, extra_mean = _epoch_means(losses, extras, epoch, step, total_steps, config.lr)
             val_error, val_loss = validate(net, val, device=settings.device)
             report = EpochReport(
-                epoch, loss_sum / batches, val_error, time.perf_counter() - epoch_start, extra_sum / batches, val_loss
+                epoch, train_loss, val_error, time.perf_counter() - epoch_start, extra_mean, val_loss
             )
             history.append(report)
             if on_epoch is not None:
@@ -329,6 +323,23 @@ def _train(
         seconds=time.perf_counter() - started,
         history=history,
     )
+
+
+def _epoch_means(losses: list[torch.Tensor], extras: list[torch.Tensor], epoch: int, step: int,
+                 total_steps: int, lr: float) -> tuple[float, float]:
+    """The epoch's mean cross-entropy and extra loss, read from the device at once; a NaN or
+    infinite step raises :class:`TrainingDivergedError` naming the first such step."""
+    values = torch.stack(losses).double().cpu()
+    extra = torch.stack(extras).double().cpu() if extras else torch.zeros_like(values)
+    summed = values + extra
+    bad = (~torch.isfinite(summed)).nonzero()
+    if len(bad):
+        first = int(bad[0])
+        raise TrainingDivergedError(
+            f"training diverged: loss {summed[first].item()} at epoch {epoch}, step {step - len(values) + first + 1} "
+            f"of {total_steps} (lr {lr})"
+        )
+    return values.mean().item(), extra.mean().item()
 
 
 def _fit_to_time(step: int, max_steps: int, steps_per_epoch: int, elapsed: float, epoch_seconds: float,
