@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from morphnas.cli import app
@@ -18,12 +17,7 @@ KEYS = {"macs_before", "macs_after", "params_before", "params_after", "val_error
         "widths_before", "widths_after"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny nets: a second thread only adds waiting
 
 
 def test_morphnet_json_with_a_relative_budget_writes_the_result(tmp_path: Path) -> None:

@@ -4,12 +4,13 @@ import json
 
 import pytest
 import torch
-from test_morph_depth import one_thread  # noqa: F401  (an autouse fixture)
 from typer.testing import CliRunner
 
 from morphnas.cli import app
 from morphnas.ir import cnn
 from morphnas.morph import MORPHS, TOLERANCE, MorphRecord, MorphResult, MorphSpec
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny nets: a second thread only adds waiting
 
 runner = CliRunner()
 KEYS = {"morph", "site", "exact", "max_rel_err", "train_max_rel_err", "ms"}

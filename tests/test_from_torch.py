@@ -10,8 +10,10 @@ from typer.testing import CliRunner
 
 from morphnas.cli import app
 from morphnas.errors import TorchImportError
+from morphnas.export import ONNX_TOLERANCE
+from morphnas.export.onnx import export_onnx
 from morphnas.ir import ArchGraph, Conv2d, compile_graph, from_torch, importer
-from morphnas.morph import apply_morph, randomise_bn, verify
+from morphnas.morph import MORPHS, apply_morph, randomise_bn, verify
 from morphnas.morph.shrink import shrink_sites
 from morphnas.morph.width import widen_sites
 from morphnas.train.checkpoint import load_checkpoint
@@ -19,12 +21,7 @@ from morphnas.train.checkpoint import load_checkpoint
 runner = CliRunner()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny nets: a second thread only adds waiting
 
 
 def torchvision_net(name: str, seed: int = 0, **options) -> nn.Module:
@@ -163,6 +160,26 @@ def test_morphs_find_sites_in_imported_resnet18_and_stay_exact(morph):
     child = apply_morph(morph, graph, weights, site, seed=3)
     check = verify(graph, weights, child.graph, child.weights, dtype=torch.float64)
     assert child.exact and check.max_rel_err <= 1e-10, check
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2"])
+def test_every_morph_kind_on_an_imported_network_is_exact_and_the_result_exports_to_onnx(name, tmp_path):
+    """One site per morph (the middle one), applied one after another, each checked by the verifier."""
+    graph, weights, _ = from_torch(torchvision_net(name, num_classes=10), (3, 32, 32))
+    calibration = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    applied = []
+    for seed, morph in enumerate(sorted(MORPHS)):
+        sites = MORPHS[morph].sites(graph)
+        site = sites[len(sites) // 2]
+        child = apply_morph(morph, graph, weights, site, seed=seed, calibration=calibration)
+        check = verify(graph, weights, child.graph, child.weights)
+        assert child.exact == MORPHS[morph].exact, (morph, site, child.note)
+        assert not child.exact or check.max_rel_err <= 1e-5, (morph, site, check)
+        graph, weights = child.graph, child.weights
+        applied.append(morph)
+    assert applied == sorted(MORPHS)  # every kind found a site
+    assert export_onnx(graph, weights, tmp_path / f"{name}.onnx") <= ONNX_TOLERANCE  # onnxruntime agrees
 
 
 def test_widen_refuses_blobs_tied_to_a_grouped_conv():

@@ -2,11 +2,13 @@
 
 import pytest
 import torch
-from test_morph_depth import DTYPES, assert_exact, assert_learns, concat_net, morph, one_thread, parent  # noqa: F401
+from test_morph_depth import DTYPES, assert_exact, assert_learns, concat_net, morph, parent
 
 from morphnas.errors import MorphError
 from morphnas.ir import init_weights
 from morphnas.morph import apply_morph, verify
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny nets: a second thread only adds waiting
 
 BRANCH_CASES = [
     ("resnet20", "stem_conv", {}),

@@ -14,13 +14,7 @@ EXACT = sorted(name for name, spec in MORPHS.items() if spec.exact)
 HITS: Counter = Counter()  # morph name -> times applied, over all examples (for reports)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These nets are tiny: intra-op threads only add synchronisation (minutes on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny nets: a second thread only adds waiting
 
 steps = st.lists(
     st.tuples(st.sampled_from(EXACT), st.integers(0, 2**16), st.integers(0, 2**31 - 1)), min_size=20, max_size=24

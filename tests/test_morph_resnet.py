@@ -2,13 +2,12 @@
 
 import pytest
 import torch
-from test_morph_depth import (  # noqa: F401  (one_thread: an autouse fixture)
+from test_morph_depth import (
     DTYPES,
     assert_exact,
     assert_learns,
     calibration,
     morph,
-    one_thread,
     parent,
     probes,
 )
@@ -17,6 +16,8 @@ from morphnas.errors import MorphError
 from morphnas.ir import ArchGraph, Conv2d, GlobalAvgPool, Identity, cost, init_weights, resnet
 from morphnas.morph import MORPHS, apply_morph, replay, verify
 from morphnas.morph.resnet_ops import morph_resnet_variant, variant_shortcuts
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny nets: a second thread only adds waiting
 
 EXACT_CASES = [
     ("split_identity", "resnet20", "s1b1_shortcut", {}),

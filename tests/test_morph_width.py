@@ -24,14 +24,7 @@ from morphnas.morph import MORPHS, MorphContext, apply_morph, randomise_bn, veri
 from morphnas.morph.tied import channel_groups
 from morphnas.morph.width import widen
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These nets are tiny: intra-op threads only add synchronisation (minutes on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny nets: a second thread only adds waiting
 
 
 def assert_exact(parent, weights, result) -> None:

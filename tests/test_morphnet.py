@@ -23,14 +23,7 @@ from morphnas.morphnet import (
 )
 from morphnas.train import TrainConfig, load_dataset
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny nets: intra-op threads only add synchronisation on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny nets: a second thread only adds waiting
 
 
 def small_resnet(shortcut: str = "A"):
