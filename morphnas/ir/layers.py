@@ -93,6 +93,12 @@ class Layer(abc.ABC):
         """This layer for ``n_in`` input and ``n_out`` output channels (``pass``: ``n_out == n_in``)."""
         return self
 
+    def channel_cost(self, shape: Shape) -> tuple[int, int]:
+        """MorphNet's cost F(O_1:M) in this layer's channels, for an input of ``shape``: (MACs,
+        parameters) per (input, output) channel pair of a ``mix`` layer, its bias aside; per
+        channel of a ``pass`` layer. A batch norm's MACs fold into the convolution before it."""
+        return (0, 0)
+
 
 @dataclass(frozen=True)
 class _ChannelWise(Layer):
@@ -173,6 +179,13 @@ class Conv2d(Layer):
             return self.replace(in_channels=n_in, out_channels=n_out)
         return self.replace(in_channels=n_in, out_channels=n_in, groups=n_in)
 
+    def channel_cost(self, shape: Shape) -> tuple[int, int]:
+        k2 = self.kernel_size**2
+        spatial = math.prod(self.output_shape(shape)[1:])
+        if self.groups == 1:
+            return (k2 * spatial, k2)
+        return (k2 * spatial, k2 + self.bias) if self.depthwise else (0, 0)  # depthwise: one filter per channel
+
 
 _BN_FILL = {"weight": 1.0, "bias": 0.0, "running_mean": 0.0, "running_var": 1.0}  # a new channel passes through
 
@@ -210,6 +223,9 @@ class BatchNorm2d(Layer):
 
     def with_channels(self, n_in: int, n_out: int) -> Layer:
         return self.replace(num_features=n_in)
+
+    def channel_cost(self, shape: Shape) -> tuple[int, int]:
+        return (0, 2)  # gamma and beta
 
 
 @dataclass(frozen=True)
@@ -315,6 +331,9 @@ class ParametricActivation(Layer):
 
     def with_channels(self, n_in: int, n_out: int) -> Layer:
         return self.replace(num_parameters=n_in) if self.num_parameters > 1 else self
+
+    def channel_cost(self, shape: Shape) -> tuple[int, int]:
+        return (0, 1 if self.num_parameters > 1 else 0)
 
 
 @dataclass(frozen=True)
@@ -486,6 +505,9 @@ class Linear(Layer):
 
     def with_channels(self, n_in: int, n_out: int) -> Layer:
         return self.replace(in_features=n_in, out_features=n_out)
+
+    def channel_cost(self, shape: Shape) -> tuple[int, int]:
+        return (1, 1)
 
 
 @dataclass(frozen=True)

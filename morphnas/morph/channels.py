@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from morphnas.errors import ConfigError
-from morphnas.ir import ArchGraph, BatchNorm2d, Conv2d, ParametricActivation
+from morphnas.ir import ArchGraph, BatchNorm2d
 from morphnas.ir.layers import Shape
 from morphnas.morph.tied import ChannelGroup, channel_groups, edge_role, in_slices
 
@@ -182,21 +182,15 @@ class ChannelMap:
         for edge in self.edges:
             layer, role = edge.layer, edge_role(edge, self.shapes)
             reads = self.reads(edge.name)
-            if isinstance(layer, BatchNorm2d):  # BatchNorm1d too
-                self.bn_sources.append((edge.name, reads))
-                const_params[reads] += 2
-            elif isinstance(layer, ParametricActivation) and layer.num_parameters > 1:
-                const_params[reads] += 1
-            elif role == "mix":
-                out = layer.output_shape(self.shapes[edge.src])
-                k2 = layer.kernel_size**2 if isinstance(layer, Conv2d) else 1
-                spatial = math.prod(out[1:]) if isinstance(layer, Conv2d) else 1
-                self.mixes.append(_MixCost(edge.name, reads, self.writes(edge.name), k2 * spatial, k2, layer.bias))
+            macs, params = layer.channel_cost(self.shapes[edge.src])
+            if role == "mix":
+                self.mixes.append(_MixCost(edge.name, reads, self.writes(edge.name), macs, params, layer.bias))
                 self.row_sources.append((edge.name, self.writes(edge.name), layer.bias))
-            elif isinstance(layer, Conv2d) and role == "pass":  # depthwise: one filter per channel
-                out = layer.output_shape(self.shapes[edge.src])
-                const_macs[reads] += layer.kernel_size**2 * math.prod(out[1:])
-                const_params[reads] += layer.kernel_size**2 + (1 if layer.bias else 0)
+            else:
+                const_macs[reads] += macs
+                const_params[reads] += params
+            if isinstance(layer, BatchNorm2d):  # its gamma scores the channels (BatchNorm1d too)
+                self.bn_sources.append((edge.name, reads))
         self._const = {"macs": const_macs, "params": const_params}
         n_mix = len(self.mixes)
         self._read_matrix = torch.zeros(n_mix, self.n_nodes, dtype=torch.float64)
