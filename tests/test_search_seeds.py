@@ -3,9 +3,11 @@
 import sys
 import textwrap
 
+import onnxruntime as ort
 import pytest
 import yaml
 from test_search import tiny_space
+from test_userdata import write_images
 from torch import nn
 from typer.testing import CliRunner
 
@@ -88,3 +90,23 @@ def test_a_seed_that_does_not_fit_is_one_line_before_any_study(tmp_path, nets, a
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], result.output
     assert not study_names(open_storage(default_storage(tmp_path / "w")))
+
+
+def test_a_search_from_torchvision_resnet18_on_an_image_folder_ends_with_an_export(tmp_path):
+    """Issue #14's end to end: your network (torchvision's resnet18), your images, a search, an ONNX file."""
+    write_images(tmp_path / "pets", n=12, size=(24, 20))  # two classes of 12 RGB PNGs
+    space = tiny_space(dataset={"name": f"imagefolder:{tmp_path / 'pets'}", "image_size": 16},
+                       seed={"arch": "torchvision:resnet18", "epochs": 1, "lr": 0.02, "batch_size": 8},
+                       budget={"generations": 2, "children": 2})
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
+    result = runner.invoke(app, ["search", "--space", str(tmp_path / "space.yaml"), "--workdir", str(tmp_path / "w"),
+                                 "--study", "pets", "--json"])
+    assert result.exit_code == 0, result.output
+    study = load_study(open_storage(default_storage(tmp_path / "w")), "pets")
+    assert {t.user_attrs["generation"] for t in study.trials} >= {0, 1, 2}
+    out = tmp_path / "pets.onnx"
+    exported = runner.invoke(app, ["export", "pets", "--workdir", str(tmp_path / "w"), "--out", str(out)])
+    assert exported.exit_code == 0, exported.output
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    shape = session.get_inputs()[0].shape
+    assert shape[1:] == [3, 16, 16] and session.get_outputs()[0].shape[1] == 2
