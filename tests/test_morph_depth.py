@@ -13,8 +13,9 @@ import morphnas.morph  # noqa: F401  (registers every morph)
 from morphnas.errors import MorphError
 from morphnas.ir import ArchGraph, Conv2d, GlobalAvgPool, cnn, compile_graph, init_weights, mlp, resnet
 from morphnas.modules.kernels import compose
+from morphnas.modules.solver import solve_factor
 from morphnas.morph import TOLERANCE, MorphResult, apply_morph, randomise_bn, verify
-from morphnas.morph.depth import Geometry, decompose_factors, solve_first, solve_second
+from morphnas.morph.depth import Geometry, decompose_factors
 
 NETS = {
     "resnet20": lambda: resnet(20, (3, 16, 16)),
@@ -112,9 +113,11 @@ def test_least_squares_solves_eq2_when_eq3_holds(k1, k2):
     target = torch.randn(4, 3, k1 + k2 - 1, k1 + k2 - 1, generator=gen, dtype=torch.float64)
     width = 4 * (k1 + k2 - 1) ** 2  # = C_out K^2 >= C_in K^2: either factor satisfies eq. 3
     f1 = torch.randn(width, 3, k1, k1, generator=gen, dtype=torch.float64)
-    torch.testing.assert_close(compose(solve_second(f1, target, k2), f1), target, rtol=1e-10, atol=1e-10)
+    f2 = solve_factor(None, f1, target, 4, width, k2)  # eq. 2 solved for F2
+    torch.testing.assert_close(compose(f2, f1), target, rtol=1e-10, atol=1e-10)
     f2 = torch.randn(4, width, k2, k2, generator=gen, dtype=torch.float64)
-    torch.testing.assert_close(compose(f2, solve_first(f2, target, k1)), target, rtol=1e-10, atol=1e-10)
+    f1 = solve_factor(f2, None, target, width, 3, k1)  # and for F1
+    torch.testing.assert_close(compose(f2, f1), target, rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("kernels", [(1, 1), (1, 3), (3, 1)])

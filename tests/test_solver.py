@@ -181,7 +181,7 @@ def test_step_solves_least_squares_like_dense_lstsq(case):
     eye_w, eye_u = torch.eye(c_w, dtype=D64)[:, :, None, None], torch.eye(c_u, dtype=D64)[:, :, None, None]
     dense = S._dense_operator(eye_w if c1 is None else c1, eye_u if c2 is None else c2, 3, k)
     expected = torch.linalg.pinv(dense) @ r.reshape(-1)
-    got = S._step(c1, c2, r, c_w, c_u, 3)
+    got = S.solve_factor(c1, c2, r, c_w, c_u, 3)
     assert torch.allclose(got.reshape(-1), expected, atol=1e-9)
 
 
@@ -196,9 +196,9 @@ def test_matrix_free_step_matches_dense(kc1, kc2, monkeypatch):
 
     c1, c2 = near_identity(3, 3, kc1, 1), near_identity(2, 2, kc2, 2)
     r = randn(3, 2, 7, 7, seed=3)
-    dense = S._step(c1, c2, r, 3, 2, 3)
+    dense = S.solve_factor(c1, c2, r, 3, 2, 3)
     monkeypatch.setattr(S, "_DENSE_LIMIT", 0)
-    cg = S._step(c1, c2, r, 3, 2, 3)
+    cg = S.solve_factor(c1, c2, r, 3, 2, 3)
     assert torch.allclose(cg, dense, atol=1e-9)
 
 

@@ -332,8 +332,9 @@ def _tr(f: torch.Tensor | None) -> torch.Tensor | None:
     return None if f is None else f.transpose(0, 1)
 
 
-def _step(c1, c2, r, c_w: int, c_u: int, kj: int) -> torch.Tensor:
-    """The update D minimising ``|| pad(C1 ⊛ D ⊛ C2) - R ||`` (eq. 7 is linear in F_j)."""
+def solve_factor(c1, c2, r, c_w: int, c_u: int, kj: int) -> torch.Tensor:
+    """The (c_w, c_u, kj, kj) filter D minimising ``|| pad(C1 ⊛ D ⊛ C2) - R ||``: eq. 7 is linear
+    in F_j, and so is eq. 2 in either factor (``C1`` or ``C2`` None: nothing on that side)."""
     if c2 is None or c2.shape[-1] == 1:
         return _left_solve(c1, c2, r, c_w, c_u, kj)
     if c1 is None or c1.shape[-1] == 1:
@@ -448,7 +449,7 @@ def solve_module(
             assert ht is not None
             r = target - pad_kernel(ht, k)
             c1, c2 = b[w], h[u]
-            delta = _step(c1, c2, r, widths[w], widths[u], d["kernel"])
+            delta = solve_factor(c1, c2, r, widths[w], widths[u], d["kernel"])
             filters[name] = filters[name] + delta
         res = residual()
         history.append(res)
@@ -503,10 +504,10 @@ def _split_serial(
     k = w.shape[-1]
     if c_v * c_u * k1 * k1 <= c_w * c_v * k2 * k2:
         f1 = _randn((c_v, c_u, k1, k1), gen, w, 1.0 / math.sqrt(c_u * k1 * k1))
-        f2 = _step(None, f1, w, c_w, c_v, k2)
+        f2 = solve_factor(None, f1, w, c_w, c_v, k2)
     else:
         f2 = _randn((c_w, c_v, k2, k2), gen, w, 1.0 / math.sqrt(c_v * k2 * k2))
-        f1 = _step(f2, None, w, c_v, c_u, k1)
+        f1 = solve_factor(f2, None, w, c_v, c_u, k1)
     err = _relative(w - pad_kernel(compose(f2, f1), k), float(torch.linalg.vector_norm(w)))
     if err > tol:
         raise MorphError(

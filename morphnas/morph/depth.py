@@ -21,6 +21,7 @@ import torch
 from morphnas.errors import MorphError
 from morphnas.ir import ArchGraph, BatchNorm2d, Chain, Conv2d, Edge, Layer, Linear, ParametricActivation, Weights
 from morphnas.modules.kernels import compose, delta, pad_kernel
+from morphnas.modules.solver import solve_factor
 from morphnas.morph.base import MorphContext, MorphResult, register
 from morphnas.morph.sites import (
     batchnorm,
@@ -40,32 +41,6 @@ from morphnas.morph.sites import (
 )
 
 EXACT_RESIDUAL = 1e-9  # relative residual of eq. 2 (solved in float64) below which it holds
-
-
-# least squares of eq. 2 ------------------------------------------------------------------------
-def solve_second(f1: torch.Tensor, target: torch.Tensor, k2: int) -> torch.Tensor:
-    """Least-squares F2 (Cj, Cl, k2, k2) with ``F2 ⊛ F1 ≈ target``: eq. 2 is linear in F2."""
-    cl, ci, k1, _ = f1.shape
-    size = k1 + k2 - 1
-    m = f1.new_zeros(cl, k2, k2, ci, size, size)
-    for a0 in range(k2):
-        for a1 in range(k2):
-            m[:, a0, a1, :, a0 : a0 + k1, a1 : a1 + k1] = f1
-    x = torch.linalg.lstsq(m.reshape(cl * k2 * k2, -1).T, target.reshape(target.shape[0], -1).T).solution
-    return x.T.reshape(-1, cl, k2, k2)
-
-
-def solve_first(f2: torch.Tensor, target: torch.Tensor, k1: int) -> torch.Tensor:
-    """Least-squares F1 (Cl, Ci, k1, k1) with ``F2 ⊛ F1 ≈ target``: eq. 2 is linear in F1."""
-    cj, cl, k2, _ = f2.shape
-    size = k1 + k2 - 1
-    n = f2.new_zeros(cj, size, size, cl, k1, k1)
-    for b0 in range(k1):
-        for b1 in range(k1):
-            n[:, b0 : b0 + k2, b1 : b1 + k2, :, b0, b1] = f2.permute(0, 2, 3, 1)
-    rhs = target.permute(0, 2, 3, 1).reshape(-1, target.shape[1])  # rows (j, c), columns i
-    y = torch.linalg.lstsq(n.reshape(-1, cl * k1 * k1), rhs).solution
-    return y.reshape(cl, k1, k1, -1).permute(0, 3, 1, 2)
 
 
 # factorisations --------------------------------------------------------------------------------
@@ -143,10 +118,10 @@ def decompose_factors(
     target = pad_kernel(g, size)
     if width * ci * k1 * k1 <= cj * width * k2 * k2:
         f1 = random_factor(width, ci, k1, gen)
-        f2 = solve_second(f1, target, k2)
+        f2 = solve_factor(None, f1, target, cj, width, k2)
     else:
         f2 = random_factor(cj, width, k2, gen)
-        f1 = solve_first(f2, target, k1)
+        f1 = solve_factor(f2, None, target, width, ci, k1)
     residual = ((compose(f2, f1) - target).norm() / target.norm().clamp_min(1e-300)).item()
     total = geo.padding_for(size)
     p1 = 0 if k1 == 1 else (total if k2 == 1 else min((k1 - 1) // 2, total))
