@@ -90,12 +90,12 @@ def run_child(job: ChildJob, on_epoch: EpochCallback | None = None, threads: int
     Returned weights are detached, contiguous CPU tensors.
     """
     if on_epoch is None:
-        return run_child_hooked(job, None, threads)
+        return run_child_with_model_hook(job, None, threads)
     callback = on_epoch
-    return run_child_hooked(job, lambda epoch, val_error, _model: callback(job.key, epoch, val_error), threads)
+    return run_child_with_model_hook(job, lambda epoch, val_error, _model: callback(job.key, epoch, val_error), threads)
 
 
-def run_child_hooked(
+def run_child_with_model_hook(
     job: ChildJob,
     hook: EpochHook | None = None,
     threads: int | None = None,

@@ -6,7 +6,7 @@ How a child travels (written for Ray 2.60's ``ray.tune`` API):
   object references through ``tune.with_parameters`` and the trial's ``param_space`` entry
   (``tune.grid_search`` over the job keys) says which job to fetch. Nothing goes through the
   driver's disk, so workers on other nodes get their jobs too.
-- The worker calls :func:`~morphnas.execute.child.run_child_hooked` with
+- The worker calls :func:`~morphnas.execute.child.run_child_with_model_hook` with
   ``threads_for(cpus_per_child)`` torch threads and reports every epoch with ``tune.report``.
   Children's weights come back through Ray, never through a disk: the worker hands them as
   safetensors bytes (``safetensors.torch.save``; no pickle) to a small ``_Mailbox`` actor that
@@ -82,7 +82,7 @@ from morphnas.execute.base import (
     check_resources,
     threads_for,
 )
-from morphnas.execute.child import cached_dataset, cpu_weights, run_child_hooked
+from morphnas.execute.child import cached_dataset, cpu_weights, run_child_with_model_hook
 from morphnas.train.data import DEFAULT_DATA_ROOT
 
 # Ray Tune's own output would bury the morphnas CLI's: the old output engine, which ``verbose=0``
@@ -349,7 +349,7 @@ def _trainable(
 
     data_ref = data.get(job.dataset)
     load = None if data_ref is None else lambda: ray.get(data_ref)
-    result = run_child_hooked(job, report_epoch, threads=threads, load=load)
+    result = run_child_with_model_hook(job, report_epoch, threads=threads, load=load)
     if result.weights is not None:
         post(FINAL, result.weights)
     tune.report({

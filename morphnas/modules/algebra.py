@@ -257,7 +257,7 @@ class Reduction:
     """The result of Algorithm 1 on a module.
 
     ``sequence`` is the morphing sequence Q (the reduction steps reversed): applying its steps in
-    order to ``core`` rebuilds the module (:meth:`replay`). ``simple`` says the reduction reached
+    order to ``core`` rebuilds the module (:meth:`rebuild`). ``simple`` says the reduction reached
     M0, a single edge (the module is simple morphable, Definition 6); otherwise ``core`` is the
     irreducible module on which neither check fires, to be solved by Algorithm 2. The core and
     each step's module are frozen graphs (copy them to modify).
@@ -277,7 +277,7 @@ class Reduction:
         ((_, _, name),) = self.core.edges(keys=True)
         return name
 
-    def replay(self) -> nx.MultiDiGraph:
+    def rebuild(self) -> nx.MultiDiGraph:
         """Apply the morphing sequence to the core: the original module (same names and kernels)."""
         return apply_sequence(self.core, self.sequence)
 

@@ -538,9 +538,9 @@ def _replay_filters(
 
 def _check_reduction(m: nx.MultiDiGraph, reduction: Reduction) -> None:
     mine = {(k, u, v, d["kernel"]) for u, v, k, d in m.edges(keys=True, data=True)}
-    theirs = {(k, u, v, d["kernel"]) for u, v, k, d in reduction.replay().edges(keys=True, data=True)}
+    theirs = {(k, u, v, d["kernel"]) for u, v, k, d in reduction.rebuild().edges(keys=True, data=True)}
     if mine != theirs:
-        raise MorphError("the reduction does not belong to this module (its replay gives other edges)")
+        raise MorphError("the reduction does not belong to this module (rebuilt, it has other edges)")
 
 
 def solve_simple(
