@@ -316,7 +316,7 @@ def _drawing_graph(graph: ArchGraph) -> nx.DiGraph:
         elif blob == sink:
             drawn.add_node(("blob", blob), label=f"output {shape[blob]}")
         elif blob in visible:
-            drawn.add_node(("blob", blob), label="+" if graph.merge(blob) == "add" else "concat", merge=True)
+            drawn.add_node(("blob", blob), label={"add": "+", "mul": "×"}.get(graph.merge(blob), "concat"), merge=True)
         for e in graph.in_edges(blob):
             drawn.add_node(("layer", e.name), label=f"{e.name}: {describe_layer(e.layer)}  → {shape[e.dst]}",
                            type=e.layer.type)

@@ -94,7 +94,7 @@ class Scaled(nn.Module):
     (Sorting(), "cannot import node 'sort' (sort): sort is not in the IR"),
     (Dilated(), "cannot import node 'body_1' (Conv2d(4, 4, kernel_size=(3, 3), stride=(1, 1), dilation=(2, 2))): "
                 "dilation=(2, 2) is not in the IR"),
-    (Scaled(), "cannot import node 'mul' (mul): mul is not in the IR"),
+    (Scaled(), "cannot import node 'mul' (mul): only the product of two tensors is in the IR"),
     (nn.Sequential(nn.Conv2d(3, 4, 3), nn.LeakyReLU()),
      "cannot import node '_1' (LeakyReLU(negative_slope=0.01)): LeakyReLU is not in the IR yet"),
     (nn.Sequential(nn.MaxPool2d(3, 2, ceil_mode=True)),
@@ -133,6 +133,15 @@ def test_depthwise_concat_and_relu6_networks_import():
     assert err <= 1e-5 and any(graph.merge(b) == "concat" for b in graph.blobs())
 
 
+def test_squeeze_and_excitation_networks_import():
+    """efficientnet_b0 and mobilenet_v3: ``scale * x`` is a mul blob, the SE pool keeps a 1x1 map,
+    and stochastic depth (the identity in eval mode) is imported as the identity."""
+    graph, weights, err = from_torch(torchvision_net("efficientnet_b0", num_classes=10), (3, 32, 32))
+    assert err <= 1e-5 and sum(graph.merge(b) == "mul" for b in graph.blobs()) == 16  # one SE per MBConv block
+    graph, _, err = from_torch(torchvision_net("mobilenet_v3_small", num_classes=10), (3, 32, 32))
+    assert err <= 1e-5 and any(graph.merge(b) == "mul" for b in graph.blobs())
+
+
 class _Dense(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -163,7 +172,7 @@ def test_morphs_find_sites_in_imported_resnet18_and_stay_exact(morph):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2"])
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2", "mobilenet_v3_small"])
 def test_every_morph_kind_on_an_imported_network_is_exact_and_the_result_exports_to_onnx(name, tmp_path):
     """One site per morph (the middle one), applied one after another, each checked by the verifier."""
     graph, weights, _ = from_torch(torchvision_net(name, num_classes=10), (3, 32, 32))

@@ -11,6 +11,7 @@ from morphnas.ir import (
     BatchNorm2d,
     Conv2d,
     Identity,
+    Pool2d,
     ShortcutA,
     compile_graph,
     layer_from_dict,
@@ -89,6 +90,28 @@ def test_concat_blob_compiles_in_order():
     x = torch.randn(1, 2, 4, 4)
     torch.testing.assert_close(compile_graph(g)(x), torch.cat([x, 2 * x], 1))
     assert ArchGraph.from_json(g.to_json()).to_json() == g.to_json()
+
+
+def test_mul_blob_scales_every_pixel_by_a_1x1_operand_and_refuses_other_shapes():
+    """Squeeze-and-excitation's ``scale * x``: a (C, 1, 1) operand broadcasts over (C, H, W)."""
+    import torch
+
+    g = ArchGraph((2, 4, 4))
+    g.add_blob("input")
+    g.add_blob("scale")
+    g.add_blob("out", merge="mul")
+    g.add_layer("pool", "input", "scale", Pool2d("avg", 4, 4))
+    g.add_layer("keep", "input", "out", Identity())
+    g.add_layer("s", "scale", "out", Identity(3.0))
+    assert g.shapes()["out"] == (2, 4, 4)
+    x = torch.randn(2, 2, 4, 4)
+    torch.testing.assert_close(compile_graph(g)(x), x * 3 * x.mean((2, 3), keepdim=True))
+    assert ArchGraph.from_json(g.to_json()).to_json() == g.to_json()
+    g.add_blob("half")
+    g.add_layer("h", "input", "half", Pool2d("avg", 2, 2))
+    g.add_layer("bad", "half", "out", Identity())
+    with pytest.raises(GraphError, match=r"'out' multiplies shape \(2, 4, 4\) by layer 'bad' of shape \(2, 2, 2\)"):
+        g.validate()
 
 
 def test_shortcut_a_channel_map_places_channels():

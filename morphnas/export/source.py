@@ -166,7 +166,7 @@ def python_source(graph: ArchGraph, class_name: str = CLASS_NAME) -> str:
         elif graph.merge(blob) == "concat":
             value = f"torch.cat([{', '.join(exprs)}], dim=1)"
         else:
-            value = " + ".join(exprs)
+            value = (" * " if graph.merge(blob) == "mul" else " + ").join(exprs)
         dying = []
         for edge in edges:
             uses[edge.src] -= 1

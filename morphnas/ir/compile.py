@@ -35,9 +35,10 @@ def compile_graph(graph: ArchGraph, weights: Weights | None = None) -> fx.GraphM
         elif graph.merge(blob) == "concat":
             values[blob] = fx_graph.call_function(torch.cat, (inputs, 1))
         else:
+            join = operator.mul if graph.merge(blob) == "mul" else operator.add
             total = inputs[0]
             for other in inputs[1:]:
-                total = fx_graph.call_function(operator.add, (total, other))
+                total = fx_graph.call_function(join, (total, other))
             values[blob] = total
     fx_graph.output(values[graph.sink])
     module = fx.GraphModule(root, fx_graph, class_name="MorphnasNet")

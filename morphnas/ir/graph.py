@@ -1,7 +1,8 @@
 """The architecture graph: blobs (tensors) as vertices, layers as edges.
 
 Following section 3.3 of the 2017 paper, a network is a directed acyclic multigraph. A blob
-with several in-edges merges them (by addition, or by concatenation in a fixed order); a blob
+with several in-edges merges them (by addition, by concatenation in a fixed order, or by an
+element-wise product that broadcasts a (C, 1, 1) operand, as squeeze-and-excitation does); a blob
 with several out-edges hands a copy to each. There is one source (the input) and one sink (the
 output). Blob shapes are derived from the input shape, never stored.
 """
@@ -23,6 +24,7 @@ from morphnas.ir.layers import Identity, Layer, Shape, layer_from_dict
 
 FORMAT = "morphnas.arch"
 VERSION = 1
+MERGES = ("add", "concat", "mul")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Layer names become submodule attributes of the compiled module: no keywords, no nn.Module members.
 _RESERVED = frozenset(keyword.kwlist) | frozenset(dir(torch.nn.Module)) | {"code", "graph", "training", "x"}
@@ -49,13 +51,14 @@ class ArchGraph:
 
     # construction -------------------------------------------------------------------------
     def add_blob(self, name: str, merge: str = "add", order: list[str] | None = None) -> str:
-        """Add a blob; ``merge="concat"`` concatenates its in-edges in ``order`` (edge names)."""
+        """Add a blob that sums its in-edges; ``merge="concat"`` concatenates them in ``order`` (edge
+        names), ``merge="mul"`` multiplies them (a (C, 1, 1) operand scales every pixel)."""
         if not isinstance(name, str) or not _NAME.match(name):
             raise GraphError(f"blob name {name!r} is not an identifier")
         if name in self.nx:
             raise GraphError(f"blob {name!r} already exists")
-        if merge not in ("add", "concat"):
-            raise GraphError(f"blob {name!r}: merge must be 'add' or 'concat', got {merge!r}")
+        if merge not in MERGES:
+            raise GraphError(f"blob {name!r}: merge must be one of {', '.join(MERGES)}, got {merge!r}")
         self.nx.add_node(name, merge=merge, order=list(order or []))
         return name
 
@@ -135,12 +138,12 @@ class ArchGraph:
     def open_edge(self, name: str) -> tuple[str, str]:
         """Remove edge ``name`` and return ``(src, joint)``: a blob that sums whatever is added into it.
 
-        ``joint`` is the edge's destination when that is an add blob; a concat destination gets a
-        new add blob instead, joined by an identity edge in the old edge's slot.
+        ``joint`` is the edge's destination when that is an add blob; a concat or product
+        destination gets a new add blob instead, joined by an identity edge in the old edge's slot.
         """
         edge, order = self.edge(name), self._concat_order(self.edge(name).dst)
         self.remove_layer(name)
-        if order is None:
+        if self.merge(edge.dst) == "add":
             return edge.src, edge.dst
         joint = self.add_blob(self.fresh_name(f"{name}_sum"))
         self._take_slot(edge.dst, order, name, self.add_chain(joint, edge.dst, [(f"{name}_join", Identity())])[0])
@@ -318,6 +321,12 @@ class ArchGraph:
                         f"{e.name!r} of shape {shape}"
                     )
             return outs[0]
+        if self.merge(blob) == "mul":
+            full = max(outs, key=lambda s: (len(s), s[1:]))  # (C, H, W) over a (C, 1, 1) scale
+            for e, shape in zip(edges, outs, strict=True):
+                if shape != full and not (len(full) == 3 and shape == (full[0], 1, 1)):
+                    raise GraphError(f"blob {blob!r} multiplies shape {full} by layer {e.name!r} of shape {shape}")
+            return full
         if set(self.nx.nodes[blob]["order"]) != {e.name for e in edges}:
             raise GraphError(f"blob {blob!r}: concat order must list exactly its in-layers")
         if any(len(s) != len(outs[0]) or s[1:] != outs[0][1:] for s in outs):
@@ -344,6 +353,8 @@ class ArchGraph:
             entry: dict[str, Any] = {"name": name}
             if data["merge"] == "concat":
                 entry.update(merge="concat", order=list(data["order"]))
+            elif data["merge"] == "mul":
+                entry.update(merge="mul")
             blobs.append(entry)
         layers = [{"name": e.name, "src": e.src, "dst": e.dst, **e.layer.to_dict()} for e in self.edges()]
         return {

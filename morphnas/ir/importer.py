@@ -1,8 +1,11 @@
 """Import a PyTorch network: trace it with ``torch.fx``, map every node onto the IR, check it.
 
 Each node of the traced program becomes a layer edge into a blob named after the node, its
-weights carried over under ``"<edge>.<param>"``; an addition becomes an ``add`` blob and
-``torch.cat`` along the channels a ``concat`` blob, each fed by identity edges. Every node's
+weights carried over under ``"<edge>.<param>"``; an addition becomes an ``add`` blob, a product
+of two tensors (squeeze-and-excitation's ``scale * x``) a ``mul`` blob and ``torch.cat`` along
+the channels a ``concat`` blob, each fed by identity edges. The network is traced in eval mode,
+and torchvision's stochastic depth, the identity in eval mode, is imported as the identity: an
+imported EfficientNet trains without it. Every node's
 shape is checked against the traced shapes, and the imported graph must compute the module's
 outputs (eval mode, float32, within 1e-5 relative) on random inputs. Whatever the IR cannot
 express is refused with one line naming the node and its op: nothing is approximated.
@@ -167,6 +170,7 @@ _ACTIVATION_FUNCTIONS = {
 }
 _ACTIVATION_METHODS = {"relu": "relu", "relu_": "relu", "tanh": "tanh", "sigmoid": "sigmoid"}
 _ADDS = (operator.add, operator.iadd, torch.add)
+_MULS = (operator.mul, operator.imul, torch.mul)
 
 
 # --- the mapping ---------------------------------------------------------------------------------
@@ -242,6 +246,13 @@ class _Importer:
         target = node.target
         if node.op == "call_function" and target in _ADDS or (node.op == "call_method" and target in ("add", "add_")):
             self.add(node)
+        elif node.op == "call_function" and target in _MULS or (node.op == "call_method" and target in ("mul", "mul_")):
+            self.mul(node)
+        elif node.op == "call_function" and _stochastic_depth(target):
+            training = node.args[3] if len(node.args) > 3 else node.kwargs.get("training", True)
+            if training:
+                raise _refuse("stochastic depth in training mode is not in the IR")
+            self.value[node] = self.input_blob(node.args[0])  # eval mode: the identity
         elif node.op == "call_function" and target in _ACTIVATION_FUNCTIONS:
             self.only_args(node, 1, allowed={"inplace"})
             self.layer(node, node.args[0], Activation(_ACTIVATION_FUNCTIONS[target]))
@@ -322,6 +333,11 @@ class _Importer:
             raise _refuse("adding a constant is not in the IR")
         self.merge(node, list(node.args), "add")
 
+    def mul(self, node: fx.Node) -> None:
+        if node.kwargs or len(node.args) != 2 or not all(isinstance(a, fx.Node) for a in node.args):
+            raise _refuse("only the product of two tensors is in the IR")
+        self.merge(node, list(node.args), "mul")
+
     def cat(self, node: fx.Node) -> None:
         tensors = node.args[0]
         dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
@@ -339,16 +355,13 @@ class _Importer:
             self.layer(node, arg, Flatten())
 
     def adaptive(self, node: fx.Node, arg: Any, size: Any) -> None:
-        """Global average pooling (output 1x1), an average pool that tiles evenly, or the identity."""
+        """Global average pooling (to a vector when only flattened, else to a 1x1 map), an average
+        pool that tiles evenly, or the identity."""
         src = self.input_blob(arg)
         c, h, w = self.shape[src]
         oh, ow = (size, size) if isinstance(size, int) else tuple(size)
         oh, ow = oh or h, ow or w
-        if (oh, ow) == (1, 1):
-            if any(not self.flattens(user) for user in node.users):
-                raise _refuse(
-                    "a global average pool not followed by flatten is not in the IR (it keeps no 1x1 map)"
-                )
+        if (oh, ow) == (1, 1) and all(self.flattens(user) for user in node.users):
             self.layer(node, arg, GlobalAvgPool())
         elif (oh, ow) == (h, w):
             self.value[node] = src
@@ -379,6 +392,12 @@ class _Importer:
             end = args[2] if len(args) > 2 else node.kwargs.get("end_dim", -1)
             return start == 1 and end == -1
         return False
+
+
+def _stochastic_depth(target: Any) -> bool:
+    """torchvision's ``stochastic_depth`` (traced as a function), recognised without importing torchvision."""
+    return getattr(target, "__name__", "") == "stochastic_depth" and (
+        getattr(target, "__module__", "") or "").startswith("torchvision.ops")
 
 
 def _op(node: fx.Node, modules: dict[str, nn.Module]) -> str:

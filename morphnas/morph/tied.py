@@ -3,7 +3,7 @@
 A blob's channels (dim 0 of its shape: C of (C, H, W), F of (F,)) cannot change alone. A
 channel-wise layer (batch norm, activation, parametric activation, identity, pooling, dropout,
 depthwise convolution, global average pooling, flattening a vector) maps channel ``i`` of its
-input to channel ``i`` of its output, and a blob that adds its in-layers gives every summand the
+input to channel ``i`` of its output, and a blob that adds (or multiplies) its in-layers gives every operand the
 same channel ``i``. Blobs joined that way form a :class:`ChannelGroup`: the unit whose width
 changes in the width morphing of Wei et al. (ICML 2016, "Network Morphism") and whose
 channels MorphNet (Gordon et al., CVPR 2018) prunes together.
@@ -66,8 +66,9 @@ def in_slices(graph: ArchGraph, shapes: dict[str, Shape] | None = None) -> dict[
 
 
 def ties(edge: Edge, graph: ArchGraph, shapes: dict[str, Shape]) -> bool:
-    """Whether the layer puts its two ends in one group (channel-wise into an adding blob)."""
-    return edge_role(edge, shapes) == "pass" and graph.merge(edge.dst) == "add"
+    """Whether the layer puts its two ends in one group (channel-wise into a blob that adds or
+    multiplies: channel i of every operand makes channel i of the result)."""
+    return edge_role(edge, shapes) == "pass" and graph.merge(edge.dst) in ("add", "mul")
 
 
 def channel_groups(graph: ArchGraph) -> list[ChannelGroup]:
