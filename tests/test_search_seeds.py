@@ -70,6 +70,30 @@ def test_a_checkpoint_seed_is_a_warm_start_from_its_weights(tmp_path, nets):
     # a seed phase that barely moves the weights: the seed is as good as the checkpoint, not random
     summary, study = search_from(tmp_path, str(tmp_path / "mine"), epochs=0.2, lr=1e-9)
     assert study.trials[0].values[0] <= trained.val_error + 0.05 and trained.val_error < 0.3
+    # the same as an architecture JSON file with seed.weights
+    (tmp_path / "mine.json").write_text(imported.graph.dumps())
+    summary, study = search_from(tmp_path / "json", str(tmp_path / "mine.json"), epochs=0.2, lr=1e-9,
+                                 weights=str(tmp_path / "mine" / "weights.safetensors"))
+    assert study.trials[0].values[0] <= trained.val_error + 0.05
+
+
+@pytest.mark.parametrize("arch,weights,message", [
+    ("{tmp}/tiny.json", "{tmp}/rgb/weights.safetensors", "do not fit '{tmp}/tiny.json': weights do not fit the graph"),
+    ("{tmp}/rgb", "{tmp}/rgb/weights.safetensors", "brings its own weights"),
+    ("{tmp}/tiny.json", "{tmp}/tiny.json", "tiny.json is corrupt or unreadable"),
+])
+def test_seed_weights_that_do_not_fit_are_one_line_before_any_study(tmp_path, nets, arch, weights, message):
+    rgb = from_torch(nn.Sequential(nn.Conv2d(1, 4, 1), nn.Flatten(), nn.Linear(256, 10)), (1, 8, 8))
+    save_checkpoint(tmp_path / "rgb", arch=rgb.graph.to_json(), weights=rgb.weights, metrics={})
+    (tmp_path / "tiny.json").write_text(from_torch(nets.tiny(), (1, 8, 8)).graph.dumps())
+    seed = {"arch": arch.format(tmp=tmp_path), "weights": weights.format(tmp=tmp_path), "epochs": 1, "lr": 0.1,
+            "batch_size": 64}
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(tiny_space(seed=seed)))
+    result = runner.invoke(app, ["search", "--space", str(tmp_path / "space.yaml"), "--workdir", str(tmp_path / "w")])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and message.format(tmp=tmp_path) in lines[0], result.output
+    assert not study_names(open_storage(default_storage(tmp_path / "w")))
 
 
 @pytest.mark.parametrize("arch,message", [

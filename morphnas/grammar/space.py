@@ -62,9 +62,11 @@ class SeedConfig(_Strict):
 
     ``arch``: a built-in seed, an architecture JSON file, ``torchvision:NAME``, ``MODULE:ATTR``
     (a PyTorch network, imported) or a checkpoint directory (a warm start from its weights).
+    ``weights``: a safetensors file of weights for a built-in seed or an architecture JSON file.
     """
 
     arch: str = "resnet20"
+    weights: str | None = None
     shortcut: Literal["A", "B"] = "A"
     epochs: float = Field(5.0, gt=0)
     lr: float = Field(0.1, gt=0)

@@ -642,7 +642,8 @@ def _pruner(space: SearchSpace) -> optuna.pruners.BasePruner:
 def _seed_network(space: SearchSpace, data: Dataset, seed: int) -> tuple[ArchGraph, dict[str, torch.Tensor]]:
     s = space.seed
     options = {"shortcut": s.shortcut} if s.arch.startswith("resnet") else {}
-    return seed_network(s.arch, data.input_shape, data.num_classes, dataset=data.name, seed=seed, **options)
+    return seed_network(s.arch, data.input_shape, data.num_classes, dataset=data.name, seed=seed, weights=s.weights,
+                        **options)
 
 
 def _over_limits(space: SearchSpace, child_cost: dict[str, Any]) -> str | None:

@@ -2,8 +2,9 @@
 
 ``seed.arch`` in a search space is one of
 
-- a built-in seed (``resnet8``, ``resnet20``, ``cnn``, ``mlp``, ...): fresh weights;
-- an architecture JSON file (``morphnas arch save``): fresh weights;
+- a built-in seed (``resnet8``, ``resnet20``, ``cnn``, ``mlp``, ...): fresh weights, or those of
+  a safetensors file (``seed.weights``);
+- an architecture JSON file (``morphnas arch save``): the same;
 - ``torchvision:NAME`` or ``MODULE:ATTR`` (an ``nn.Module`` or a factory of one): imported with
   :func:`~morphnas.ir.from_torch` at the data set's input shape, with the module's own weights
   (random for torchvision, which downloads nothing);
@@ -20,17 +21,30 @@ from pathlib import Path
 
 import torch
 
-from morphnas.errors import ConfigError
-from morphnas.ir import ArchGraph, check_fits, from_torch, init_weights, load_arch
+from morphnas.errors import ConfigError, GraphError
+from morphnas.ir import ArchGraph, check_fits, compile_graph, from_torch, init_weights, load_arch
 from morphnas.ir.importer import build_module
-from morphnas.train import load_checkpoint
+from morphnas.train import load_checkpoint, read_weights
 
 
 def seed_network(arch: str, input_shape: tuple[int, ...], num_classes: int, *, dataset: str = "the data set",
-                 seed: int = 0, **options) -> tuple[ArchGraph, dict[str, torch.Tensor]]:
+                 seed: int = 0, weights: str | None = None,
+                 **options) -> tuple[ArchGraph, dict[str, torch.Tensor]]:
     """The seed ``arch`` names (see the module docstring) and its first weights; ``options`` go to
-    the built-in seeds (e.g. ``shortcut`` for the ResNets), ``seed`` seeds fresh weights."""
+    the built-in seeds (e.g. ``shortcut`` for the ResNets), ``seed`` seeds fresh weights, and
+    ``weights`` (a safetensors file) replaces them."""
     path = Path(arch)
+    if weights is not None:
+        if path.is_dir() or (":" in arch and not path.exists()):
+            raise ConfigError(f"seed {arch!r} brings its own weights: seed.weights is for a built-in seed or "
+                              "an architecture JSON file")
+        graph, given = _fitting(arch, load_arch(arch, input_shape, num_classes, **options), read_weights(weights),
+                                input_shape, num_classes, dataset)
+        try:
+            compile_graph(graph, given)
+        except GraphError as err:
+            raise ConfigError(f"seed weights {weights!r} do not fit {arch!r}: {err}") from None
+        return graph, given
     if path.is_dir():
         if not (path / "arch.json").is_file():
             raise ConfigError(f"seed {arch!r} is a directory without an arch.json: not a checkpoint")
@@ -43,6 +57,11 @@ def seed_network(arch: str, input_shape: tuple[int, ...], num_classes: int, *, d
     else:
         graph = load_arch(arch, input_shape, num_classes, **options)
         weights = init_weights(graph, seed)
+    return _fitting(arch, graph, weights, input_shape, num_classes, dataset)
+
+
+def _fitting(arch: str, graph: ArchGraph, weights: dict[str, torch.Tensor], input_shape: tuple[int, ...],
+             num_classes: int, dataset: str) -> tuple[ArchGraph, dict[str, torch.Tensor]]:
     try:
         check_fits(graph, input_shape, num_classes, dataset)
     except ConfigError as err:

@@ -83,10 +83,18 @@ def load_checkpoint(directory: str | Path) -> tuple[dict[str, Any], dict[str, to
     arch = read_json_object(path / ARCH_FILE)
     metrics = read_json_object(path / METRICS_FILE)
     try:
-        weights = load_file(str(path / WEIGHTS_FILE))
-    except (SafetensorError, OSError) as err:
-        raise CheckpointError(f"checkpoint {path}: {WEIGHTS_FILE} is corrupt ({err})") from None
+        weights = read_weights(path / WEIGHTS_FILE)
+    except CheckpointError as err:
+        raise CheckpointError(f"checkpoint {path}: {err}") from None
     return arch, weights, metrics
+
+
+def read_weights(file: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file; CheckpointError (one line) if it is absent or corrupt."""
+    try:
+        return load_file(str(file))
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"{Path(file).name} is corrupt or unreadable ({err})") from None
 
 
 def _replaceable(path: Path) -> bool:
