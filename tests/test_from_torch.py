@@ -142,6 +142,47 @@ def test_squeeze_and_excitation_networks_import():
     assert err <= 1e-5 and any(graph.merge(b) == "mul" for b in graph.blobs())
 
 
+class _Excited(nn.Module):
+    """A conv block with squeeze-and-excitation (``scale * x``) and a residual sum."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU())
+        self.body = nn.Sequential(nn.Conv2d(6, 6, 3, padding=1), nn.BatchNorm2d(6), nn.SiLU())
+        self.squeeze = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(6, 3, 1), nn.ReLU(), nn.Conv2d(3, 6, 1),
+                                     nn.Hardsigmoid())
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 4))
+
+    def forward(self, x):
+        x = self.stem(x)
+        y = self.body(x)
+        return self.head(x + self.squeeze(y) * y)
+
+
+def test_every_morph_at_every_site_of_a_squeeze_and_excitation_block_is_exact():
+    """Each morph at each of its sites of a small SE network (float64, borders included): products
+    tie channels (widen, expand), branches into a product are summed first (branch, split_identity)."""
+    torch.manual_seed(0)
+    net = _Excited().eval()
+    net.load_state_dict(randomise_bn(net.state_dict(), 0))
+    graph, weights, _ = from_torch(net, (3, 6, 6))
+    assert [b for b in graph.blobs() if graph.merge(b) == "mul"] == ["mul"]
+    assert "mul" in MORPHS["widen"].sites(graph)  # the product's channels grow with both operands'
+    assert {"mul_in0", "mul_in1"} <= set(MORPHS["split_identity"].sites(graph))
+    weights = float64(weights)
+    calibration = torch.randn(8, 3, 6, 6, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    checked = 0
+    for morph in sorted(MORPHS):
+        if not MORPHS[morph].exact:
+            continue
+        for site in MORPHS[morph].sites(graph):
+            child = apply_morph(morph, graph, weights, site, seed=1, calibration=calibration)
+            check = verify(graph, weights, child.graph, child.weights, dtype=torch.float64)
+            assert child.exact and check.max_rel_err <= 1e-10, (morph, site, check)
+            checked += 1
+    assert checked > 100
+
+
 class _Dense(nn.Module):
     def __init__(self) -> None:
         super().__init__()
