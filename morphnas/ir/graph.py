@@ -119,16 +119,14 @@ class ArchGraph:
 
     def replace_edge(self, name: str, chain: Chain) -> list[str]:
         """Replace edge ``name`` (src -> dst) by a chain of layers; the last takes its concat slot."""
-        edge, order = self.edge(name), self._concat_order(self.edge(name).dst)
-        self.remove_layer(name)
+        edge, order = self._detach(name)
         names = self.add_chain(edge.src, edge.dst, chain)
         self._take_slot(edge.dst, order, name, names[-1])
         return names
 
     def insert_after(self, name: str, chain: Chain) -> list[str]:
         """Put ``chain`` on the output of edge ``name``, before it reaches its destination blob."""
-        edge, order = self.edge(name), self._concat_order(self.edge(name).dst)
-        self.remove_layer(name)
+        edge, order = self._detach(name)
         mid = self.add_blob(self.fresh_name(f"{name}_out"))
         self.add_layer(name, edge.src, mid, edge.layer)
         names = self.add_chain(mid, edge.dst, chain)
@@ -141,8 +139,7 @@ class ArchGraph:
         ``joint`` is the edge's destination when that is an add blob; a concat or product
         destination gets a new add blob instead, joined by an identity edge in the old edge's slot.
         """
-        edge, order = self.edge(name), self._concat_order(self.edge(name).dst)
-        self.remove_layer(name)
+        edge, order = self._detach(name)
         if self.merge(edge.dst) == "add":
             return edge.src, edge.dst
         joint = self.add_blob(self.fresh_name(f"{name}_sum"))
@@ -156,10 +153,14 @@ class ArchGraph:
 
     def rewire_source(self, name: str, src: str, layer: Layer) -> None:
         """Move edge ``name`` to read from ``src`` (with a new spec), keeping its concat slot."""
-        edge, order = self.edge(name), self._concat_order(self.edge(name).dst)
-        self.remove_layer(name)
+        edge, order = self._detach(name)
         self.add_layer(name, src, edge.dst, layer)
         self._take_slot(edge.dst, order, name, name)
+
+    def _detach(self, name: str) -> tuple[Edge, list[str] | None]:
+        """Remove edge ``name``; return it and its destination's concat order from before."""
+        order = self._concat_order(self.edge(name).dst)
+        return self.remove_layer(name), order
 
     def _concat_order(self, blob: str) -> list[str] | None:
         return [e.name for e in self.in_edges(blob)] if self.merge(blob) == "concat" else None

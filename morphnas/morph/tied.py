@@ -3,10 +3,10 @@
 A blob's channels (dim 0 of its shape: C of (C, H, W), F of (F,)) cannot change alone. A
 channel-wise layer (batch norm, activation, parametric activation, identity, pooling, dropout,
 depthwise convolution, global average pooling, flattening a vector) maps channel ``i`` of its
-input to channel ``i`` of its output, and a blob that adds (or multiplies) its in-layers gives every operand the
-same channel ``i``. Blobs joined that way form a :class:`ChannelGroup`: the unit whose width
-changes in the width morphing of Wei et al. (ICML 2016, "Network Morphism") and whose
-channels MorphNet (Gordon et al., CVPR 2018) prunes together.
+input to channel ``i`` of its output, and a blob that adds (or multiplies) its in-layers gives
+every operand the same channel ``i``. Blobs joined that way form a :class:`ChannelGroup`: the
+unit whose width changes in the width morphing of Wei et al. (ICML 2016, "Network Morphism")
+and whose channels MorphNet (Gordon et al., CVPR 2018) prunes together.
 
 Three layer kinds relate two groups without tying them (``links``): an option-A shortcut (input
 channel ``i`` lands on output channel ``channel_map[i]``), flattening an image (channel ``c``
