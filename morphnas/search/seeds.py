@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from morphnas.errors import ConfigError, GraphError
+from morphnas.errors import CheckpointError, ConfigError, GraphError
 from morphnas.ir import ArchGraph, check_fits, compile_graph, from_torch, init_weights, load_arch
 from morphnas.ir.importer import build_module
 from morphnas.train import load_checkpoint, read_weights
@@ -38,8 +38,12 @@ def seed_network(arch: str, input_shape: tuple[int, ...], num_classes: int, *, d
         if path.is_dir() or (":" in arch and not path.exists()):
             raise ConfigError(f"seed {arch!r} brings its own weights: seed.weights is for a built-in seed or "
                               "an architecture JSON file")
-        graph, given = _fitting(arch, load_arch(arch, input_shape, num_classes, **options), read_weights(weights),
-                                input_shape, num_classes, dataset)
+        try:
+            given = read_weights(weights)
+        except CheckpointError as err:
+            raise ConfigError(f"seed.weights {weights!r}: {err}") from None
+        graph, given = _fitting(arch, load_arch(arch, input_shape, num_classes, **options), given, input_shape,
+                                num_classes, dataset)
         try:
             compile_graph(graph, given)
         except GraphError as err:
