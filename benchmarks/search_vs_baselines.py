@@ -11,8 +11,9 @@ pipeline (augmentation included, alike for all):
 - ``random``: the same search with Optuna's RandomSampler instead of TPE.
 
 Ablations of the search's levers (one lever off each): ``search-error`` (parents and final
-network chosen by validation error, not loss), ``search-nofinal`` (no final phase), and
-``search-noaug`` (no augmentation: compare with ``seed-noaug``).
+network chosen by validation error, not loss), ``search-nofinal`` (no final phase),
+``search-noaug`` (no augmentation: compare with ``seed-noaug``) and ``search-nocontrol`` (no
+unmorphed control child in a generation).
 
 One JSON line per (arm, split) is appended to ``--out``; rows already there for the same
 (arm, split, budget, commit) are skipped, so the table can be built in parts. Every row records
@@ -45,7 +46,7 @@ from morphnas.search.study import lineage, load_study, open_storage
 from morphnas.train import TrainConfig, evaluate, load_dataset, train
 
 ARMS = ("search", "seed", "resnet20", "scratch", "random")
-ABLATIONS = ("search-error", "search-nofinal", "search-noaug", "seed-noaug")
+ABLATIONS = ("search-error", "search-nofinal", "search-noaug", "seed-noaug", "search-nocontrol")
 OUT = Path(__file__).resolve().parents[1] / "experiments" / "search_vs_baselines.jsonl"
 
 
@@ -66,6 +67,8 @@ def space_for(arm: str, split: int, budget: float) -> SearchSpace:
         data["selection"]["metric"] = "error"
     elif arm == "search-nofinal":
         data["final"] = None
+    elif arm == "search-nocontrol":
+        data["selection"]["control"] = False
     elif arm in ("search-noaug", "seed-noaug"):
         data["dataset"]["augment"] = False
     return parse_space(data, f"arm {arm}")

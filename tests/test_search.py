@@ -163,6 +163,32 @@ def test_a_parent_selector_passed_in_chooses_every_parent(tmp_path):
     assert [t.user_attrs["parent"] for t in study.trials if t.user_attrs["rule"] != "final"] == [None, 0, 0, 0, 0]
 
 
+def test_a_control_child_trains_its_parent_on_unmorphed_once_per_generation(tmp_path):
+    summary = search(tmp_path, finetune={**HALVING, "schedule": "lineage"}, budget={"generations": 2, "children": 3},
+                     selection={"control": True})
+    study = load_study(open_storage(summary.storage), "t")
+    *children, final = study.get_trials()[1:]
+    for generation in (1, 2):
+        siblings = [t for t in children if t.user_attrs["generation"] == generation]
+        controls = [t for t in siblings if t.user_attrs["rule"] == "control"]
+        assert len(siblings) == 3 and len(controls) == 1
+        control, parent = controls[0], study.trials[controls[0].user_attrs["parent"]]
+        assert control.number == min(t.number for t in siblings)  # the first slot
+        assert control.user_attrs["morphs"] == [] and not control.params  # nothing sampled, nothing morphed
+        assert (control.user_attrs["params"], control.user_attrs["macs"]) == (parent.user_attrs["params"],
+                                                                            parent.user_attrs["macs"])
+        morphed = [t for t in siblings if t is not control]
+        assert all(t.user_attrs["morphs"] and t.user_attrs["preservation_error"] < 1e-4 for t in morphed)
+    # the control's network is its parent's weights trained on: same architecture, other values
+    control = next(t for t in children if t.user_attrs["rule"] == "control" and t.state == TrialState.COMPLETE)
+    arch, weights, _ = load_checkpoint(trial_checkpoint(study, control))
+    parent = study.trials[control.user_attrs["parent"]]
+    parent_arch, parent_weights, _ = load_checkpoint(trial_checkpoint(study, parent))
+    assert arch == parent_arch and weights.keys() == parent_weights.keys()
+    assert any(not (weights[k] == parent_weights[k]).all() for k in weights)
+    assert final.user_attrs["rule"] == "final"
+
+
 def test_halving_needs_one_number_of_epochs():
     with pytest.raises(Exception, match="with halving, epochs must be one number"):
         parse_space(tiny_space(finetune={**HALVING, "epochs": {"low": 1, "high": 2, "int": True}}))

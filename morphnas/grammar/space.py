@@ -153,6 +153,10 @@ class Selection(_Strict):
     metric: Literal["loss", "error"] = Field(
         "loss", description="what ranks parents and the final network: validation loss or 0/1 error"
     )
+    control: bool = Field(
+        False, description="a generation's first child is its best parent trained on unmorphed, so that a morph "
+        "goes on only when it beats training on (one of budget.children)",
+    )
 
 
 class SearchSpace(_Strict):

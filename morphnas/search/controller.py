@@ -63,6 +63,7 @@ from morphnas.train import Dataset, TrainConfig, evaluate, load_checkpoint, load
 
 Event = Callable[[str, dict[str, Any]], None]
 CALIBRATION_IMAGES = 256
+CONTROL = "control"  # the rule of a generation's unmorphed child (``selection.control``)
 
 
 @dataclass
@@ -288,12 +289,13 @@ class Search:
         if self._lineage_schedule:
             candidates = _frontier(candidates)
         parents = self.selector.select(candidates, slots, self._score, pareto)
+        control = self.space.selection.control and all(t.user_attrs.get("rule") != CONTROL for t in done)
         self.on_event("generation", {"generation": generation, "children": len(parents)})
         jobs, pending = [], {}
-        for parent in parents:
+        for slot, parent in enumerate(parents):
             if time.monotonic() >= deadline:
                 break
-            made = self._make_child(generation, parent)
+            made = self._make_child(generation, parent, control=control and slot == 0)
             if made is not None:
                 job, graph, child_cost = made
                 jobs.append(job)
@@ -344,27 +346,35 @@ class Search:
         self.on_event("done", {"trial": result.key, "status": "pruned", "val_error": result.val_error,
                                "best": self._best_error()})
 
-    def _make_child(self, generation: int, parent: FrozenTrial) -> tuple[ChildJob, ArchGraph, dict] | None:
-        """Ask a trial, morph the parent per its descriptor; None when the child is pruned or failed."""
+    def _make_child(self, generation: int, parent: FrozenTrial, control: bool = False
+                    ) -> tuple[ChildJob, ArchGraph, dict] | None:
+        """Ask a trial, morph the parent per its descriptor; None when the child is pruned or failed.
+        A ``control`` child is the parent unmorphed (rule ``control``), trained on like its siblings."""
         trial = self._ask()
         number = trial.number
         trial.set_user_attr("generation", generation)
         trial.set_user_attr("parent", parent.number)
         try:
-            descriptor = suggest_descriptor(trial, self.space.rules)
+            descriptor = None if control else suggest_descriptor(trial, self.space.rules)
             ft = self.space.finetune
             lr = self.space.seed.lr if self._lineage_schedule else suggest_value(trial, "finetune.lr", ft.lr)
             epochs = suggest_value(trial, "finetune.epochs", ft.epochs) if isinstance(ft.epochs, Range) else ft.epochs
-            trial.set_user_attr("rule", descriptor.rule)
-            trial.set_user_attr("descriptor", descriptor.to_json())
+            rule = CONTROL if descriptor is None else descriptor.rule
+            trial.set_user_attr("rule", rule)
             arch, weights, _ = load_checkpoint(self._checkpoint_dir(parent.number))
             parent_graph = ArchGraph.from_json(arch)
-            result = get_rule(descriptor.rule).apply(
-                parent_graph, weights, descriptor, seed=child_seed(self.seed, number), calibration=self.calibration
-            )
-            trial.set_user_attr("morphs", [result.record.to_json()])
-            trial.set_user_attr("exact", result.exact)
-            child_cost = cost(result.graph)
+            if descriptor is None:
+                graph, child_weights = parent_graph, weights
+                trial.set_user_attr("morphs", [])
+            else:
+                trial.set_user_attr("descriptor", descriptor.to_json())
+                result = get_rule(rule).apply(
+                    parent_graph, weights, descriptor, seed=child_seed(self.seed, number), calibration=self.calibration
+                )
+                graph, child_weights = result.graph, result.weights
+                trial.set_user_attr("morphs", [result.record.to_json()])
+                trial.set_user_attr("exact", result.exact)
+            child_cost = cost(graph)
             for key in ("params", "macs"):
                 trial.set_user_attr(key, child_cost[key])
             over = _over_limits(self.space, child_cost)
@@ -373,14 +383,13 @@ class Search:
                 self.study.tell(self.live.pop(number), state=TrialState.PRUNED)
                 self.on_event("pruned", {"trial": number, "reason": over})
                 return None
-            if self.inherit:
-                check = verify(parent_graph, weights, result.graph, result.weights, inputs=[self.calibration[:64]])
+            if not self.inherit:  # learning from scratch: the child's architecture, fresh weights
+                trial.set_user_attr("inherit", False)
+                child_weights = init_weights(graph, child_seed(self.seed, number))
+            elif descriptor is not None:
+                check = verify(parent_graph, weights, graph, child_weights, inputs=[self.calibration[:64]])
                 trial.set_user_attr("preservation_error", check.max_rel_err)
                 trial.set_user_attr("train_preservation_error", check.train_max_rel_err)
-                child_weights = result.weights
-            else:  # learning from scratch: the child's architecture, fresh weights
-                trial.set_user_attr("inherit", False)
-                child_weights = init_weights(result.graph, child_seed(self.seed, number))
         except MorphnasError as err:
             trial.set_user_attr("reason", f"{type(err).__name__}: {err}")
             self.study.tell(self.live.pop(number), state=TrialState.FAIL)
@@ -394,9 +403,9 @@ class Search:
             epochs=epochs, lr=lr, batch_size=ft.batch_size, weight_decay=ft.weight_decay, schedule=schedule,
             warmup_epochs=0.0, seed=self.seed, device=self.options.device, cycle=cycle,
         )
-        self.on_event("child", {"trial": number, "parent": parent.number, "rule": descriptor.rule})
-        job = ChildJob(number, result.graph.to_json(), child_weights, config, self.dataset_spec)
-        return job, result.graph, child_cost
+        self.on_event("child", {"trial": number, "parent": parent.number, "rule": rule})
+        job = ChildJob(number, graph.to_json(), child_weights, config, self.dataset_spec)
+        return job, graph, child_cost
 
     def _final_phase(self, plan: BudgetPlan) -> None:
         """Train the best network on, from its own weights, with a cosine decay to zero; its
