@@ -3,7 +3,9 @@
 Runs each command ``--repeats`` times as a fresh subprocess, the commands taking turns so that
 a change in the machine's load touches them all alike, and prints each one's median wall time
 and its ratio to ``python -c pass`` (the interpreter's own start-up), with the load average
-before and after. ``studies list`` reads a database made here with one study of three trials.
+before and after. Two floors are timed beside the commands: ``import optuna, sqlalchemy.orm``
+(under every command that opens a study storage) and ``import torch`` (under every command that
+builds a network). ``studies list`` reads a database made here with one study of three trials.
 The commands run as the console script does (``from morphnas.cli import app; app()``), with
 this interpreter, so ``PYTHONPATH`` selects the morphnas under test.
 
@@ -22,6 +24,9 @@ import time
 from pathlib import Path
 
 CONSOLE_SCRIPT = "import sys; from morphnas.cli import app; sys.exit(app(prog_name='morphnas'))"
+# the floors under the commands, timed beside them: what any Optuna RDB storage imports (alembic
+# comes on top, as the storage opens), and what any command that builds a network imports
+STORAGE_FLOOR = "import optuna, sqlalchemy.orm"
 
 
 def make_workdir(path: Path) -> None:
@@ -38,7 +43,9 @@ def commands(workdir: Path) -> dict[str, list[str]]:
     return {
         "python -c pass": [sys.executable, "-c", "pass"],
         "morphnas --help": [*morphnas, "--help"],
+        "import optuna, sqlalchemy.orm": [sys.executable, "-c", STORAGE_FLOOR],
         "morphnas studies list": [*morphnas, "studies", "list", "--workdir", str(workdir)],
+        "import torch": [sys.executable, "-c", "import torch"],
         "morphnas arch show resnet20": [*morphnas, "arch", "show", "resnet20"],
     }
 

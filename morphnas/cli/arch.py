@@ -11,7 +11,6 @@ from rich.table import Table
 
 from morphnas.errors import ConfigError
 from morphnas.ir import ArchGraph, arch_to_file, cost, init_weights, load_arch
-from morphnas.morph.resnet_ops import morph_resnet_variant
 
 arch_app = typer.Typer(no_args_is_help=True, help="Show and save architectures.")
 
@@ -33,6 +32,8 @@ def resolve(arch: str, input_text: str, classes: int, shortcut: str, morph: str 
     graph = load_arch(arch, parse_shape(input_text), classes, **options)
     if morph is None:
         return graph
+    from morphnas.morph.resnet_ops import morph_resnet_variant  # the morph engine only for --morph (start-up)
+
     return morph_resnet_variant(graph, init_weights(graph), morph).graph
 
 
