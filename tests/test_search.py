@@ -302,7 +302,10 @@ def start_cli_search(tmp_path, *args):
     """``morphnas search`` in a subprocess on the tiny space (2 generations x 2 children unless flags say)."""
     space = tmp_path / "tiny.yaml"
     space.write_text(json.dumps(tiny_space()))  # JSON is YAML
-    command = [sys.executable, "-c", "from morphnas.cli import app; app()", "search", "--space", str(space),
+    # Ctrl-C as from a terminal: a test process may have inherited SIGINT ignored (then so would the search)
+    program = ("import signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+               "from morphnas.cli import app; app()")
+    command = [sys.executable, "-c", program, "search", "--space", str(space),
                "--study", "k", "--workdir", str(tmp_path / "w"), "--seed", "5", *args]
     return subprocess.Popen(command, env={**os.environ, "PYTHONHASHSEED": "0"}, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
@@ -329,7 +332,9 @@ def stop_mid_generation(proc, tmp_path, sig) -> dict[int, tuple]:
         time.sleep(0.2)
         trials = poll_trials(tmp_path / "w" / "morphnas.db")
         done = [state for state, _ in trials if state not in ("RUNNING", "WAITING")]
-        if len(done) >= 3 and any(state == "RUNNING" and gen not in (None, "0") for state, gen in trials):
+        # a child of generation 1 or 2 (of 3): the search then has seconds of work left, so the signal
+        # cannot land after it ended (the final phase's child may end between this poll and the signal)
+        if len(done) >= 3 and any(state == "RUNNING" and gen in ("1", "2") for state, gen in trials):
             proc.send_signal(sig)
             proc.wait(timeout=120)
             return {t.number: (t.state, t.values, t.user_attrs.get("morphs"))
