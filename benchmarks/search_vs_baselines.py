@@ -86,12 +86,15 @@ def run_search_arm(arm: str, space: SearchSpace, split: int) -> dict[str, Any]:
         summary = run_search(SearchOptions(space=space, workdir=Path(workdir), study="bench", seed=split,
                                            executor=executor, **options))
         study = load_study(open_storage(summary.storage), "bench")
-        epochs = sum(len(t.user_attrs.get("history", [])) for t in lineage(study, summary.best_trial))
+        line = lineage(study, summary.best_trial)
+        epochs = sum(len(t.user_attrs.get("history", [])) for t in line)
         val_loss = study.trials[summary.best_trial].user_attrs.get("val_loss")
     return {"wall_seconds": round(time.monotonic() - started, 1), "epochs": epochs, "val_error": summary.val_error,
             "val_loss": val_loss,
             "test_error": summary.test_error, "params": summary.params, "macs": summary.macs,
-            "n_trials": summary.n_trials, "seed_test_error": summary.seed_test_error}
+            "n_trials": summary.n_trials, "seed_test_error": summary.seed_test_error,
+            # what the final network's lineage is made of: seed, each generation's winning rule, final
+            "lineage_rules": [t.user_attrs.get("rule") for t in line]}
 
 
 def run_training_arm(arch: str, space: SearchSpace, split: int, budget: float) -> dict[str, Any]:
