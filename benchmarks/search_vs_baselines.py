@@ -13,7 +13,10 @@ pipeline (augmentation included, alike for all):
 Ablations of the search's levers (one lever off each): ``search-error`` (parents and final
 network chosen by validation error, not loss), ``search-nofinal`` (no final phase),
 ``search-noaug`` (no augmentation: compare with ``seed-noaug``) and ``search-nocontrol`` (no
-unmorphed control child in a generation).
+unmorphed control child in a generation). ``--set budget.seed_share=0.4`` changes one setting
+of the default search space for every arm (repeatable; the value is read as YAML); such rows
+are named by their arm and settings, e.g. ``search budget.seed_share=0.4``, so a lever can be
+measured before it becomes the default.
 
 One JSON line per (arm, split) is appended to ``--out``; rows already there for the same
 (arm, split, budget, commit) are skipped, so the table can be built in parts. Every row records
@@ -22,6 +25,7 @@ the load average: a figure is only worth as much as the quiet of the machine tha
     .venv/bin/python benchmarks/search_vs_baselines.py --budget 600 --splits 0 1 2
     .venv/bin/python benchmarks/search_vs_baselines.py --budget 120 --splits 0 1 2   # quick mode
     .venv/bin/python benchmarks/search_vs_baselines.py --table --budget 600          # print the table only
+    .venv/bin/python benchmarks/search_vs_baselines.py --budget 120 --arms search --set budget.children=2
 """
 
 from __future__ import annotations
@@ -37,7 +41,9 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import yaml
 
+from morphnas.errors import ConfigError
 from morphnas.execute import ProcessExecutor
 from morphnas.grammar.space import SearchSpace, load_space, parse_space
 from morphnas.ir import compile_graph, cost, init_weights, load_arch
@@ -59,8 +65,32 @@ def commit() -> str:
     return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
-def space_for(arm: str, split: int, budget: float) -> SearchSpace:
+def parse_settings(words: list[str]) -> dict[str, Any]:
+    """``["budget.children=2", ...]`` as ``{"budget.children": 2, ...}`` (values read as YAML)."""
+    settings = {}
+    for word in words:
+        key, sep, value = word.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--set {word}: expected key=value, e.g. budget.seed_share=0.4")
+        settings[key] = yaml.safe_load(value)
+    return settings
+
+
+def label(arm: str, settings: dict[str, Any]) -> str:
+    """The row's arm: the arm and, when any, the settings it ran with."""
+    return " ".join([arm, *(f"{key}={json.dumps(value)}" for key, value in settings.items())])
+
+
+def space_for(arm: str, split: int, budget: float, settings: dict[str, Any] | None = None) -> SearchSpace:
     data = load_space("default").model_dump(mode="json")
+    for key, value in (settings or {}).items():
+        *path, leaf = key.split(".")
+        node = data
+        for part in path:
+            if not isinstance(node.get(part), dict):
+                raise SystemExit(f"--set {key}: the search space has no section {part!r}")
+            node = node[part]
+        node[leaf] = value
     data["dataset"]["split_seed"] = split
     data["budget"]["time_budget"] = budget
     if arm == "search-error":
@@ -115,8 +145,8 @@ def run_training_arm(arch: str, space: SearchSpace, split: int, budget: float) -
             "params": graph_cost["params"], "macs": graph_cost["macs"]}
 
 
-def run_arm(arm: str, split: int, budget: float) -> dict[str, Any]:
-    space = space_for(arm, split, budget)
+def run_arm(arm: str, split: int, budget: float, settings: dict[str, Any]) -> dict[str, Any]:
+    space = space_for(arm, split, budget, settings)
     if arm in ("seed", "seed-noaug"):
         return run_training_arm(space.seed.arch, space, split, budget)
     if arm == "resnet20":
@@ -137,7 +167,8 @@ def print_table(rows: list[dict[str, Any]], budget: float, commits: list[str] | 
     """The last row of each (arm, split) at ``budget`` (of ``commits`` only, when given, each a
     prefix): test error (validation error), the means, spread, validation loss, wall time and commits."""
     rows = [r for r in rows if r["budget"] == budget and (not commits or r["commit"].startswith(tuple(commits)))]
-    arms = [a for a in (*ARMS, *ABLATIONS) if any(r["arm"] == a for r in rows)]
+    named = {r["arm"]: None for r in rows}  # arms with --set settings after the plain ones, in file order
+    arms = [a for a in (*ARMS, *ABLATIONS) if a in named] + [a for a in named if a not in (*ARMS, *ABLATIONS)]
     splits = sorted({r["split"] for r in rows})
     print(f"test error at a {budget:g} s budget (validation error in brackets); mean and spread over splits; "
           f"* = measured with a load average over {BUSY_LOAD} (something else ran)")
@@ -173,18 +204,28 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--table", action="store_true", help="only print the table of what --out holds")
     parser.add_argument("--commits", nargs="+", help="the table shows rows of these commits (prefixes) only")
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="change a setting of the default search space, e.g. budget.seed_share=0.4")
     args = parser.parse_args()
+    settings = parse_settings(args.set)
+    for arm in args.arms:  # a wrong key fails now, not after an hour of other rows
+        try:
+            space_for(arm, 0, args.budget, settings)
+        except ConfigError as err:
+            raise SystemExit(f"--set: {err}") from None
     if not args.table:
         head = commit()
         for split in args.splits:
             for arm in args.arms:
+                name = label(arm, settings)
                 done = {(r["arm"], r["split"], r["budget"], r["commit"]) for r in read_rows(args.out)}
-                if (arm, split, args.budget, head) in done:
-                    print(f"skip {arm} split {split}: already in {args.out}", flush=True)
+                if (name, split, args.budget, head) in done:
+                    print(f"skip {name} split {split}: already in {args.out}", flush=True)
                     continue
                 load_before = os.getloadavg()[0]
-                row = {"commit": head, "arm": arm, "split": split, "budget": args.budget,
-                       **run_arm(arm, split, args.budget), "load_before": load_before, "load_after": os.getloadavg()[0]}
+                row = {"commit": head, "arm": name, "split": split, "budget": args.budget,
+                       **run_arm(arm, split, args.budget, settings), "load_before": load_before,
+                       "load_after": os.getloadavg()[0]}
                 with args.out.open("a") as out:
                     out.write(json.dumps(row) + "\n")
                 print(json.dumps(row), flush=True)
