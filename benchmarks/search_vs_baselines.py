@@ -65,6 +65,9 @@ def commit() -> str:
     return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
+OWN_SETTINGS = {"budget.time_budget": "--budget", "dataset.split_seed": "--splits"}  # the benchmark sets these
+
+
 def parse_settings(words: list[str]) -> dict[str, Any]:
     """``["budget.children=2", ...]`` as ``{"budget.children": 2, ...}`` (values read as YAML)."""
     settings = {}
@@ -72,6 +75,8 @@ def parse_settings(words: list[str]) -> dict[str, Any]:
         key, sep, value = word.partition("=")
         if not sep or not key:
             raise SystemExit(f"--set {word}: expected key=value, e.g. budget.seed_share=0.4")
+        if key in OWN_SETTINGS:
+            raise SystemExit(f"--set {key}: set by {OWN_SETTINGS[key]}, not --set")
         settings[key] = yaml.safe_load(value)
     return settings
 
