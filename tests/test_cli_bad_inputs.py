@@ -147,10 +147,16 @@ def test_a_gpu_share_without_cuda_is_refused_by_every_check() -> None:
             call()
 
 
-def write_space(tmp_path: Path) -> Path:
+def write_space(tmp_path: Path, space: dict = SPACE) -> Path:
     path = tmp_path / "tiny.yaml"
-    path.write_text(json.dumps(SPACE))  # JSON is YAML
+    path.write_text(json.dumps(space))  # JSON is YAML
     return path
+
+
+def test_search_with_an_unknown_augmentation_is_one_line(tmp_path: Path) -> None:
+    space = {**SPACE, "dataset": {"name": "digits", "augment": "rotate"}}
+    args = ["search", "--space", str(write_space(tmp_path, space)), "--workdir", str(tmp_path / "runs"), "--study", "a"]
+    assert_one_line_error(runner.invoke(app, args), "unknown augmentation 'rotate'", "affine")
 
 
 @NO_CUDA

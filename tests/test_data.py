@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from morphnas.errors import DataError
-from morphnas.train import DATASETS, augment, cifar_augment, load_dataset
+from morphnas.train import DATASETS, affine_augment, augment, cifar_augment, load_dataset
 
 
 def _check_normalised(split_x: torch.Tensor) -> None:
@@ -30,6 +30,9 @@ def test_mnist5k_split_is_4000_500_500_disjoint_and_seeded() -> None:
     data = load_dataset("mnist5k")
     assert data.input_shape == (1, 28, 28) and data.num_classes == 10 and data.augment == "shift"
     assert load_dataset("mnist5k", augment=False).augment == "none"
+    assert load_dataset("mnist5k", augment="affine").augment == "affine"
+    with pytest.raises(DataError, match="unknown augmentation 'rotate'"):
+        load_dataset("mnist5k", augment="rotate")
     assert (len(data.train), len(data.val), len(data.test)) == (4000, 500, 500)
     assert data.train.y.dtype == torch.int64
     assert torch.bincount(data.test.y).tolist() == [50] * 10  # stratified
@@ -244,3 +247,22 @@ def test_cifar_augment_keeps_channels_last() -> None:
     x = torch.randn(4, 3, 32, 32).contiguous(memory_format=torch.channels_last)
     out = cifar_augment(x, torch.Generator().manual_seed(0))
     assert out.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_affine_rotates_scales_and_shifts_each_image_and_pads_with_its_border() -> None:
+    x = torch.full((64, 1, 28, 28), -0.4)
+    x[:, :, 10:18, 12:16] = 2.0  # a bar in the middle, on a background that is not the mean
+    out = affine_augment(x, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape and out.dtype == x.dtype
+    assert torch.equal(out, augment(x, "affine", torch.Generator().manual_seed(0)))
+    assert not torch.equal(out, affine_augment(x, torch.Generator().manual_seed(1)))
+    assert torch.allclose(out[:, :, :2], torch.tensor(-0.4)) and torch.allclose(out[:, :, :, -2:], torch.tensor(-0.4))
+    ink = (out + 0.4).clamp_min(0).squeeze(1)
+    rows, cols = torch.arange(28.0)[:, None], torch.arange(28.0)
+    centre = torch.stack([(ink * rows).sum((1, 2)), (ink * cols).sum((1, 2))], 1) / ink.sum((1, 2))[:, None]
+    moved = centre - torch.tensor([13.5, 13.5])
+    assert moved.abs().max() <= 2.5 and moved.abs().max() > 1  # up to 2 pixels (a twelfth of 28), bilinearly
+    mass = ink.sum((1, 2)) / (2.4 * 32)
+    assert 0.75 < mass.min() and mass.max() < 1.3  # scaled by 0.9-1.1 in each direction: area 0.81-1.21
+    tall = ((ink > 1).any(2).sum(1), (ink > 1).any(1).sum(1))  # rows and columns the bar covers
+    assert (tall[1] > 4).sum() > 16  # rotated: wider than 4 columns in many images

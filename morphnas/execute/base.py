@@ -45,7 +45,7 @@ class DatasetSpec:
     name: str
     data_root: str | None = None
     split_seed: int = 0
-    augment: bool = True
+    augment: bool | str = True
     image_size: int = 32
 
 

@@ -77,7 +77,8 @@ class DataConfig(_Strict):
     name: str = "mnist5k"
     data_root: str | None = None
     split_seed: int = 0
-    augment: bool = Field(True, description="the data set's training augmentation (shifts for MNIST)")
+    augment: bool | str = Field(True, description="true: the data set's training augmentation (shifts for "
+                                "MNIST); false: none; or a kind: none, shift, affine, crop_flip")
     image_size: int = Field(32, gt=0, description="imagefolder:DIR images are resized and cropped to this")
 
 

@@ -3,7 +3,7 @@
 Knows nothing of morphing: it trains any ``torch.nn.Module``.
 """
 
-from morphnas.train.augment import AUGMENTS, augment, cifar_augment
+from morphnas.train.augment import AUGMENTS, affine_augment, augment, cifar_augment
 from morphnas.train.checkpoint import load_checkpoint, read_weights, save_checkpoint
 from morphnas.train.data import DATASETS, Dataset, Split, load_dataset
 from morphnas.train.trainer import (
@@ -19,6 +19,6 @@ from morphnas.train.trainer import (
 
 __all__ = [
     "AUGMENTS", "DATASETS", "Dataset", "DeviceSettings", "EpochReport", "Split", "TrainConfig", "TrainResult",
-    "augment", "cifar_augment", "device_settings", "evaluate", "load_checkpoint", "load_dataset", "read_weights",
-    "pinned_threads", "save_checkpoint", "train",
+    "affine_augment", "augment", "cifar_augment", "device_settings", "evaluate", "load_checkpoint", "load_dataset",
+    "pinned_threads", "read_weights", "save_checkpoint", "train",
 ]

@@ -1,8 +1,9 @@
 """Batched on-device augmentation: whole-batch tensor ops, no per-image Python loop.
 
-Two kinds, chosen per data set (:data:`AUGMENTS`): ``"crop_flip"`` (CIFAR: pad 4, random crop,
-horizontal flip) and ``"shift"`` (handwritten digits such as MNIST: random shifts of a few
-pixels, never a flip, which would turn a 2 into something that is no digit).
+Three kinds (:data:`AUGMENTS`): ``"crop_flip"`` (CIFAR: pad 4, random crop, horizontal flip),
+``"shift"`` (handwritten digits such as MNIST: random shifts of a few pixels, never a flip, which
+would turn a 2 into something that is no digit) and ``"affine"`` (digits again: a small random
+rotation and scaling with the shift, the distortions of Simard et al. 2003 without the elastic one).
 """
 
 from __future__ import annotations
@@ -10,7 +11,9 @@ from __future__ import annotations
 import torch
 
 CIFAR_PAD = 4
-AUGMENTS: tuple[str, ...] = ("none", "shift", "crop_flip")
+AUGMENTS: tuple[str, ...] = ("none", "shift", "affine", "crop_flip")
+AFFINE_DEGREES = 12.0
+AFFINE_SCALE = 0.1
 
 
 def augment(x: torch.Tensor, kind: str, generator: torch.Generator) -> torch.Tensor:
@@ -23,6 +26,8 @@ def augment(x: torch.Tensor, kind: str, generator: torch.Generator) -> torch.Ten
         return x
     if kind == "shift":
         return cifar_augment(x, generator, pad=max(1, x.shape[-1] // 12), flip=False)
+    if kind == "affine":
+        return affine_augment(x, generator)
     if kind == "crop_flip":
         return cifar_augment(x, generator)
     raise ValueError(f"unknown augmentation {kind!r}; choose one of {', '.join(AUGMENTS)}")
@@ -50,6 +55,25 @@ def cifar_augment(x: torch.Tensor, generator: torch.Generator, pad: int = CIFAR_
         rows[:, None, :, None],
         cols[:, None, None, :],
     ]
+    return out.contiguous(memory_format=_memory_format(x))
+
+
+def affine_augment(x: torch.Tensor, generator: torch.Generator, degrees: float = AFFINE_DEGREES,
+                   scale: float = AFFINE_SCALE) -> torch.Tensor:
+    """Rotate each image by up to ``degrees``, scale it by up to ``scale`` either way and shift it
+    by up to a twelfth of its side, bilinearly, in one ``grid_sample``; pixels from outside the
+    image repeat its border (the background of a digit), not the mean.
+    """
+    n, _, h, w = x.shape
+    draws = torch.rand(4, n, generator=generator, device=generator.device).to(x.device, x.dtype) * 2 - 1
+    angle = torch.deg2rad(draws[0] * degrees)
+    factor = 1 + draws[1] * scale
+    cos, sin = torch.cos(angle) / factor, torch.sin(angle) / factor
+    reach = 2 * max(1, w // 12) / w  # a twelfth of the side, in grid_sample's [-1, 1] coordinates
+    theta = torch.stack([torch.stack([cos, -sin, draws[2] * reach], 1),
+                         torch.stack([sin, cos, draws[3] * reach], 1)], 1)
+    grid = torch.nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
+    out = torch.nn.functional.grid_sample(x, grid, padding_mode="border", align_corners=False)
     return out.contiguous(memory_format=_memory_format(x))
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from morphnas.errors import DataError
+from morphnas.train.augment import AUGMENTS
 from morphnas.train.userdata import Parts, read_imagefolder, read_npz
 
 DATASETS: tuple[str, ...] = ("mnist5k", "digits", "cifar10", "cifar100", "synthetic", "npz:FILE", "imagefolder:DIR")
@@ -62,20 +63,23 @@ def load_dataset(
     synthetic_shape: Sequence[int] = (1, 28, 28),
     synthetic_classes: int = 10,
     synthetic_size: int = 1000,
-    augment: bool = True,
+    augment: bool | str = True,
     image_size: int = 32,
 ) -> Dataset:
     """Load data set ``name`` (one of :data:`DATASETS`).
 
     ``npz:FILE`` and ``imagefolder:DIR`` are the user's own data (:mod:`morphnas.train.userdata`);
-    folder images are resized and centre-cropped to ``image_size``. They are not augmented.
+    folder images are resized and centre-cropped to ``image_size``. They are not augmented unless
+    ``augment`` names a kind.
 
     ``split_seed`` chooses the train / validation (/ test) partition; ``data_root`` (default
     ``./data``) is where CIFAR lives; the ``synthetic_*`` options shape the synthetic set, whose
-    ``synthetic_size`` images are split 70 / 15 / 15. ``augment=False`` turns the data set's
-    training augmentation off (shifts of up to 2 pixels for MNIST, crop and flip for CIFAR; none
-    for digits, whose 8 x 8 images a one-pixel shift already moves by an eighth, nor for the
-    synthetic set).
+    ``synthetic_size`` images are split 70 / 15 / 15. ``augment=True`` keeps the data set's own
+    training augmentation (shifts of up to 2 pixels for MNIST, crop and flip for CIFAR; none for
+    digits, whose 8 x 8 images a one-pixel shift already moves by an eighth, nor for the synthetic
+    set or the user's own data), ``False`` turns it off, and a name from
+    :data:`~morphnas.train.augment.AUGMENTS` replaces it (``"affine"`` for MNIST, ``"shift"`` or
+    ``"crop_flip"`` for one's own images).
     """
     if name == "mnist5k":
         data = _mnist5k(split_seed)
@@ -93,7 +97,12 @@ def load_dataset(
         data = _user(name, (x, y), None, split_seed)
     else:
         raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
-    return data if augment else dataclasses.replace(data, augment="none")
+    if augment is True:
+        return data
+    kind = "none" if augment is False else augment
+    if kind not in AUGMENTS:
+        raise DataError(f"unknown augmentation {kind!r}; choose true, false or one of {', '.join(AUGMENTS)}")
+    return dataclasses.replace(data, augment=kind)
 
 
 def _make(
