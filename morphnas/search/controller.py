@@ -152,6 +152,7 @@ class Search:
         self.live: dict[int, optuna.Trial] = {}
         self.executor = options.executor or LocalExecutor(cpus_per_child=torch.get_num_threads())
         self.epochs_done: dict[int, int] = {}  # epochs of a child's earlier rungs (successive halving)
+        self.signals: list[int] = []  # SIGINT and SIGTERM received while the search runs
 
     # study --------------------------------------------------------------------------------
     def _open_study(self) -> optuna.Study:
@@ -203,7 +204,7 @@ class Search:
         """The search to the end of its budget; on Ctrl-C or SIGTERM the children in flight are
         marked interrupted and :class:`SearchInterrupted` says how to resume."""
         try:
-            with self.lease, _sigterm_interrupts():
+            with self.lease, _interrupting(self.signals):
                 return self._run()
         except KeyboardInterrupt as stop:
             for trial in list(self.live.values()):
@@ -446,7 +447,8 @@ class Search:
         )
         self.on_event("final", {"trial": trial.number, "parent": parent.number, "epochs": f.epochs,
                                 "seconds": seconds})
-        for result in self.executor.run([ChildJob(trial.number, arch, weights, config, self.dataset_spec)]):
+        job = ChildJob(trial.number, arch, weights, config, self.dataset_spec)
+        for result in self.executor.run([job], on_epoch=self._never_pruned):
             self._finish(trial, graph, child_cost, result)
 
     @property
@@ -468,7 +470,18 @@ class Search:
         """:func:`selection_score` of a child not yet told to the study."""
         return ranking_key(self.space.selection.metric, result.val_error, result.val_loss)
 
+    def _stop_if_signalled(self) -> None:
+        """Raise a SIGINT or SIGTERM received earlier whose exception Python dropped (see
+        :func:`_interrupting`)."""
+        _raise_caught(self.signals)
+
+    def _never_pruned(self, key: int, epoch: int, error: float) -> bool:
+        """The final phase's epoch callback: it stops the search on a signal, never the network."""
+        self._stop_if_signalled()
+        return True
+
     def _on_epoch(self, key: int, epoch: int, error: float) -> bool:
+        self._stop_if_signalled()
         if is_multi_objective(self.study):
             return True
         trial = self.live[key]
@@ -478,7 +491,7 @@ class Search:
     def _ask(self) -> optuna.Trial:
         """A new trial, live (marked interrupted on Ctrl-C) until it is told. A Ctrl-C or SIGTERM
         during the ask itself waits until the trial is live, so no trial is left running unmarked."""
-        with _signals_deferred():
+        with _signals_deferred(self.signals):
             trial = self.study.ask()
             self.live[trial.number] = trial
         return trial
@@ -586,31 +599,43 @@ class _Terminated(KeyboardInterrupt):
     """SIGTERM (``kill``, a job scheduler's time limit), stopping a search as Ctrl-C does."""
 
 
-def _raise_terminated(signum: int, frame: object) -> None:
-    raise _Terminated
+def _raise_caught(caught: list[int]) -> None:
+    """Raise what the first signal in ``caught`` stands for: :class:`_Terminated` for SIGTERM,
+    ``KeyboardInterrupt`` for SIGINT; nothing if it is empty."""
+    if caught:
+        raise _Terminated if caught[0] == signal.SIGTERM else KeyboardInterrupt
 
 
 @contextlib.contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
-    """Within the block SIGTERM raises :class:`_Terminated` (main thread only)."""
+def _interrupting(caught: list[int]) -> Iterator[None]:
+    """Within the block SIGINT (Ctrl-C) and SIGTERM raise at once, as :func:`_raise_caught` says,
+    and are noted in ``caught`` (main thread only). A signal that lands in a weakref callback or a
+    ``__del__`` (SQLAlchemy has some, run by the garbage collector) raises there, where Python drops
+    the exception with an "Exception ignored" line, so the search also checks ``caught`` between
+    epochs and children (:meth:`Search._stop_if_signalled`) and stops then."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+
+    def stop(signum: int, frame: object) -> None:
+        caught.append(signum)
+        _raise_caught([signum])
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 @contextlib.contextmanager
-def _signals_deferred() -> Iterator[None]:
-    """Hold a SIGINT (Ctrl-C) or SIGTERM that arrives inside the block and raise it at the end
-    (main thread only)."""
+def _signals_deferred(caught: list[int]) -> Iterator[None]:
+    """Note a SIGINT (Ctrl-C) or SIGTERM that arrives inside the block in ``caught`` and raise it
+    at the end (main thread only)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    caught: list[int] = []
     previous = {sig: signal.signal(sig, lambda signum, frame: caught.append(signum))
                 for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -618,10 +643,7 @@ def _signals_deferred() -> Iterator[None]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    if signal.SIGTERM in caught:
-        raise _Terminated
-    if caught:
-        raise KeyboardInterrupt
+    _raise_caught(caught)
 
 
 def _frontier(trials: list[FrozenTrial]) -> list[FrozenTrial]:
