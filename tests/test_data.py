@@ -266,3 +266,30 @@ def test_affine_rotates_scales_and_shifts_each_image_and_pads_with_its_border() 
     assert 0.75 < mass.min() and mass.max() < 1.3  # scaled by 0.9-1.1 in each direction: area 0.81-1.21
     tall = ((ink > 1).any(2).sum(1), (ink > 1).any(1).sum(1))  # rows and columns the bar covers
     assert (tall[1] > 4).sum() > 16  # rotated: wider than 4 columns in many images
+
+
+def _moments(ink: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each image's centre of mass (row, column) and 2 x 2 second central moment, in pixels."""
+    h, w = ink.shape[-2:]
+    rows, cols = torch.meshgrid(torch.arange(h, dtype=ink.dtype), torch.arange(w, dtype=ink.dtype), indexing="ij")
+    at = torch.stack([rows, cols]).flatten(1)  # 2 x (h w)
+    weights = ink.flatten(1) / ink.flatten(1).sum(1, keepdim=True)
+    centre = weights @ at.T
+    spread = at[None] - centre[:, :, None]
+    return centre, torch.einsum("np,nip,njp->nij", weights, spread, spread)
+
+
+def test_affine_on_images_that_are_not_square_shifts_by_each_side_and_rotates_without_shear() -> None:
+    x = torch.zeros(200, 1, 48, 24)  # a twelfth of each side: 4 rows, 2 columns
+    x[:, :, 16:32, 9:15] = 1.0  # a bar, 16 rows by 6 columns
+    plain = affine_augment(x, torch.Generator().manual_seed(0), degrees=0.0, scale=0.0)
+    centre, flat = _moments(plain.squeeze(1))
+    moved = (centre - torch.tensor([23.5, 11.5])).abs().amax(0)
+    assert 3.5 < moved[0] <= 4.01 and 1.5 < moved[1] <= 2.01, moved
+    _, second = _moments(affine_augment(x, torch.Generator().manual_seed(0), scale=0.0).squeeze(1))
+    # a rotation keeps the bar's lengths (the eigenvalues of its second moment) and turns its long
+    # axis by the angle drawn; the shear before the fix turned it by 3 degrees at most
+    assert torch.allclose(torch.linalg.eigvalsh(second), torch.linalg.eigvalsh(flat), rtol=0.08)
+    angle = torch.rad2deg(0.5 * torch.atan2(2 * second[:, 0, 1], second[:, 0, 0] - second[:, 1, 1]))
+    assert angle.abs().max() <= 12.1 and angle.abs().max() > 11  # turned by up to 12 degrees either way
+    assert (angle > 6).any() and (angle < -6).any()

@@ -25,7 +25,7 @@ def augment(x: torch.Tensor, kind: str, generator: torch.Generator) -> torch.Ten
     if kind == "none":
         return x
     if kind == "shift":
-        return cifar_augment(x, generator, pad=max(1, x.shape[-1] // 12), flip=False)
+        return cifar_augment(x, generator, pad=_shift_pixels(x.shape[-1]), flip=False)
     if kind == "affine":
         return affine_augment(x, generator)
     if kind == "crop_flip":
@@ -69,12 +69,18 @@ def affine_augment(x: torch.Tensor, generator: torch.Generator, degrees: float =
     angle = torch.deg2rad(draws[0] * degrees)
     factor = 1 + draws[1] * scale
     cos, sin = torch.cos(angle) / factor, torch.sin(angle) / factor
-    reach = 2 * max(1, w // 12) / w  # a twelfth of the side, in grid_sample's [-1, 1] coordinates
-    theta = torch.stack([torch.stack([cos, -sin, draws[2] * reach], 1),
-                         torch.stack([sin, cos, draws[3] * reach], 1)], 1)
+    # affine_grid's coordinates run over [-1, 1] along each side, so a rotation by pixels is
+    # diag(w, h)^-1 R diag(w, h) there (no shear when h != w) and a shift of k pixels is 2k / side
+    theta = torch.stack([torch.stack([cos, -sin * h / w, draws[2] * 2 * _shift_pixels(w) / w], 1),
+                         torch.stack([sin * w / h, cos, draws[3] * 2 * _shift_pixels(h) / h], 1)], 1)
     grid = torch.nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
     out = torch.nn.functional.grid_sample(x, grid, padding_mode="border", align_corners=False)
     return out.contiguous(memory_format=_memory_format(x))
+
+
+def _shift_pixels(side: int) -> int:
+    """The farthest a digit is shifted along a side of ``side`` pixels: a twelfth, at least one."""
+    return max(1, side // 12)
 
 
 def _memory_format(x: torch.Tensor) -> torch.memory_format:
