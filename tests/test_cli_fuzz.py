@@ -53,7 +53,7 @@ FLAGS: dict[str, dict[str, list[str]]] = {
         "--batch-size": ["64", "0", "x"],
         "--seed": ["1", "x"],
         "--out": ["{dir}/t", "{file}/t", "/proc/t"],
-        "--augment": [], "--no-augment": [],
+        "--augment": ["default", "none", "affine", "nope", ""],
     },
     "export": {
         "--trial": ["best", "0", "99", "x", "-1"],

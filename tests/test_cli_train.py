@@ -49,6 +49,18 @@ def test_train_prints_a_summary_and_takes_an_architecture_file(tmp_path: Path) -
     assert load_checkpoint(out)[2]["epochs"] == 4 / 9  # 1,257 images: 9 batches of 128 an epoch, 4 of them run
 
 
+def test_train_augment_names_a_kind_and_the_checkpoint_records_it(tmp_path: Path) -> None:
+    args = ["train", "--arch", "cnn", "--dataset", "digits", "--epochs", "1", "--json"]
+    runs = {}
+    for kind in ("default", "shift", "affine"):
+        result = runner.invoke(app, [*args, "--augment", kind, "--out", str(tmp_path / kind)])
+        assert result.exit_code == 0, result.output
+        runs[kind] = load_checkpoint(tmp_path / kind)[2]
+    assert [runs[kind]["augment"] for kind in runs] == ["none", "shift", "affine"]  # digits' own kind is none
+    losses = {kind: runs[kind]["train_loss"] for kind in runs}
+    assert len(set(losses.values())) == 3, losses  # same seed, three different training streams
+
+
 def test_train_errors_are_one_line_and_exit_2(tmp_path: Path) -> None:
     arch_file = tmp_path / "big.json"
     arch_to_file(load_arch("mlp", (1, 28, 28), 10), arch_file)
@@ -58,6 +70,7 @@ def test_train_errors_are_one_line_and_exit_2(tmp_path: Path) -> None:
         (["--arch", "nope", "--dataset", "digits"], "unknown network 'nope'"),
         (["--arch", str(arch_file), "--dataset", "digits"], "takes 1x28x28 inputs but digits has 1x8x8"),
         (["--arch", "cnn", "--dataset", "digits", "--epochs", "-1"], "epochs must be > 0"),
+        (["--arch", "cnn", "--dataset", "digits", "--augment", "rotate"], "--augment must be default or one of"),
     ]
     for options, message in cases:
         result = runner.invoke(app, ["train", *options, "--out", str(tmp_path / "run")])

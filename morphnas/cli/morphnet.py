@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from morphnas.cli.train import check_out
+from morphnas.cli.train import AUGMENT_HELP, augment_kind, check_out
 from morphnas.errors import ConfigError
 from morphnas.ir import check_fits, cost, load_arch
 from morphnas.morphnet import DEFAULT_STRENGTH, DEFAULT_THRESHOLD, TARGETS, CycleConfig
@@ -39,7 +39,7 @@ def morphnet_command(
     strength: float = typer.Option(DEFAULT_STRENGTH, "--strength", help="Regulariser strength (x 1 / seed cost)."),
     threshold: float = typer.Option(DEFAULT_THRESHOLD, "--threshold", help="|gamma| below this: channel removed."),
     seed: int = typer.Option(0, "--seed", min=0, max=2**32 - 1, help="Seeds the weights, shuffling and new filters."),
-    augment: bool = typer.Option(True, "--augment/--no-augment", help="The data set's training augmentation."),
+    augment: str = typer.Option("default", "--augment", metavar="KIND", help=AUGMENT_HELP),
     data_root: Path | None = typer.Option(None, "--data-root", help="Where CIFAR lives (default ./data)."),
     out: Path = typer.Option(..., "--out", help="Checkpoint directory to write (replaced if it is one)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
@@ -51,7 +51,7 @@ def morphnet_command(
         raise ConfigError(f"--iterations must be >= 1, got {iterations}")
     parse_budget(budget, 1.0)  # fail on a malformed budget before loading anything
     check_out(out)
-    data = load_dataset(dataset, data_root=data_root, augment=augment)
+    data = load_dataset(dataset, data_root=data_root, augment=augment_kind(augment))
     graph = load_arch(arch, input_shape=data.input_shape, num_classes=data.num_classes)
     check_fits(graph, data.input_shape, data.num_classes, dataset)
     config = CycleConfig(budget=parse_budget(budget, float(cost(graph)[target])), target=target,

@@ -17,8 +17,17 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from morphnas.errors import ConfigError
 from morphnas.ir import check_fits, compile_graph, load_arch
-from morphnas.train import DATASETS, EpochReport, TrainConfig, load_dataset, save_checkpoint, train
+from morphnas.train import AUGMENTS, DATASETS, EpochReport, TrainConfig, load_dataset, save_checkpoint, train
 from morphnas.train.checkpoint import FILES
+
+AUGMENT_HELP = f"Training augmentation: default (the data set's own) or one of {', '.join(AUGMENTS)}."
+
+
+def augment_kind(kind: str) -> bool | str:
+    """``--augment KIND`` as :func:`~morphnas.train.load_dataset` takes it (``default``: the data set's own)."""
+    if kind != "default" and kind not in AUGMENTS:
+        raise ConfigError(f"--augment must be default or one of {', '.join(AUGMENTS)}, got {kind!r}")
+    return True if kind == "default" else kind
 
 
 def check_out(out: Path) -> None:
@@ -78,7 +87,7 @@ def _progress(
 def train_command(
     arch: str = typer.Option(..., "--arch", help="A seed name (resnet20, cnn, mlp, ...) or an architecture JSON file."),
     dataset: str = typer.Option("mnist5k", "--dataset", help=f"One of {', '.join(DATASETS)}."),
-    augment: bool = typer.Option(True, "--augment/--no-augment", help="The data set's training augmentation."),
+    augment: str = typer.Option("default", "--augment", metavar="KIND", help=AUGMENT_HELP),
     data_root: Path | None = typer.Option(None, "--data-root", help="Where CIFAR lives (default ./data)."),
     epochs: float = typer.Option(10.0, "--epochs", help="Epochs to train (may be fractional)."),
     lr: float = typer.Option(TrainConfig.lr, "--lr", help="Peak learning rate (cosine schedule)."),
@@ -90,7 +99,7 @@ def train_command(
 ) -> None:
     """Train a network on a data set, write its checkpoint and report its errors."""
     check_out(out)
-    data = load_dataset(dataset, data_root=data_root, augment=augment)
+    data = load_dataset(dataset, data_root=data_root, augment=augment_kind(augment))
     graph = load_arch(arch, input_shape=data.input_shape, num_classes=data.num_classes)
     check_fits(graph, data.input_shape, data.num_classes, dataset)
     config = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed)
@@ -105,6 +114,7 @@ def train_command(
 
     metrics = {
         "dataset": dataset,
+        "augment": data.augment,
         "arch": arch,
         "params": params,
         "val_error": result.val_error,
