@@ -70,7 +70,7 @@ def test_train_errors_are_one_line_and_exit_2(tmp_path: Path) -> None:
         (["--arch", "nope", "--dataset", "digits"], "unknown network 'nope'"),
         (["--arch", str(arch_file), "--dataset", "digits"], "takes 1x28x28 inputs but digits has 1x8x8"),
         (["--arch", "cnn", "--dataset", "digits", "--epochs", "-1"], "epochs must be > 0"),
-        (["--arch", "cnn", "--dataset", "digits", "--augment", "rotate"], "--augment must be default or one of"),
+        (["--arch", "cnn", "--dataset", "digits", "--augment", "rotate"], "'rotate' is not one of 'default', 'none'"),
     ]
     for options, message in cases:
         result = runner.invoke(app, ["train", *options, "--out", str(tmp_path / "run")])

@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from morphnas.cli.train import AUGMENT_HELP, augment_kind, check_out
+from morphnas.cli.train import AUGMENT_HELP, AugmentKind, augment_kind, check_out
 from morphnas.errors import ConfigError
 from morphnas.ir import check_fits, cost, load_arch
 from morphnas.morphnet import DEFAULT_STRENGTH, DEFAULT_THRESHOLD, TARGETS, CycleConfig
@@ -39,7 +39,7 @@ def morphnet_command(
     strength: float = typer.Option(DEFAULT_STRENGTH, "--strength", help="Regulariser strength (x 1 / seed cost)."),
     threshold: float = typer.Option(DEFAULT_THRESHOLD, "--threshold", help="|gamma| below this: channel removed."),
     seed: int = typer.Option(0, "--seed", min=0, max=2**32 - 1, help="Seeds the weights, shuffling and new filters."),
-    augment: str = typer.Option("default", "--augment", metavar="KIND", help=AUGMENT_HELP),
+    augment: AugmentKind = typer.Option("default", "--augment", metavar="KIND", help=AUGMENT_HELP),
     data_root: Path | None = typer.Option(None, "--data-root", help="Where CIFAR lives (default ./data)."),
     out: Path = typer.Option(..., "--out", help="Checkpoint directory to write (replaced if it is one)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),

@@ -9,6 +9,7 @@ import math
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Literal
 
 import torch
 import typer
@@ -20,13 +21,12 @@ from morphnas.ir import check_fits, compile_graph, load_arch
 from morphnas.train import AUGMENTS, DATASETS, EpochReport, TrainConfig, load_dataset, save_checkpoint, train
 from morphnas.train.checkpoint import FILES
 
+AugmentKind = Literal[("default", *AUGMENTS)]  # typer checks --augment's value against these
 AUGMENT_HELP = f"Training augmentation: default (the data set's own) or one of {', '.join(AUGMENTS)}."
 
 
-def augment_kind(kind: str) -> bool | str:
+def augment_kind(kind: AugmentKind) -> bool | str:
     """``--augment KIND`` as :func:`~morphnas.train.load_dataset` takes it (``default``: the data set's own)."""
-    if kind != "default" and kind not in AUGMENTS:
-        raise ConfigError(f"--augment must be default or one of {', '.join(AUGMENTS)}, got {kind!r}")
     return True if kind == "default" else kind
 
 
@@ -87,7 +87,7 @@ def _progress(
 def train_command(
     arch: str = typer.Option(..., "--arch", help="A seed name (resnet20, cnn, mlp, ...) or an architecture JSON file."),
     dataset: str = typer.Option("mnist5k", "--dataset", help=f"One of {', '.join(DATASETS)}."),
-    augment: str = typer.Option("default", "--augment", metavar="KIND", help=AUGMENT_HELP),
+    augment: AugmentKind = typer.Option("default", "--augment", metavar="KIND", help=AUGMENT_HELP),
     data_root: Path | None = typer.Option(None, "--data-root", help="Where CIFAR lives (default ./data)."),
     epochs: float = typer.Option(10.0, "--epochs", help="Epochs to train (may be fractional)."),
     lr: float = typer.Option(TrainConfig.lr, "--lr", help="Peak learning rate (cosine schedule)."),
