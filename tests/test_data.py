@@ -23,7 +23,8 @@ def _check_normalised(split_x: torch.Tensor) -> None:
 
 
 def test_datasets_lists_every_name() -> None:
-    assert DATASETS == ("mnist5k", "digits", "cifar10", "cifar100", "synthetic", "npz:FILE", "imagefolder:DIR")
+    assert DATASETS == ("mnist5k", "digits", "fashion-mnist", "cifar10", "cifar100", "synthetic", "npz:FILE",
+                        "imagefolder:DIR")
 
 
 def test_mnist5k_split_is_4000_500_500_disjoint_and_seeded() -> None:

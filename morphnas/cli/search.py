@@ -16,6 +16,7 @@ from morphnas.errors import ConfigError, SearchInterrupted
 from morphnas.grammar.space import load_space, parse_duration, parse_space
 from morphnas.search import SearchOptions, SearchSummary, run_search
 from morphnas.search.study import shown_url
+from morphnas.train import download_dataset
 
 if TYPE_CHECKING:
     from morphnas.execute.base import Executor
@@ -162,7 +163,8 @@ def _print_summary(console: Console, s: SearchSummary) -> None:
 def search(
     space: str = typer.Option("default", "--space", help="Search space YAML file or name in search_spaces/."),
     dataset: str = typer.Option(None, "--dataset", help="Override the space's data set."),
-    data_root: str = typer.Option(None, "--data-root", help="Where CIFAR files are."),
+    data_root: str = typer.Option(None, "--data-root", help="Where CIFAR or Fashion-MNIST files are."),
+    download: bool = typer.Option(False, "--download", help="Fetch fashion-mnist into --data-root first."),
     storage: str = typer.Option(None, "--storage", help="SQLAlchemy URL (default: sqlite in the work dir)."),
     study: str = typer.Option(None, "--study", help="Study name (default: <space>-<timestamp>)."),
     workdir: Path = typer.Option(Path("runs"), "--workdir", help="Checkpoints and the default database."),
@@ -201,6 +203,8 @@ def search(
         overrides["dataset"] = data
     if overrides:
         loaded = parse_space({**loaded.model_dump(mode="json"), **overrides}, space)
+    if download:
+        download_dataset(loaded.dataset.name, loaded.dataset.data_root)
     budget = {k: v for k, v in (("generations", generations), ("children", children)) if v is not None}
     if time_budget is not None:
         budget["time_budget"] = parse_duration(time_budget)

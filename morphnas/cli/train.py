@@ -18,7 +18,16 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from morphnas.errors import ConfigError
 from morphnas.ir import check_fits, compile_graph, load_arch
-from morphnas.train import AUGMENTS, DATASETS, EpochReport, TrainConfig, load_dataset, save_checkpoint, train
+from morphnas.train import (
+    AUGMENTS,
+    DATASETS,
+    EpochReport,
+    TrainConfig,
+    download_dataset,
+    load_dataset,
+    save_checkpoint,
+    train,
+)
 from morphnas.train.checkpoint import FILES
 
 AugmentKind = Literal[("default", *AUGMENTS)]  # typer checks --augment's value against these
@@ -88,7 +97,9 @@ def train_command(
     arch: str = typer.Option(..., "--arch", help="A seed name (resnet20, cnn, mlp, ...) or an architecture JSON file."),
     dataset: str = typer.Option("mnist5k", "--dataset", help=f"One of {', '.join(DATASETS)}."),
     augment: AugmentKind = typer.Option("default", "--augment", metavar="KIND", help=AUGMENT_HELP),
-    data_root: Path | None = typer.Option(None, "--data-root", help="Where CIFAR lives (default ./data)."),
+    data_root: Path | None = typer.Option(None, "--data-root",
+                                          help="Where CIFAR or Fashion-MNIST lives (default ./data)."),
+    download: bool = typer.Option(False, "--download", help="Fetch fashion-mnist into --data-root first."),
     epochs: float = typer.Option(10.0, "--epochs", help="Epochs to train (may be fractional)."),
     lr: float = typer.Option(TrainConfig.lr, "--lr", help="Peak learning rate (cosine schedule)."),
     batch_size: int = typer.Option(TrainConfig.batch_size, "--batch-size", help="Batch size."),
@@ -99,6 +110,8 @@ def train_command(
 ) -> None:
     """Train a network on a data set, write its checkpoint and report its errors."""
     check_out(out)
+    if download:
+        download_dataset(dataset, data_root)
     data = load_dataset(dataset, data_root=data_root, augment=augment_kind(augment))
     graph = load_arch(arch, input_shape=data.input_shape, num_classes=data.num_classes)
     check_fits(graph, data.input_shape, data.num_classes, dataset)

@@ -78,7 +78,8 @@ class DataConfig(_Strict):
     data_root: str | None = None
     split_seed: int = 0
     augment: bool | str = Field(True, description="true: the data set's training augmentation (shifts for "
-                                "MNIST); false: none; or a kind: none, shift, affine, crop_flip")
+                                "MNIST); false: none; or a kind: none, shift, affine, crop_flip, "
+                                "crop_flip_erase")
     image_size: int = Field(32, gt=0, description="imagefolder:DIR images are resized and cropped to this")
 
 

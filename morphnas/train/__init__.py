@@ -5,7 +5,7 @@ Knows nothing of morphing: it trains any ``torch.nn.Module``.
 
 from morphnas.train.augment import AUGMENTS, affine_augment, augment, cifar_augment
 from morphnas.train.checkpoint import load_checkpoint, read_weights, save_checkpoint
-from morphnas.train.data import DATASETS, Dataset, Split, load_dataset
+from morphnas.train.data import DATASETS, Dataset, Split, download_dataset, load_dataset
 from morphnas.train.trainer import (
     DeviceSettings,
     EpochReport,
@@ -19,6 +19,6 @@ from morphnas.train.trainer import (
 
 __all__ = [
     "AUGMENTS", "DATASETS", "Dataset", "DeviceSettings", "EpochReport", "Split", "TrainConfig", "TrainResult",
-    "affine_augment", "augment", "cifar_augment", "device_settings", "evaluate", "load_checkpoint", "load_dataset",
-    "pinned_threads", "read_weights", "save_checkpoint", "train",
+    "affine_augment", "augment", "cifar_augment", "device_settings", "download_dataset", "evaluate",
+    "load_checkpoint", "load_dataset", "pinned_threads", "read_weights", "save_checkpoint", "train",
 ]

@@ -9,6 +9,9 @@ torchvision, which checks each file's MD5 before unpickling it.
 from __future__ import annotations
 
 import dataclasses
+import gzip
+import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,9 +23,15 @@ from morphnas.errors import DataError
 from morphnas.train.augment import AUGMENTS
 from morphnas.train.userdata import Parts, read_imagefolder, read_npz
 
-DATASETS: tuple[str, ...] = ("mnist5k", "digits", "cifar10", "cifar100", "synthetic", "npz:FILE", "imagefolder:DIR")
+DATASETS: tuple[str, ...] = ("mnist5k", "digits", "fashion-mnist", "cifar10", "cifar100", "synthetic", "npz:FILE",
+                             "imagefolder:DIR")
 DEFAULT_DATA_ROOT = Path("data")
 CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
+DATA_ENV = "MORPHNAS_DATA"  # a folder searched for data sets after --data-root
+DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")  # `apt-get install dataset-fashion-mnist`
+FASHION_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                 "t10k-labels-idx1-ubyte")
+FASHION_VAL_IMAGES = 6000  # 600 per class, held out of the 60,000 training images
 _CIFAR_PIXELS = 3 * 32 * 32
 
 
@@ -73,9 +82,11 @@ def load_dataset(
     ``augment`` names a kind.
 
     ``split_seed`` chooses the train / validation (/ test) partition; ``data_root`` (default
-    ``./data``) is where CIFAR lives; the ``synthetic_*`` options shape the synthetic set, whose
-    ``synthetic_size`` images are split 70 / 15 / 15. ``augment=True`` keeps the data set's own
-    training augmentation (shifts of up to 2 pixels for MNIST, crop and flip for CIFAR; none for
+    ``./data``) is where CIFAR lives; Fashion-MNIST is looked up there, then in ``$MORPHNAS_DATA``,
+    then where Debian's ``dataset-fashion-mnist`` puts it (:func:`find_fashion_mnist`); the
+    ``synthetic_*`` options shape the synthetic set, whose ``synthetic_size`` images are split
+    70 / 15 / 15. ``augment=True`` keeps the data set's own training augmentation (shifts of up
+    to 2 pixels for MNIST, crop and flip for CIFAR and Fashion-MNIST; none for
     digits, whose 8 x 8 images a one-pixel shift already moves by an eighth, nor for the synthetic
     set or the user's own data), ``False`` turns it off, and a name from
     :data:`~morphnas.train.augment.AUGMENTS` replaces it (``"affine"`` for MNIST, ``"shift"`` or
@@ -85,6 +96,8 @@ def load_dataset(
         data = _mnist5k(split_seed)
     elif name == "digits":
         data = _digits(split_seed)
+    elif name == "fashion-mnist":
+        data = _fashion_mnist(data_root, split_seed)
     elif name in ("cifar10", "cifar100"):
         data = _cifar(name, Path(data_root) if data_root is not None else DEFAULT_DATA_ROOT, split_seed)
     elif name == "synthetic":
@@ -177,6 +190,75 @@ def _digits(seed: int) -> Dataset:
     x = (bunch.data / 16.0).astype(np.float32).reshape(-1, 1, 8, 8)
     n_held = round(0.15 * len(x))
     return _make("digits", 10, _split_three(x, bunch.target, n_held, n_held, seed), augment="none")
+
+
+def find_fashion_mnist(data_root: str | Path | None = None) -> Path:
+    """The folder holding Fashion-MNIST's four IDX files (each plain or ``.gz``): the first of
+    ``data_root``, ``$MORPHNAS_DATA`` and Debian's ``/usr/share/datasets/fashion-mnist`` that has
+    them, each as it is, under ``fashion-mnist/`` or in torchvision's layout
+    (``FashionMNIST/raw/``, where ``torchvision.datasets.FashionMNIST(root, download=True)``
+    puts them)."""
+    roots = [Path(r) for r in (data_root or DEFAULT_DATA_ROOT, os.environ.get(DATA_ENV)) if r] + [DEBIAN_FASHION]
+    for root in roots:
+        for folder in (root, root / "fashion-mnist", root / "FashionMNIST" / "raw"):
+            if all(_idx_path(folder, name) is not None for name in FASHION_FILES):
+                return folder
+    raise DataError(
+        f"fashion-mnist not found in {', '.join(str(r) for r in roots)}: `apt-get install dataset-fashion-mnist`, "
+        f"or pass --download (into --data-root) where the network is reachable"
+    )
+
+
+def download_dataset(name: str, data_root: str | Path | None = None) -> Path:
+    """Fetch data set ``name`` into ``data_root`` (default ``./data``) with torchvision's
+    downloader, which checks each file's MD5; only Fashion-MNIST downloads."""
+    if name != "fashion-mnist":
+        raise DataError(f"--download fetches fashion-mnist only, not {name!r}")
+    from torchvision.datasets import FashionMNIST
+
+    root = Path(data_root or DEFAULT_DATA_ROOT)
+    try:
+        FashionMNIST(str(root), train=True, download=True)
+        FashionMNIST(str(root), train=False, download=True)
+    except (OSError, RuntimeError) as err:
+        raise DataError(f"fashion-mnist download into {root} failed: {err}".splitlines()[0]) from None
+    return find_fashion_mnist(root)
+
+
+def _idx_path(folder: Path, name: str) -> Path | None:
+    for path in (folder / name, folder / f"{name}.gz"):
+        if path.is_file():
+            return path
+    return None
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """An IDX file (LeCun's MNIST format: magic 0 0 type ndim, big-endian sizes, the data), plain
+    or gzipped, as a uint8 array; a file that is not one raises :class:`DataError`."""
+    try:
+        raw = (gzip.open if path.suffix == ".gz" else open)(path, "rb").read()
+    except (OSError, EOFError) as err:
+        raise DataError(f"cannot read {path}: {err}") from None
+    if len(raw) < 4 or raw[:3] != b"\0\0\x08" or not 1 <= raw[3] <= 4:
+        raise DataError(f"{path} is not an IDX file of unsigned bytes")
+    shape = tuple(int(d) for d in np.frombuffer(raw, ">u4", count=raw[3], offset=4))
+    body = np.frombuffer(raw, np.uint8, offset=4 + 4 * raw[3])
+    if body.size != math.prod(shape):
+        raise DataError(f"{path} is truncated: {body.size} bytes for shape {shape}")
+    return body.reshape(shape).copy()  # writable, as torch wants
+
+
+def _fashion_mnist(data_root: str | Path | None, seed: int) -> Dataset:
+    """54,000 / 6,000 / 10,000: the official test set, 600 validation images per class held out
+    of the training set by ``seed``."""
+    folder = find_fashion_mnist(data_root)
+    train_x, train_y, test_x, test_y = (read_idx(_idx_path(folder, name)) for name in FASHION_FILES)
+    if train_x.shape != (60000, 28, 28) or test_x.shape != (10000, 28, 28) or train_y.shape != (60000,) \
+            or test_y.shape != (10000,) or max(train_y.max(), test_y.max()) > 9:
+        raise DataError(f"{folder} does not hold Fashion-MNIST: shapes {train_x.shape}, {test_x.shape}")
+    scale = lambda x: (x / np.float32(255.0)).astype(np.float32)[:, None]  # noqa: E731
+    fit, val = _split_two(scale(train_x), train_y.astype(np.int64), FASHION_VAL_IMAGES, seed, "fashion-mnist")
+    return _make("fashion-mnist", 10, (fit, val, (scale(test_x), test_y.astype(np.int64))), augment="crop_flip")
 
 
 def _synthetic(shape: tuple[int, ...], num_classes: int, size: int, seed: int) -> Dataset:
