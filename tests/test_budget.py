@@ -6,7 +6,14 @@ import math
 
 import pytest
 
-from morphnas.search.budget import SUMMARY_RESERVE, plan_budget
+from morphnas.search.budget import (
+    MIN_EPOCH_SHARE,
+    SUMMARY_RESERVE,
+    fit_generation,
+    generation_work,
+    plan_budget,
+    rung_sizes,
+)
 
 
 def test_budget_is_split_into_seed_generations_and_final_phase() -> None:
@@ -38,3 +45,20 @@ def test_without_a_budget_the_position_follows_the_phases_and_generations() -> N
     plan = plan_budget(start=5.0, total=None, seed_share=0.25, final_share=0.35)
     # the generations share 0.25 .. 0.65 evenly; the final phase then anneals from 0.65
     assert [plan.position(1e9, done) for done in (0.0, 0.5, 1.0, 2.0)] == pytest.approx([0.25, 0.45, 0.65, 0.65])
+
+
+def test_rungs_and_work_of_successive_halving() -> None:
+    assert rung_sizes(4, 2) == [4, 2, 1] and rung_sizes(5, 3) == [5, 2, 1] and rung_sizes(4, None) == [4]
+    # 4 x 1 epoch, 2 x 2, 1 x 4: the default space's generation is 12 child-epochs
+    assert generation_work(4, 1.0, 2) == 12.0 and generation_work(3, 2.0, None) == 6.0
+
+
+def test_a_generation_that_does_not_fit_is_shortened_then_thinned_then_skipped() -> None:
+    # 12 child-epochs of 10 s: 120 s as configured
+    assert fit_generation(4, 1.0, 2, epoch_seconds=10.0, seconds_left=500.0) == (4, 1.0)
+    assert fit_generation(4, 1.0, 2, epoch_seconds=10.0, seconds_left=60.0) == (4, 0.5)  # half the epochs
+    # a quarter of the epochs would still not fit 4 children: 2 children (4 child-epochs, 40 s) at 50 %
+    assert fit_generation(4, 1.0, 2, epoch_seconds=10.0, seconds_left=20.0) == (2, 0.5)
+    assert fit_generation(4, 1.0, 2, epoch_seconds=10.0, seconds_left=9.0) is None  # 2 at a quarter: 10 s
+    assert fit_generation(4, 1.0, 2, epoch_seconds=10.0, seconds_left=-5.0) is None
+    assert MIN_EPOCH_SHARE == 0.25

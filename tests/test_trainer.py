@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 
 import pytest
 import torch
@@ -307,13 +308,25 @@ def test_extra_loss_is_added_and_reported_apart(synthetic) -> None:
     assert pulled_model[1].weight.abs().sum() < plain_model[1].weight.abs().sum()  # the term was optimised
 
 
-def test_time_limit_fits_whole_epochs_to_the_time_left() -> None:
-    # 10 s budget, 2 epochs done in 4 s (2 s each): 3 more fit, capped by the configured steps
-    assert _fit_to_time(step=20, max_steps=1000, steps_per_epoch=10, elapsed=4.0, epoch_seconds=2.0, limit=10.0) == 50
-    assert _fit_to_time(step=20, max_steps=30, steps_per_epoch=10, elapsed=4.0, epoch_seconds=2.0, limit=10.0) == 30
-    assert _fit_to_time(step=20, max_steps=1000, steps_per_epoch=10, elapsed=11.0, epoch_seconds=2.0, limit=10.0) == 20
-    # a 3 s start-up before 2 epochs of 0.5 s: the 6 s left fit 12 epochs, not 1.5
-    assert _fit_to_time(step=20, max_steps=1000, steps_per_epoch=10, elapsed=4.0, epoch_seconds=0.5, limit=10.0) == 140
+def test_time_limit_fits_the_steps_to_the_time_left() -> None:
+    # 10 s left at 0.2 s a step: 50 more steps fit, capped by the configured steps; none after the end
+    assert _fit_to_time(step=20, max_steps=1000, now=4.0, step_seconds=0.2, end=14.0) == 70
+    assert _fit_to_time(step=20, max_steps=30, now=4.0, step_seconds=0.2, end=14.0) == 30
+    assert _fit_to_time(step=20, max_steps=1000, now=15.0, step_seconds=0.2, end=14.0) == 20
+
+
+def test_a_deadline_cuts_the_run_inside_an_epoch(digits) -> None:
+    """A wall-clock deadline a fraction of an epoch away ends the run within a sixteenth of an
+    epoch of it, the last epoch partial; one already passed trains a sixteenth of an epoch."""
+    started = time.time()
+    config = TrainConfig(epochs=10_000, lr=0.1, batch_size=8, deadline=started + 0.6)
+    result = train(small_cnn(), digits, config)
+    steps_per_epoch = len(digits.train) // 8
+    assert result.epochs < 10_000 and result.epochs * steps_per_epoch == round(result.epochs * steps_per_epoch)
+    epoch_seconds = result.seconds / max(result.epochs, 1e-9)
+    assert time.time() - started < 0.6 + epoch_seconds / 8 + 0.5  # a sixteenth, one validation and the start-up
+    late = train(small_cnn(), digits, TrainConfig(epochs=5, batch_size=8, deadline=started - 1))
+    assert late.epochs == pytest.approx((steps_per_epoch // 16) / steps_per_epoch) and len(late.history) == 1
 
 
 def test_time_limited_run_ends_in_time_with_the_rate_decayed(digits, monkeypatch) -> None:
@@ -328,7 +341,7 @@ def test_time_limited_run_ends_in_time_with_the_rate_decayed(digits, monkeypatch
     # short epochs, so that many fit in the limit even on a busy machine
     config = TrainConfig(epochs=10_000, lr=0.1, batch_size=64, max_train_batches=2, time_limit=2.0)
     result = train(small_cnn(), digits, config)
-    assert 1 <= result.epochs < 10_000 and result.epochs == len(result.history)
+    assert 1 <= result.epochs < 10_000 and math.ceil(result.epochs) == len(result.history)  # the last may be partial
     assert result.seconds < 2.0 + 3 * max(h.seconds for h in result.history)
     assert seen[0] == pytest.approx(0.1, rel=1e-3) and seen[-1] < 0.1 * 0.05  # decayed to about zero
 

@@ -114,7 +114,7 @@ class LiveView:
             err = info["val_error"]
             self.last = f"trial {info['trial']} {info['status']}" + ("" if err is None else f", val error {err:.2%}")
         elif kind == "budget":
-            self.last = "time budget spent"
+            self.last = info["message"]
         self.live.update(self._table())
 
 
@@ -134,7 +134,7 @@ def log_events(kind: str, info: dict[str, Any]) -> None:
         err = "" if info["val_error"] is None else f", val error {info['val_error']:.2%}"
         line = f"  trial {info['trial']} {info['status']}{err} (best {info['best']:.2%})"
     else:
-        line = "time budget spent"
+        line = info["message"]
     typer.echo(line)
 
 

@@ -78,6 +78,8 @@ class ChildResult:
     children, up to the failure). ``weights`` are detached, contiguous CPU tensors. ``val_loss``
     is the mean validation cross-entropy that goes with ``val_error`` (None when unknown).
     ``node`` is the Ray node the child trained on (None when it trained on this machine).
+    ``epochs`` is how many epochs it trained, fractional when a time limit or deadline cut the
+    last one (None when unknown: then ``len(history)``).
     """
 
     key: int
@@ -89,6 +91,11 @@ class ChildResult:
     reason: str | None = None
     val_loss: float | None = None
     node: str | None = None
+    epochs: float | None = None
+
+    @property
+    def epochs_trained(self) -> float:
+        return float(len(self.history)) if self.epochs is None else self.epochs
 
 
 def child_seed(search_seed: int, key: int) -> int:

@@ -151,5 +151,5 @@ def run_child_with_model_hook(
         return ChildResult(job.key, "failed", None, history, time.perf_counter() - started, None, failure)
     return ChildResult(
         job.key, "ok", float(result.val_error), history, time.perf_counter() - started, cpu_weights(model),
-        val_loss=float(result.val_loss),
+        val_loss=float(result.val_loss), epochs=float(result.epochs),
     )

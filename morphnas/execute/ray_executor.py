@@ -360,6 +360,7 @@ def _trainable(
         "val_loss": result.val_loss,
         "history": result.history,
         "seconds": result.seconds,
+        "epochs": result.epochs,
         "reason": result.reason,
         "node": node,
     })
@@ -606,5 +607,5 @@ def _to_result(done: _Done, mailbox: ray.actor.ActorHandle) -> ChildResult:
     return ChildResult(
         done.key, status, None if val_error is None else float(val_error), history, seconds,
         safetensors.torch.load(payload), val_loss=None if val_loss is None else float(val_loss),
-        node=metrics.get("node"),
+        node=metrics.get("node"), epochs=metrics.get("epochs") if done.status == "final" else None,
     )

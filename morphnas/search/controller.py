@@ -40,7 +40,7 @@ from morphnas.grammar.sampling import suggest_descriptor, suggest_value
 from morphnas.grammar.space import Range, SearchSpace, parse_space
 from morphnas.ir import ArchGraph, compile_graph, cost, init_weights
 from morphnas.morph import verify
-from morphnas.search.budget import BudgetPlan, plan_budget
+from morphnas.search.budget import MIN_EPOCH_SHARE, BudgetPlan, fit_generation, plan_budget
 from morphnas.search.lease import DriverLease
 from morphnas.search.lineages import BestLineages, ParentSelector
 from morphnas.search.seeds import seed_network
@@ -64,6 +64,7 @@ from morphnas.train import Dataset, TrainConfig, evaluate, load_checkpoint, load
 Event = Callable[[str, dict[str, Any]], None]
 CALIBRATION_IMAGES = 256
 CONTROL = "control"  # the rule of a generation's unmorphed child (``selection.control``)
+GROWTH = 1.25  # a child's cost as a multiple of its parent's, for planning a generation before it is morphed
 
 
 @dataclass
@@ -112,6 +113,7 @@ class Search:
     """One search, new or resumed; :meth:`run` carries it to the end of its budget."""
 
     def __init__(self, options: SearchOptions, on_event: Event | None = None) -> None:
+        self.created = time.monotonic()  # the budget counts from here: loading the data is part of it
         self.options = options
         self.on_event = on_event or (lambda kind, info: None)
         self.workdir = Path(options.workdir).resolve()
@@ -152,6 +154,7 @@ class Search:
         self.live: dict[int, optuna.Trial] = {}
         self.executor = options.executor or LocalExecutor(cpus_per_child=torch.get_num_threads())
         self.epochs_done: dict[int, int] = {}  # epochs of a child's earlier rungs (successive halving)
+        self.pace: float | None = None  # seconds of the machine per child-epoch and MAC, last measured
         self.signals: list[int] = []  # SIGINT and SIGTERM received while the search runs
 
     # study --------------------------------------------------------------------------------
@@ -225,14 +228,13 @@ class Search:
 
     def _run(self) -> SearchSummary:
         # a resumed search goes on from the time its earlier drivers had spent when their last trial ended
-        started = time.monotonic() - float(self.study.user_attrs.get("seconds_spent", 0.0))
+        started = self.created - float(self.study.user_attrs.get("seconds_spent", 0.0))
         self.started = started
         b = self.space.budget
         final_share = b.final_share if self.space.final and len(self.space.objectives) == 1 else 0.0
         plan = plan_budget(started, b.time_budget, b.seed_share, final_share)
         self.plan = plan
         self._train_seed(plan)
-        last = 0.0
         # once the final phase has started, a resume goes on with it, not with more children;
         # otherwise with the last generation it had begun, so generations keep counting
         trials = self._trials()
@@ -240,12 +242,8 @@ class Search:
         generations = 0 if final_started else b.generations
         begun = max((int(t.user_attrs.get("generation", 0)) for t in trials), default=0)
         for generation in range(max(1, begun), generations + 1):
-            started_generation = time.monotonic()
-            if started_generation + last > plan.generations_until:  # it would not end in its phase
-                self.on_event("budget", {"generation": generation})
+            if not self._generation(generation, plan.generations_until):
                 break
-            self._generation(generation, plan.generations_until)
-            last = time.monotonic() - started_generation
         self._final_phase(plan)
         return self._summary(time.monotonic() - started)
 
@@ -264,7 +262,7 @@ class Search:
             trial.set_user_attr(key, child_cost[key])
         config = TrainConfig(
             epochs=s.epochs, lr=s.lr, batch_size=s.batch_size, seed=self.seed, device=self.options.device,
-            time_limit=plan.seed_seconds, cycle=(0.0, plan.seed_share) if self._lineage_schedule else (0.0, 1.0),
+            deadline=_wall(plan.seed_until), cycle=(0.0, plan.seed_share) if self._lineage_schedule else (0.0, 1.0),
         )
         job = ChildJob(trial.number, graph.to_json(), weights, config, self.dataset_spec)
         self.on_event("seed", {"trial": trial.number, "arch": s.arch, "epochs": s.epochs,
@@ -273,8 +271,13 @@ class Search:
             self._finish(trial, graph, child_cost, result)
         if self.study.trials[trial.number].state != TrialState.COMPLETE:
             raise MorphnasError(f"the seed network failed to train: {self.study.trials[trial.number].user_attrs}")
+        tested = time.monotonic()
+        self._test_error(trial.number)  # now, so the summary's reserve can be sized by it
+        self.study.set_user_attr("test_seconds_per_mac", (time.monotonic() - tested) / max(1, child_cost["macs"]))
 
-    def _generation(self, generation: int, deadline: float) -> None:
+    def _generation(self, generation: int, deadline: float) -> bool:
+        """Run generation ``generation`` in the size that ends by ``deadline`` (a monotonic
+        time); False when not even a shortened one fits, which ends the generations."""
         trials = self._trials()
         done = [
             t for t in trials
@@ -283,12 +286,16 @@ class Search:
         ]
         slots = self.space.budget.children - len(done)
         if slots <= 0:
-            return
+            return True
         pareto = {t.number for t in self.study.best_trials} if is_multi_objective(self.study) else None
         candidates = [t for t in trials if t.user_attrs.get("rule") != "final"
                       and int(t.user_attrs.get("generation", 0)) < generation]  # parents come from before
         if self._lineage_schedule:
             candidates = _frontier(candidates)
+        fit = self._fit(generation, slots, candidates, deadline)
+        if fit is None:
+            return False
+        slots, share = fit
         parents = self.selector.select(candidates, slots, self._score, pareto)
         control = self.space.selection.control and all(t.user_attrs.get("rule") != CONTROL for t in done)
         self.on_event("generation", {"generation": generation, "children": len(parents)})
@@ -296,24 +303,71 @@ class Search:
         for slot, parent in enumerate(parents):
             if time.monotonic() >= deadline:
                 break
-            made = self._make_child(generation, parent, control=control and slot == 0)
+            made = self._make_child(generation, parent, deadline, share, control=control and slot == 0)
             if made is not None:
                 job, graph, child_cost = made
                 jobs.append(job)
                 pending[job.key] = (graph, child_cost)
-        self._rungs(jobs, pending, generation)
+        self._rungs(jobs, pending, generation, deadline)
+        return True
 
-    def _rungs(self, jobs: list[ChildJob], pending: dict[int, tuple[ArchGraph, dict]], generation: int) -> None:
+    def _fit(self, generation: int, slots: int, candidates: list[FrozenTrial], deadline: float
+             ) -> tuple[int, float] | None:
+        """The children and the share of their epochs that fit before ``deadline``
+        (:func:`~morphnas.search.budget.fit_generation`), said in one line when that is less
+        than the space asks for; None, also said, when nothing fits."""
+        ft = self.space.finetune
+        epochs = ft.epochs.high if isinstance(ft.epochs, Range) else ft.epochs
+        left = deadline - time.monotonic()
+        if math.isinf(left) or not candidates:
+            return slots, 1.0
+        macs = GROWTH * max(int(t.user_attrs.get("macs", 0)) for t in candidates)
+        fit = fit_generation(slots, epochs, ft.halving, self._pace() * macs, left)
+        if fit is None:
+            self.on_event("budget", {"message": f"time budget: the {left:.0f} s left before the final phase do not "
+                                                f"fit generation {generation}; the final phase starts"})
+        elif fit != (slots, 1.0):
+            self.on_event("budget", {"message": f"time budget: generation {generation} shortened to fit the "
+                                                f"{left:.0f} s left: {fit[0]} children at {fit[1]:.0%} of their "
+                                                f"epochs"})
+        return fit
+
+    def _pace(self) -> float:
+        """Seconds of the machine per child-epoch and MAC: the last rung's, else the seed's."""
+        if self.pace is None:
+            seed = next(t for t in self._trials() if t.user_attrs.get("generation") == 0
+                        and t.state == TrialState.COMPLETE)
+            epochs = seed.user_attrs.get("epochs") or len(seed.user_attrs.get("history", [])) or 1
+            self.pace = float(seed.user_attrs.get("seconds", 0.0)) / epochs / max(1, seed.user_attrs["macs"])
+        return self.pace
+
+    def _rungs(self, jobs: list[ChildJob], pending: dict[int, tuple[ArchGraph, dict]], generation: int,
+               deadline: float) -> None:
         """Train a generation's children; with ``finetune.halving`` (eta) as successive halving:
         after each rung only the best ``ceil(n / eta)`` train on, for eta times the epochs, from
-        their own weights; the rest end as pruned trials. Without it, one rung, every child."""
+        their own weights; the rest end as pruned trials. Without it, one rung, every child.
+        A rung that would not end by ``deadline`` is shortened, or not started: then every
+        child of the rung before ends as it is."""
         eta = self.space.finetune.halving
         runs: dict[int, ChildResult] = {}  # each child's rungs so far, joined
         for rung in itertools.count():
+            started, work = time.monotonic(), 0.0
             for result in self.executor.run(jobs, on_epoch=self._on_epoch):
                 runs[result.key] = _joined(runs.get(result.key), result)
+                work += result.epochs_trained * pending[result.key][1]["macs"]
+            if work > 0:
+                self.pace = (time.monotonic() - started) / work
             ranked = sorted((runs[j.key] for j in jobs if runs[j.key].status == "ok"), key=self._result_score)
             keep = len(ranked) if eta is None or len(ranked) <= 1 else math.ceil(len(ranked) / eta)
+            share = 1.0
+            if keep < len(ranked):
+                rung_work = keep * eta * max(j.train.epochs for j in jobs) * max(
+                    pending[r.key][1]["macs"] for r in ranked[:keep]) * self._pace()
+                share = min(1.0, (deadline - time.monotonic()) / rung_work)
+                if share < MIN_EPOCH_SHARE:
+                    self.on_event("budget", {"message": f"time budget: generation {generation} ends after rung "
+                                                        f"{rung + 1}; its {len(ranked)} children end as they are"})
+                    keep = len(ranked)
             losers = {r.key for r in ranked[keep:]}
             for job in jobs:
                 if job.key in losers:
@@ -322,14 +376,14 @@ class Search:
                     self._finish(self.live[job.key], *pending[job.key], runs[job.key])
             if keep == len(ranked):
                 return
-            jobs = [self._next_rung(job, runs[job.key], rung + 1, eta, generation) for job in jobs if job.key in
-                    {r.key for r in ranked[:keep]}]
+            jobs = [self._next_rung(job, runs[job.key], rung + 1, eta * share, generation) for job in jobs
+                    if job.key in {r.key for r in ranked[:keep]}]
 
-    def _next_rung(self, job: ChildJob, result: ChildResult, rung: int, eta: int, generation: int) -> ChildJob:
-        """``job``'s child trained on from its weights for ``eta`` times the epochs (a warm restart,
-        or with the lineage schedule, at the lineage's rate of now)."""
+    def _next_rung(self, job: ChildJob, result: ChildResult, rung: int, factor: float, generation: int) -> ChildJob:
+        """``job``'s child trained on from its weights for ``factor`` times the epochs (a warm
+        restart, or with the lineage schedule, at the lineage's rate of now)."""
         self.epochs_done[job.key] = len(result.history)
-        config = dataclasses.replace(job.train, epochs=job.train.epochs * eta, seed=self.seed + rung)
+        config = dataclasses.replace(job.train, epochs=job.train.epochs * factor, seed=self.seed + rung)
         if self._lineage_schedule:
             config = dataclasses.replace(config, cycle=(self._position(generation),) * 2)
         return dataclasses.replace(job, weights=result.weights, train=config)
@@ -347,10 +401,11 @@ class Search:
         self.on_event("done", {"trial": result.key, "status": "pruned", "val_error": result.val_error,
                                "best": self._best_error()})
 
-    def _make_child(self, generation: int, parent: FrozenTrial, control: bool = False
-                    ) -> tuple[ChildJob, ArchGraph, dict] | None:
+    def _make_child(self, generation: int, parent: FrozenTrial, deadline: float, share: float = 1.0,
+                    control: bool = False) -> tuple[ChildJob, ArchGraph, dict] | None:
         """Ask a trial, morph the parent per its descriptor; None when the child is pruned or failed.
-        A ``control`` child is the parent unmorphed (rule ``control``), trained on like its siblings."""
+        A ``control`` child is the parent unmorphed (rule ``control``), trained on like its siblings.
+        It trains ``share`` of its epochs and stops by ``deadline`` (a monotonic time)."""
         trial = self._ask()
         number = trial.number
         trial.set_user_attr("generation", generation)
@@ -401,8 +456,9 @@ class Search:
         else:
             schedule, cycle = ft.schedule, (0.0, 1.0)
         config = TrainConfig(
-            epochs=epochs, lr=lr, batch_size=ft.batch_size, weight_decay=ft.weight_decay, schedule=schedule,
+            epochs=epochs * share, lr=lr, batch_size=ft.batch_size, weight_decay=ft.weight_decay, schedule=schedule,
             warmup_epochs=0.0, seed=self.seed, device=self.options.device, cycle=cycle,
+            deadline=_wall(deadline),
         )
         self.on_event("child", {"trial": number, "parent": parent.number, "rule": rule})
         job = ChildJob(number, graph.to_json(), child_weights, config, self.dataset_spec)
@@ -413,7 +469,9 @@ class Search:
         trial (rule ``final``, parent the chosen network) becomes the search's result. Without
         weight inheritance it starts from fresh weights, like every child of such a search.
         Multi-objective searches skip it: their result is a Pareto front, not one network; so
-        does a search whose generations left it less than two of the chosen network's epochs."""
+        does a search whose generations left it no time (the trainer keeps any deadline to a
+        sixteenth of an epoch). It keeps back 1.5 times the time the seed's test took, scaled by
+        MACs, for the summary."""
         f = self.space.final
         if f is None or is_multi_objective(self.study) or final_trial(self.study) is not None:
             return
@@ -421,10 +479,10 @@ class Search:
         if self._lineage_schedule:
             done = _frontier(done)
         parent = min(done, key=lambda t: (self._score(t), t.number))
-        seconds = plan.final_seconds(time.monotonic())
-        epoch_seconds = parent.user_attrs.get("seconds", 0.0) / max(1, len(parent.user_attrs.get("history", [])))
-        if seconds is not None and seconds < 2 * epoch_seconds:
-            self.on_event("budget", {"phase": "final"})
+        reserve = 1.5 * self.study.user_attrs.get("test_seconds_per_mac", 0.0) * parent.user_attrs["macs"]
+        seconds = plan.final_seconds(time.monotonic(), reserve)
+        if seconds is not None and seconds <= 0:
+            self.on_event("budget", {"message": "time budget: no time left for the final phase"})
             return
         arch, weights, _ = load_checkpoint(self._checkpoint_dir(parent.number))
         graph = ArchGraph.from_json(arch)
@@ -443,7 +501,8 @@ class Search:
             cycle = (self.plan.position(time.monotonic(), 1.0) if self.inherit else 0.0, 1.0)
         config = TrainConfig(
             epochs=f.epochs, lr=lr, batch_size=f.batch_size, weight_decay=f.weight_decay, seed=self.seed,
-            device=self.options.device, time_limit=seconds, cycle=cycle,
+            device=self.options.device, deadline=_wall(time.monotonic() + seconds) if seconds is not None else None,
+            cycle=cycle,
         )
         self.on_event("final", {"trial": trial.number, "parent": parent.number, "epochs": f.epochs,
                                 "seconds": seconds})
@@ -501,6 +560,7 @@ class Search:
             trial.set_user_attr("node", result.node)
         trial.set_user_attr("history", result.history)
         trial.set_user_attr("seconds", round(result.seconds, 3))
+        trial.set_user_attr("epochs", round(result.epochs_trained, 4))
         if result.status == "failed":
             trial.set_user_attr("reason", result.reason)
             self.study.tell(trial, state=TrialState.FAIL)
@@ -538,6 +598,8 @@ class Search:
 
     def _test_error(self, number: int) -> float:
         """Test error of trial ``number``'s network, recorded in the study (reported, never selected on)."""
+        if f"test_error/{number}" in self.study.user_attrs:
+            return float(self.study.user_attrs[f"test_error/{number}"])
         arch, weights, _ = load_checkpoint(self._checkpoint_dir(number))
         error = evaluate(compile_graph(ArchGraph.from_json(arch), weights), self.data.test)
         self.study.set_user_attr(f"test_error/{number}", error)
@@ -644,6 +706,12 @@ def _signals_deferred(caught: list[int]) -> Iterator[None]:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     _raise_caught(caught)
+
+
+def _wall(monotonic: float) -> float | None:
+    """The ``time.time()`` of a ``time.monotonic()`` deadline (None for no deadline), as
+    children on other processes and machines keep it."""
+    return None if math.isinf(monotonic) else time.time() + monotonic - time.monotonic()
 
 
 def _frontier(trials: list[FrozenTrial]) -> list[FrozenTrial]:

@@ -33,11 +33,14 @@ STEP_MILESTONES: tuple[float, ...] = (0.5, 0.75)  # "step": x0.1 at these fracti
 class TrainConfig:
     """Hyper-parameters of one training run; ``epochs`` may be fractional.
 
-    ``time_limit`` (seconds) makes the run fit a wall-clock budget: ``epochs`` becomes an upper
-    bound, and after every epoch the run is cut to the whole epochs that fit in the time left at
-    the mean epoch time so far (re-estimated each epoch), so the learning rate decays to its end
-    within the budget. The first epoch runs on the schedule of ``epochs``; a limit shorter than
-    one epoch still runs that epoch.
+    ``time_limit`` (seconds from the start of the run) and ``deadline`` (a ``time.time()`` wall
+    clock, the end of a search's phase, the same on every machine of a cluster whose clocks agree)
+    make the run fit a wall-clock budget, whichever ends first: ``epochs`` becomes an upper bound,
+    and every sixteenth of an epoch the run is cut to the steps that fit in the time left (less
+    one validation) at the mean step time so far, so the learning rate decays to its end within
+    the budget and the run ends within a sixteenth of an epoch of it; the last epoch may then be
+    partial. A run whose deadline has passed before it starts trains a sixteenth of an epoch (at
+    least two steps: the first, which warms up, is not timed).
 
     ``cycle`` is the part of one schedule cycle the run covers: its progress 0 to 1 maps onto
     positions ``cycle[0]`` to ``cycle[1]`` of the schedule. A network trained in several runs,
@@ -59,6 +62,7 @@ class TrainConfig:
     threads: int | None = None
     max_train_batches: int | None = None
     time_limit: float | None = None
+    deadline: float | None = None
     cycle: tuple[float, float] = (0.0, 1.0)
 
     def __post_init__(self) -> None:
@@ -278,14 +282,19 @@ def _train(
     net = torch.compile(model) if config.compile else model
     history: list[EpochReport] = []
     step = epoch = 0
-    first_epoch_start = time.perf_counter()
+    end = _end(started, config)
+    check_every = max(1, steps_per_epoch // 16)
+    validating = 0.0  # seconds spent validating so far
+    first_step_end = 0.0  # step times are measured from here: the first step warms up
     with _mode(model, True):
         while step < total_steps:
             epoch += 1
             epoch_start = time.perf_counter()
             order = torch.randperm(n, generator=generator, device=settings.device)
             losses, extras = [], []  # on the device: one host sync per epoch, not per step (as airbench)
-            for index in order[: min(steps_per_epoch, total_steps - step) * batch_size].split(batch_size):
+            for index in order[: steps_per_epoch * batch_size].split(batch_size):
+                if step >= total_steps:
+                    break
                 x = x_train[index]
                 x = augment(x, data.augment, generator)
                 for group in optimizer.param_groups:
@@ -301,18 +310,23 @@ def _train(
                 loss.backward()
                 optimizer.step()
                 step += 1
+                if step == 1:
+                    first_step_end = time.perf_counter()
+                elif end is not None and step % check_every == 0:
+                    now = time.perf_counter()
+                    step_seconds = (now - first_step_end - validating) / (step - 1)
+                    reserve = validating / max(1, epoch - 1) or step_seconds * len(val) / batch_size / 3
+                    total_steps = _fit_to_time(step, max_steps, now, step_seconds, end - reserve)
             train_loss, extra_mean = _epoch_means(losses, extras, epoch, step, total_steps, config.lr)
+            validation_start = time.perf_counter()
             val_error, val_loss = validate(net, val, device=settings.device)
+            validating += time.perf_counter() - validation_start
             report = EpochReport(
                 epoch, train_loss, val_error, time.perf_counter() - epoch_start, extra_mean, val_loss
             )
             history.append(report)
             if on_epoch is not None:
                 on_epoch(report)
-            if config.time_limit is not None:
-                now = time.perf_counter()
-                total_steps = _fit_to_time(step, max_steps, steps_per_epoch, now - started,
-                                           (now - first_epoch_start) / epoch, config.time_limit)
     test_error = evaluate(net, data.test, device=settings.device) if evaluate_test else None
     return TrainResult(
         val_error=history[-1].val_error,
@@ -342,10 +356,17 @@ def _epoch_means(losses: list[torch.Tensor], extras: list[torch.Tensor], epoch: 
     return values.mean().item(), extra.mean().item()
 
 
-def _fit_to_time(step: int, max_steps: int, steps_per_epoch: int, elapsed: float, epoch_seconds: float,
-                 limit: float) -> int:
-    """The run's new step count: the whole epochs that still fit in ``limit - elapsed`` seconds at
-    the mean epoch time so far (``epoch_seconds``, without the start-up before the first epoch),
-    never beyond the configured ``max_steps``."""
-    fit = math.floor((limit - elapsed) / epoch_seconds) if elapsed < limit else 0
-    return min(max_steps, step + max(0, fit) * steps_per_epoch)
+def _end(started: float, config: TrainConfig) -> float | None:
+    """The ``time.perf_counter()`` by which a run started at ``started`` ends (None: no limit)."""
+    ends = [started + config.time_limit] if config.time_limit is not None else []
+    if config.deadline is not None:
+        ends.append(time.perf_counter() + config.deadline - time.time())
+    return min(ends, default=None)
+
+
+def _fit_to_time(step: int, max_steps: int, now: float, step_seconds: float, end: float) -> int:
+    """The run's new step count: the steps that still fit before ``end`` at ``step_seconds`` each
+    (the mean so far, without the start-up before the first step), never beyond the configured
+    ``max_steps``; ``step`` itself once ``end`` has passed."""
+    fit = math.floor((end - now) / step_seconds) if now < end else 0
+    return min(max_steps, step + max(0, fit))
