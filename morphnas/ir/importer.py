@@ -46,7 +46,7 @@ from morphnas.ir.layers import (
     Shape,
 )
 
-TOLERANCE = 1e-5  # float32, relative to the largest output (DESIGN: max_rel_err)
+TOLERANCE = 1e-5  # float32, relative to the largest output (max_rel_err, docs/design.md#exactness)
 
 
 @dataclass(frozen=True)
