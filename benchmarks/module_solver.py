@@ -3,10 +3,9 @@
 Prints, per width, the relative residual ||G̃ - M(F)|| / ||G̃||, the sweeps and the wall time:
 
 - module (D) as in the fixtures (F1-F4 1x1, F5-F7 3x3; G 3x3, so F5-F7 are each as large as G̃:
-  the paper's assumption) at 16, 64 and 256 channels: DESIGN.md's prototype solved it in one sweep
-  to 1e-14;
-- all seven filters 3x3 at 8 channels (G̃ 7x7, no filter large enough), 30 sweeps: the prototype
-  stalled at 2.6e-2.
+  the paper's assumption) at 16, 64 and 256 channels: one sweep to rounding is expected;
+- all seven filters 3x3 at 8 channels (G̃ 7x7, no filter large enough), 30 sweeps: it stalls
+  (figures in docs/design.md#the-module-solver).
 
     .venv/bin/python benchmarks/module_solver.py [--channels 16 64 256] [--threads 2] [--seed 0]
 """

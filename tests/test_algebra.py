@@ -38,7 +38,8 @@ def canonical(m):
 @st.composite
 def random_modules(draw, max_edges=8):
     """A random single-source single-sink DAG module: up to ``max_edges`` edges (parallel edges
-    allowed), kernels in {1, 3} with at most one 3x3 per source-to-sink path (DESIGN.md)."""
+    allowed), kernels in {1, 3} with at most one 3x3 per source-to-sink path
+    (docs/design.md#random-modules-in-tests)."""
     n = draw(st.integers(0, max_edges // 2))
     names = ["s"] + [f"v{i}" for i in range(1, n + 1)] + ["t"]
     pairs = []

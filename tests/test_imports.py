@@ -11,8 +11,9 @@ sibling does not re-enter its package). That is how ``grammar/__init__`` -> ``mo
 ``grammar.rules`` was a cycle although ``grammar.rules`` never named ``morphnet``.
 
 The layers are the subpackages (and top-level modules) of ``morphnas``; each may import only the
-layers listed in ``ALLOWED`` (DESIGN.md: ``ir <- modules <- morph <- grammar <- search``, ``train``
-and ``execute`` knowing nothing of morphs, ``cli`` on top and imported by nobody).
+layers listed in ``ALLOWED``, which is ARCHITECTURE.md's table (docs/design.md#layering says why):
+``ir <- modules <- morph <- grammar <- search``, ``train`` and ``execute`` knowing nothing of
+morphs, every layer free to import ``errors``, ``cli`` on top and imported by nobody.
 """
 
 from __future__ import annotations

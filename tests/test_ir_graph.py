@@ -1,6 +1,7 @@
 import json
 
 import pytest
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -14,6 +15,7 @@ from morphnas.ir import (
     Pool2d,
     ShortcutA,
     compile_graph,
+    init_weights,
     layer_from_dict,
     resnet,
 )
@@ -219,3 +221,35 @@ def test_surgery_keeps_concat_slots_and_copies_are_independent():
     copy.rewire_source("c1", "input", Conv2d(2, 3, 1))
     assert copy.layer("c1").kernel_size == 1 and copy.edge("c1").src == "input"
     assert graph.layer("c1").kernel_size == 3 and [e.name for e in graph.in_edges("cat")] == ["l", "r"]
+
+
+def test_remove_dead_takes_what_a_removal_leaves_dead_and_keeps_the_function():
+    """Cutting a residual branch's first conv takes the rest of the branch (blobs without input),
+    keeps the shortcut, and computes what the parent computes with that branch's last BN at zero."""
+    g = resnet(8)
+    weights = init_weights(g, seed=0)
+    pruned = g.copy()
+    branch = ["s1b0_1_conv", "s1b0_1_bn", "s1b0_relu1", "s1b0_2_conv", "s1b0_2_bn", "s1b0_residual"]
+    assert pruned.remove_dead(["s1b0_1_conv"]) == branch
+    pruned.validate()
+    assert not {"s1b0_1_conv", "s1b0_1_bn", "s1b0_relu1", "s1b0_2_conv", "s1b0_2_bn"} & set(pruned.blobs())
+    assert [e.name for e in pruned.in_edges("s1b0_sum")] == ["s1b0_shortcut"]
+    silenced = {**weights, "s1b0_2_bn.weight": torch.zeros(16), "s1b0_2_bn.bias": torch.zeros(16)}
+    kept = {k: v for k, v in weights.items() if k.split(".")[0] not in branch}
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = compile_graph(g, silenced).eval()(x)
+        assert torch.allclose(compile_graph(pruned, kept).eval()(x), expected, atol=1e-6)
+
+
+def test_remove_dead_refuses_to_cut_input_from_output_and_leaves_the_graph_alone():
+    g = resnet(8)
+    before = g.to_json()
+    with pytest.raises(GraphError, match="no path from the input to the output"):
+        g.remove_dead(blobs=["s2b0_sum"])  # everything after it dies, the output too
+    with pytest.raises(GraphError, match="no path from the input to the output"):
+        g.remove_dead(["stem_conv"])
+    assert g.to_json() == before
+    g.remove_dead(["s2b0_shortcut"])  # a block without its shortcut is still a network
+    assert [e.name for e in g.in_edges("s2b0_sum")] == ["s2b0_residual"]
+    assert len(g.to_json()["layers"]) == len(before["layers"]) - 1

@@ -42,7 +42,8 @@ def test_cnn_and_mlp_round_trip():
 
 
 # Table 1 of the 2017 paper: (MB of stored floats, million MACs). Projection shortcuts (B) are the
-# paper's Caffe models; option A is He et al.'s and our default. See DESIGN.md for the arithmetic.
+# paper's Caffe models; option A is He et al.'s and our default. The arithmetic:
+# docs/design.md#resnet-shortcuts-option-a-and-b.
 TABLE1 = {20: (1.048, 40.8), 56: (3.289, 125.7), 110: (6.649, 253.1)}
 ISSUE_FIGURES = {20: (1.048, 40.8), 56: (3.311, 125.8), 110: (6.672, 253.2)}
 
@@ -61,8 +62,9 @@ def test_resnet_cost_matches_table1(depth, shortcut, tolerance):
 def test_resnet20_option_a_exact_counts():
     c = cost(resnet(20))
     assert c["params"] == 269_722
-    assert c["macs"] == 40_551_040  # DESIGN.md: 40.55 M with option A
-    assert cost(resnet(20, shortcut="B"))["macs"] == 40_813_184  # 40.81 M with projections
+    # 40.55 M with option A, 40.81 M with projections: docs/design.md#resnet-shortcuts-option-a-and-b
+    assert c["macs"] == 40_551_040
+    assert cost(resnet(20, shortcut="B"))["macs"] == 40_813_184
 
 
 def test_compiled_module_exports():

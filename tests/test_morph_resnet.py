@@ -179,7 +179,8 @@ TABLE1_CASES = [
 
 @pytest.mark.parametrize("depth,variant,shortcut,tolerance", TABLE1_CASES)
 def test_table1_figures(depth, variant, shortcut, tolerance):
-    """Projection shortcuts (the paper's Caffe models) within 0.5 %, option A within 2 % (DESIGN.md)."""
+    """Projection shortcuts (the paper's Caffe models) within 0.5 %, option A within 2 %
+    (docs/design.md#table-1-of-the-2017-paper)."""
     graph = resnet(depth, shortcut=shortcut)
     seq = morph_resnet_variant(graph, init_weights(graph), variant)
     c = cost(seq.graph)

@@ -207,8 +207,8 @@ def test_matrix_free_step_matches_dense(kc1, kc2, monkeypatch):
 
 
 def test_algorithm2_solves_module_d_in_one_sweep():
-    """DESIGN.md: with one filter at least as large as G̃ (F5-F7 are 3x3 like G), one sweep solves
-    module (D); the prototype measured a relative residual of 1e-14."""
+    """With one filter at least as large as G̃ (F5-F7 are 3x3 like G), one sweep solves module (D)
+    to rounding (docs/design.md#the-module-solver)."""
     g = randn(8, 8, 3, 3, seed=11)
     res = solve_module(MODULES["D"], g)
     assert res.converged and res.sweeps == 1 and res.residual < 1e-12
@@ -357,7 +357,8 @@ def _no_identity_init(red, widths):
 
 
 def test_random_modules_are_solved():
-    """Random modules (DESIGN.md: kernels in {1, 3}, at most one 3x3 per path), G of the module's
+    """Random modules (docs/design.md#random-modules-in-tests: kernels in {1, 3}, at most one 3x3
+    per path), G of the module's
     effective kernel, internal widths in {M, 2M} with M = max(C_in, C_out), so some filter is at
     least as large as G̃ (the paper's assumption). Simple ones must replay exactly, unless a TYPE-I
     split has no identity initialisation (then solve_simple raises, see _no_identity_init); complex

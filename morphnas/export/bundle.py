@@ -10,23 +10,18 @@ are safe to load.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from morphnas.errors import CheckpointError, ConfigError, GraphError
 from morphnas.export import formats
 from morphnas.export.formats import check_inputs, max_abs_diff, reference_module, require_within
 from morphnas.ir import ArchGraph, Weights, compile_graph
-from morphnas.train.checkpoint import ARCH_FILE, METRICS_FILE, WEIGHTS_FILE, read_json_object
-
-BUNDLE_FILES = (ARCH_FILE, WEIGHTS_FILE, METRICS_FILE)
+from morphnas.train.checkpoint import ARCH_FILE, METRICS_FILE, WEIGHTS_FILE, read_json_object, write_atomically
 
 
 def export_bundle(
@@ -40,39 +35,19 @@ def export_bundle(
 ) -> float:
     """Write a bundle directory at ``path``; the max abs difference of :func:`load` on it from PyTorch.
 
-    The directory is built beside the target and renamed into place. An existing bundle, checkpoint
-    or empty directory at ``path`` is replaced; anything else raises ConfigError rather than be
-    deleted. Without ``check`` it returns NaN.
+    Written as checkpoints are (:func:`~morphnas.train.checkpoint.write_atomically`): built beside
+    the target and renamed into place. An existing bundle, checkpoint or empty directory at
+    ``path`` is replaced; anything else raises ConfigError rather than be deleted. Without
+    ``check`` it returns NaN.
     """
     target = Path(path).absolute()
-    if target.exists() and not _replaceable(target):
-        raise ConfigError(f"refusing to overwrite {target}: it exists and is not a bundle or checkpoint directory")
     texts = {ARCH_FILE: json.dumps(graph.to_json(), indent=1) + "\n"}
     if metrics is not None:
         try:
             texts[METRICS_FILE] = json.dumps(metrics, indent=1, allow_nan=False) + "\n"
         except (TypeError, ValueError) as err:
             raise ConfigError(f"metrics are not JSON serialisable: {err}") from None
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in weights.items()}
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    except OSError as err:
-        raise ConfigError(f"cannot write {target}: {err.strerror or err}") from None
-    try:
-        save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "morphnas.weights"})
-        for name, text in texts.items():
-            (tmp / name).write_text(text)
-        if target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, target)
-    except OSError as err:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise ConfigError(f"cannot write {target}: {err.strerror or err}") from None
+    write_atomically(target, weights, texts, what="bundle", error=ConfigError, metadata={"format": "morphnas.weights"})
     if not check:
         return float("nan")
     diff = max_abs_diff(reference_module(graph, weights), load(target), check_inputs(graph))
@@ -118,8 +93,3 @@ def load(path: str | Path) -> nn.Module:
     except GraphError as err:
         raise CheckpointError(f"{path}: {err}") from None
     return module.eval()
-
-
-def _replaceable(path: Path) -> bool:
-    """True for a directory holding nothing but bundle files (or nothing)."""
-    return path.is_dir() and not path.is_symlink() and all(child.name in BUNDLE_FILES for child in path.iterdir())

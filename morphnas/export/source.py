@@ -12,6 +12,7 @@ the file as ``<stem>.safetensors``.
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import keyword
 import sys
 import textwrap
@@ -50,6 +51,7 @@ from morphnas.ir import (
     ShortcutA,
     Weights,
 )
+from morphnas.ir.layers import ShortcutAModule
 
 CLASS_NAME = "Model"
 _SHADOWED = {"torch", "safetensors", "pathlib", "__future__"}  # what the generated file imports
@@ -77,23 +79,7 @@ class ParametricActivation(nn.Module):
         a = self.weight.view(-1, *([1] * (x.dim() - 2))) if self.weight.numel() > 1 else self.weight
         return (1 - a) * self.phi(x) + a * x
 '''
-_SHORTCUT_CLASS = '''
-class ShortcutA(nn.Module):
-    """Option-A shortcut: subsample by ``stride``; input channel ``i`` goes to output ``channel_map[i]``."""
-
-    def __init__(self, in_channels: int, out_channels: int, stride: int, channel_map: tuple[int, ...]) -> None:
-        super().__init__()
-        self.stride = stride
-        source = [in_channels] * out_channels  # index in_channels is an all-zero channel
-        for i, j in enumerate(channel_map):
-            source[j] = i
-        self.register_buffer("source", torch.tensor(source, dtype=torch.long), persistent=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x[:, :, :: self.stride, :: self.stride]
-        padded = torch.cat([x, torch.zeros_like(x[:, :1])], dim=1)
-        return padded.index_select(1, self.source)
-'''
+_SHORTCUT_CLASS = inspect.getsource(ShortcutAModule)  # the compiled graph's own module, verbatim
 _LOAD_FUNCTION = '''
 def load(path: str | Path | None = None) -> {class_name}:
     """Build the network and load its weights (default: the ``.safetensors`` file beside this one).
@@ -289,7 +275,8 @@ def _pact(layer: ParametricActivation) -> str:
 
 
 def _shortcut(layer: ShortcutA) -> str:
-    return f"ShortcutA({layer.in_channels}, {layer.out_channels}, {layer.stride}, {_int_tuple(layer.channel_map)})"
+    cmap = _int_tuple(layer.channel_map)
+    return f"ShortcutAModule({layer.in_channels}, {layer.out_channels}, {layer.stride}, {cmap})"
 
 
 def _int_tuple(values: tuple[int, ...]) -> str:

@@ -20,7 +20,20 @@ Weights = dict[str, torch.Tensor]
 
 
 def compile_graph(graph: ArchGraph, weights: Weights | None = None) -> fx.GraphModule:
-    """Build the module; load ``weights`` strictly when given (else default initialisation)."""
+    """Build the module; load ``weights`` strictly when given (else default initialisation).
+
+    The module's ``state_dict`` is exactly the graph's flat weights dict:
+
+    >>> import torch
+    >>> from morphnas.ir import cnn, compile_graph, init_weights
+    >>> graph = cnn((1, 8, 8), num_classes=3)
+    >>> weights = init_weights(graph)
+    >>> model = compile_graph(graph, weights).eval()
+    >>> model(torch.zeros(2, 1, 8, 8)).shape
+    torch.Size([2, 3])
+    >>> sorted(model.state_dict()) == sorted(weights)
+    True
+    """
     graph.validate()
     root = nn.Module()
     fx_graph = fx.Graph()

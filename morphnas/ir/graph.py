@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import keyword
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,6 +91,55 @@ class ArchGraph:
         if self.nx.degree(name):
             raise GraphError(f"blob {name!r} still has layers attached")
         self.nx.remove_node(name)
+
+    def remove_dead(self, layers: Iterable[str] = (), blobs: Iterable[str] = ()) -> list[str]:
+        """Remove ``layers``, ``blobs`` with their layers, and then whatever that leaves dead.
+
+        A blob other than the input left without an in-layer computes nothing, and one other than
+        the output left without a consumer is never read: each goes with its layers, until no such
+        blob is left (the graph's dead code, as ``torch.fx.Graph.eliminate_dead_code`` removes
+        nodes without users). Returns the removed layers' names in the order they were found.
+        When the input or the output blob would go, or lose its last layer, the input no longer
+        reaches the output: GraphError, and the graph is left unchanged.
+        """
+        source, sink = self.source, self.sink
+        ins, outs = dict(self.nx.in_degree), dict(self.nx.out_degree)
+        removed: dict[str, None] = {}  # an ordered set
+        dead: dict[str, None] = {}
+        todo = list(blobs)
+
+        def drop(name: str) -> None:
+            edge = self.edge(name)
+            src, dst = edge.src, edge.dst
+            removed[name] = None
+            outs[src] -= 1
+            ins[dst] -= 1
+            for end in (src, dst):
+                if end in dead:
+                    continue
+                if (end == source and outs[end] == 0) or (end == sink and ins[end] == 0):
+                    raise GraphError(f"removing layer {name!r} leaves no path from the input to the output")
+                if (end != source and ins[end] == 0) or (end != sink and outs[end] == 0):
+                    todo.append(end)
+
+        for name in layers:
+            if name not in removed:
+                drop(name)
+        while todo:
+            blob = todo.pop()
+            if blob in dead:
+                continue
+            if blob in (source, sink):
+                raise GraphError(f"removing blob {blob!r} leaves no path from the input to the output")
+            dead[blob] = None
+            for _, _, name in [*self.nx.in_edges(blob, keys=True), *self.nx.out_edges(blob, keys=True)]:
+                if name not in removed:
+                    drop(name)
+        for name in removed:
+            self.remove_layer(name)
+        for blob in dead:
+            self.remove_blob(blob)
+        return list(removed)
 
     def set_layer(self, name: str, layer: Layer) -> None:
         edge = self.edge(name)

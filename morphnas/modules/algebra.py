@@ -13,7 +13,7 @@ edges are convolutions. Here it is a :class:`networkx.MultiDiGraph`:
 This module is pure graph math, independent of the network IR: validation and a small JSON
 format, Algorithm 1 (reduction by inverse TYPE-I / TYPE-II steps, the morphing sequence, the
 irreducible core), classification (simple morphable vs complex), the effective kernel of eq. 5
-and the border-exactness criterion of DESIGN.md. The filters (eqs. 2-7, Algorithm 2) live in
+and the border-exactness criterion (docs/design.md#border-exactness). The filters (eqs. 2-7, Algorithm 2) live in
 :mod:`morphnas.modules.solver`.
 """
 
@@ -445,7 +445,8 @@ def paths_exact_at_borders(m: nx.MultiDiGraph) -> bool:
 
     Only then does a realised module with zero padding compute the module function at the image
     borders too, whatever its filters (a 1x1 conv commutes with zero padding; two stacked wider
-    convs do not, unless one of them happens to be a spatial identity). See DESIGN.md.
+    convs do not, unless one of them happens to be a spatial identity). See
+    docs/design.md#border-exactness.
     """
     s, t = validate_module(m)
     return _longest(m, s, lambda d: int(d["kernel"] > 1))[t] <= 1

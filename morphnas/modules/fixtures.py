@@ -1,8 +1,8 @@
 """The example modules (A)-(D) of Fig. 2 of Wei, Wang, Chen (2017), ``s`` = source, ``t`` = sink.
 
-(A)-(C) are only drawn in the paper; these are DESIGN.md's readings with the properties the
-paper names (simple morphable), with kernels chosen so that no source-to-sink path stacks two
-convs wider than 1x1 (so a realised module is exact at image borders too):
+(A)-(C) are only drawn in the paper; these are our readings (docs/design.md#modules-a-d), with
+the property the paper names (simple morphable) and kernels chosen so that no source-to-sink path
+stacks two convs wider than 1x1 (so a realised module is exact at image borders too):
 
 - (A) ``F1 s->a`` 1x1, ``F2 a->t`` 3x3, ``F3 s->t`` 1x1 (a residual block with a 1x1 skip);
 - (B) ``F1 s->a`` 1x1, ``F2 a->t`` 3x3, ``F3 s->b`` 3x3, ``F4 b->t`` 1x1, ``F5 s->t`` 1x1;

@@ -2,7 +2,7 @@
 
 Equation numbers are those of Wei, Wang, Chen, "Modularized Morphing of Neural Networks" (2017),
 which restates the depth and kernel-size morphing of Wei et al., "Network Morphism" (ICML 2016)
-as TYPE-I (eq. 2) and adds TYPE-II (eq. 4); DESIGN.md follows the same numbering.
+as TYPE-I (eq. 2) and adds TYPE-II (eq. 4); docs/design.md#equation-numbers lists them.
 
 Conventions: a filter is a tensor ``(C_out, C_in, k, k)`` used with
 ``torch.nn.functional.conv2d`` (cross-correlation), ``padding=k // 2``; kernels are centred, so

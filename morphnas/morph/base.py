@@ -161,7 +161,20 @@ def apply_morph(
     seed: int = 0,
     calibration: torch.Tensor | None = None,
 ) -> MorphResult:
-    """Apply morph ``name`` at ``site``; ``params=None`` takes the morph's defaults for that site."""
+    """Apply morph ``name`` at ``site``; ``params=None`` takes the morph's defaults for that site.
+
+    Widen blob ``c1_relu`` (16 channels) of a small CNN to 32; the child computes the same function:
+
+    >>> from morphnas.ir import cnn, init_weights
+    >>> from morphnas.morph import apply_morph, verify
+    >>> graph = cnn((1, 8, 8), num_classes=3)
+    >>> weights = init_weights(graph)
+    >>> child = apply_morph("widen", graph, weights, "c1_relu", {"factor": 2.0})
+    >>> child.exact, child.graph.shapes()["c1_relu"]
+    (True, (32, 8, 8))
+    >>> verify(graph, weights, child.graph, child.weights).max_rel_err < 1e-5
+    True
+    """
     spec = get_morph(name)
     generator = torch.Generator().manual_seed(seed)
     if site not in spec.sites(graph):

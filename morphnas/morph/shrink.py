@@ -25,7 +25,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from morphnas.errors import MorphError
+from morphnas.errors import GraphError, MorphError
 from morphnas.ir import (
     ArchGraph,
     BatchNorm2d,
@@ -130,44 +130,15 @@ class Removal:
 
 
 def _propagate(graph: ArchGraph, dead_blobs: set[str], dead_edges: list[str]) -> tuple[ArchGraph, list[str]] | None:
-    """Remove ``dead_blobs`` and ``dead_edges``, then every blob left without input or consumer.
-
-    None when that disconnects the input from the output.
+    """A copy of ``graph`` without ``dead_edges``, ``dead_blobs`` and what they leave dead, and the
+    removed layers (:meth:`ArchGraph.remove_dead`); None when that disconnects the input from the output.
     """
-    source, sink = graph.source, graph.sink
-    g = graph.copy()
-    removed: list[str] = []
-    todo = list(dead_blobs)
-    dead: set[str] = set()
-
-    def drop(name: str) -> bool:
-        edge = g.edge(name)
-        g.remove_layer(name)
-        removed.append(name)
-        for end in (edge.src, edge.dst):
-            if end in dead:
-                continue
-            if (end == source and g.nx.out_degree(end) == 0) or (end == sink and g.nx.in_degree(end) == 0):
-                return False
-            if (end != source and g.nx.in_degree(end) == 0) or (end != sink and g.nx.out_degree(end) == 0):
-                todo.append(end)
-        return True
-
-    for name in dead_edges:
-        if not drop(name):
-            return None
-    while todo:
-        blob = todo.pop()
-        if blob in dead:
-            continue
-        if blob in (source, sink):
-            return None
-        dead.add(blob)
-        for _, _, name in list(g.nx.in_edges(blob, keys=True)) + list(g.nx.out_edges(blob, keys=True)):
-            if not drop(name):
-                return None
-        g.remove_blob(blob)
-    return g, removed
+    pruned = graph.copy()
+    try:
+        removed = pruned.remove_dead(dead_edges, sorted(dead_blobs))
+    except GraphError:
+        return None
+    return pruned, removed
 
 
 def _removed_nodes(cmap: ChannelMap, units: set[int]) -> torch.Tensor:
@@ -203,7 +174,7 @@ def _structure(
         extra: set[int] = set()
         for name in removed_edges:
             edge = graph.edge(name)
-            if graph.merge(edge.dst) == "concat" and edge.dst in pruned.nx:
+            if graph.merge(edge.dst) == "concat" and edge.dst in pruned.blobs():
                 extra |= set(cmap.unit_of[cmap.writes(name)].tolist())
         extra = cmap.closure(extra) - units
         if not extra:
@@ -255,7 +226,7 @@ def _compensate(
                 delta = y.mean(dim=(0, 2, 3))
             else:
                 delta = (x @ w.T).mean(dim=0)
-        after = pruned.out_edges(edge.dst) if edge.dst in pruned.nx else []
+        after = pruned.out_edges(edge.dst) if edge.dst in pruned.blobs() else []
         if edge.layer.bias:
             out[f"{mix.name}.bias"] = weights[f"{mix.name}.bias"] + delta
         elif (

@@ -127,7 +127,16 @@ def final_trial(study: optuna.Study) -> FrozenTrial | None:
 def best_trial(study: optuna.Study) -> FrozenTrial:
     """The search's result: its final network once the final phase has run; before that (or
     without one) the best by the study's selection metric (validation loss or error), on the
-    Pareto front for a multi-objective study."""
+    Pareto front for a multi-objective study.
+
+    >>> import optuna
+    >>> from optuna.trial import create_trial
+    >>> study = optuna.create_study()
+    >>> for error, rule in [(0.10, "seed"), (0.05, "widen"), (0.07, "final")]:
+    ...     study.add_trial(create_trial(value=error, user_attrs={"rule": rule}))
+    >>> best_trial(study).number  # the final phase's network, though trial 1 validated lower
+    2
+    """
     final = None if is_multi_objective(study) else final_trial(study)
     if final is not None:
         return final
@@ -139,7 +148,18 @@ def best_trial(study: optuna.Study) -> FrozenTrial:
 
 
 def find_trial(study: optuna.Study, number: int | None) -> FrozenTrial:
-    """Trial ``number``, or the best one when None; unknown numbers raise StudyError."""
+    """Trial ``number``, or the best one when None; unknown numbers raise StudyError.
+
+    >>> import optuna
+    >>> from optuna.trial import create_trial
+    >>> study = optuna.create_study(study_name="demo")
+    >>> study.add_trial(create_trial(value=0.1, user_attrs={"rule": "seed"}))
+    >>> find_trial(study, None).user_attrs["rule"]
+    'seed'
+    >>> find_trial(study, 3)
+    Traceback (most recent call last):
+    morphnas.errors.StudyError: study 'demo' has no trial 3 (it has 1)
+    """
     if number is None:
         return best_trial(study)
     trials = study.get_trials(deepcopy=False)
@@ -149,7 +169,16 @@ def find_trial(study: optuna.Study, number: int | None) -> FrozenTrial:
 
 
 def lineage(study: optuna.Study, number: int) -> list[FrozenTrial]:
-    """Trials from the seed down to ``number``, following the ``parent`` attributes."""
+    """Trials from the seed down to ``number``, following the ``parent`` attributes.
+
+    >>> import optuna
+    >>> from optuna.trial import create_trial
+    >>> study = optuna.create_study()
+    >>> for error, parent in [(0.10, None), (0.08, 0), (0.09, 0), (0.05, 1)]:
+    ...     study.add_trial(create_trial(value=error, user_attrs={"parent": parent}))
+    >>> [t.number for t in lineage(study, 3)]
+    [0, 1, 3]
+    """
     trials = study.get_trials(deepcopy=False)
     chain = [trials[number]]
     while chain[-1].user_attrs.get("parent") is not None:
@@ -162,7 +191,14 @@ INTERRUPTED = "interrupted: the search stopped while this child was running"
 
 def failure_reason(trial: FrozenTrial) -> str | None:
     """Why ``trial`` did not complete, as recorded; a FAIL trial that records no reason was
-    running when its driver was killed (marked FAIL by the next resume)."""
+    running when its driver was killed (marked FAIL by the next resume).
+
+    >>> from optuna.trial import TrialState, create_trial
+    >>> failure_reason(create_trial(state=TrialState.PRUNED, user_attrs={"reason": "over max_macs"}))
+    'over max_macs'
+    >>> failure_reason(create_trial(state=TrialState.FAIL))
+    'interrupted: the search stopped while this child was running'
+    """
     reason = trial.user_attrs.get("reason")
     return INTERRUPTED if reason is None and trial.state == TrialState.FAIL else reason
 
@@ -174,7 +210,20 @@ COLUMNS = [
 
 
 def trials_frame(study: optuna.Study) -> pandas.DataFrame:
-    """One row per trial with the columns of :data:`COLUMNS`."""
+    """One row per trial with the columns of :data:`COLUMNS`.
+
+    >>> import optuna
+    >>> from optuna.trial import create_trial
+    >>> study = optuna.create_study()
+    >>> study.add_trial(create_trial(value=0.10, user_attrs={"rule": "seed"}))
+    >>> widen = {"name": "widen", "site": "c1_relu", "params": {"factor": 2.0}}
+    >>> study.add_trial(create_trial(value=0.08, user_attrs={"rule": "widen", "parent": 0, "morphs": [widen]}))
+    >>> frame = trials_frame(study)
+    >>> list(frame.columns) == COLUMNS, len(frame)
+    (True, 2)
+    >>> frame.loc[1, ["rule", "morphs"]].tolist()
+    ['widen', 'widen@c1_relu']
+    """
     rows = []
     for t in study.get_trials(deepcopy=False):
         a = t.user_attrs
@@ -202,7 +251,19 @@ def trials_frame(study: optuna.Study) -> pandas.DataFrame:
 
 
 def load_trials(storage: str, study: str) -> pandas.DataFrame:
-    """The trials of ``study`` in ``storage`` (a URL) as a pandas DataFrame."""
+    """The trials of ``study`` in ``storage`` (a URL) as a pandas DataFrame (:func:`trials_frame`).
+
+    >>> import tempfile
+    >>> import optuna
+    >>> from optuna.trial import create_trial
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     url = f"sqlite:///{tmp}/runs.db"
+    ...     study = optuna.create_study(study_name="demo", storage=url)
+    ...     study.add_trial(create_trial(value=0.1, user_attrs={"rule": "seed", "params": 1234}))
+    ...     frame = load_trials(url, "demo")
+    >>> frame[["number", "state", "rule", "val_error", "params"]].to_dict("records")
+    [{'number': 0, 'state': 'COMPLETE', 'rule': 'seed', 'val_error': 0.1, 'params': 1234}]
+    """
     return trials_frame(load_study(open_storage(storage), study))
 
 

@@ -18,7 +18,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from morphnas.errors import CheckpointError
+from morphnas.errors import CheckpointError, MorphnasError
 
 ARCH_FILE = "arch.json"
 WEIGHTS_FILE = "weights.safetensors"
@@ -29,25 +29,44 @@ FILES: tuple[str, ...] = (ARCH_FILE, WEIGHTS_FILE, METRICS_FILE)
 def save_checkpoint(
     directory: str | Path, *, arch: dict[str, Any], weights: dict[str, torch.Tensor], metrics: dict[str, Any]
 ) -> Path:
-    """Write a checkpoint to ``directory`` atomically and return its path.
+    """Write a checkpoint to ``directory`` atomically (:func:`write_atomically`) and return its path.
 
-    An existing checkpoint there (or an empty directory) is replaced: the old one is renamed
-    away, the new one renamed in, then the old one deleted. Any other existing path raises
-    :class:`CheckpointError` rather than be deleted. ``arch`` and ``metrics`` must be JSON
-    serialisable (no NaN); tensors are copied to contiguous CPU tensors first.
+    ``arch`` and ``metrics`` must be JSON serialisable (no NaN). An existing checkpoint there (or
+    an empty directory) is replaced; any other existing path raises :class:`CheckpointError`.
+    """
+    texts = {ARCH_FILE: _to_json(arch, ARCH_FILE), METRICS_FILE: _to_json(metrics, METRICS_FILE)}
+    return write_atomically(directory, weights, texts, what="checkpoint", error=CheckpointError)
+
+
+def write_atomically(
+    directory: str | Path,
+    weights: dict[str, torch.Tensor],
+    texts: dict[str, str],
+    *,
+    what: str,
+    error: type[MorphnasError],
+    metadata: dict[str, str] | None = None,
+) -> Path:
+    """Write ``weights`` (as ``WEIGHTS_FILE``) and ``texts`` (file name -> contents) into ``directory``.
+
+    The files are built and fsynced in a hidden temporary sibling directory that is then renamed
+    into place; an existing directory holding nothing but checkpoint files (or nothing) is renamed
+    away first and deleted last. Any other existing path raises ``error`` rather than be deleted,
+    and so does a failed write (a full disk, a read-only file system), with one line naming the
+    ``what`` and the path. Tensors are copied to contiguous CPU tensors first; ``metadata`` goes
+    into the safetensors header. The checkpoint writer and the export bundle writer share this.
     """
     target = Path(directory).absolute()
     if target.exists() and not _replaceable(target):
-        raise CheckpointError(f"refusing to overwrite {target}: it exists and is not a checkpoint directory")
-    texts = {ARCH_FILE: _to_json(arch, ARCH_FILE), METRICS_FILE: _to_json(metrics, METRICS_FILE)}
+        raise error(f"refusing to overwrite {target}: it exists and is not a {what} directory")
     tensors = {name: t.detach().to("cpu").clone(memory_format=torch.contiguous_format) for name, t in weights.items()}
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     except OSError as err:
-        raise CheckpointError(f"cannot write checkpoint {target}: {err.strerror or err}") from None
+        raise error(f"cannot write {what} {target}: {err.strerror or err}") from None
     try:
-        save_file(tensors, str(tmp / WEIGHTS_FILE))
+        save_file(tensors, str(tmp / WEIGHTS_FILE), metadata=metadata)
         _fsync(tmp / WEIGHTS_FILE)
         for name, text in texts.items():
             (tmp / name).write_text(text)
@@ -65,7 +84,7 @@ def save_checkpoint(
     except (OSError, SafetensorError) as err:  # a full disk, a read-only file system, a quota
         shutil.rmtree(tmp, ignore_errors=True)
         reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
-        raise CheckpointError(f"cannot write checkpoint {target}: {reason}") from None
+        raise error(f"cannot write {what} {target}: {reason}") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -98,7 +117,7 @@ def read_weights(file: str | Path) -> dict[str, torch.Tensor]:
 
 
 def _replaceable(path: Path) -> bool:
-    """True for a directory holding nothing but checkpoint files."""
+    """True for a directory holding nothing but checkpoint (or bundle) files, or nothing."""
     return path.is_dir() and not path.is_symlink() and all(child.name in FILES for child in path.iterdir())
 
 
