@@ -91,6 +91,13 @@ def load_dataset(
     set or the user's own data), ``False`` turns it off, and a name from
     :data:`~morphnas.train.augment.AUGMENTS` replaces it (``"affine"`` for MNIST, ``"shift"`` or
     ``"crop_flip"`` for one's own images).
+
+    >>> from morphnas.train import load_dataset
+    >>> data = load_dataset("synthetic", synthetic_shape=(3, 8, 8), synthetic_classes=4, synthetic_size=100)
+    >>> data.input_shape, data.num_classes, len(data.train), len(data.val), len(data.test)
+    ((3, 8, 8), 4, 70, 15, 15)
+    >>> data.train.x.dtype, data.train.y.dtype
+    (torch.float32, torch.int64)
     """
     if name == "mnist5k":
         data = _mnist5k(split_seed)
