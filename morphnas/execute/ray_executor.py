@@ -44,8 +44,9 @@ How a child travels (written for Ray 2.60's ``ray.tune`` API):
   on for this process as Ray does for a local cluster; without one, or with one the head
   rejects, ConfigError says what to set, within milliseconds.
 - Ray Tune's output is silenced (``verbose=0``, the old output engine via
-  ``RAY_AIR_NEW_OUTPUT=0``). Ray's own warnings (e.g. the token-authentication notice at
-  ``ray.init``) and a failed worker's traceback still show.
+  ``RAY_AIR_NEW_OUTPUT=0``). A local Ray started here chooses token authentication itself, so
+  Ray does not warn about its default; Ray's other warnings and a failed worker's traceback
+  still show.
 """
 
 from __future__ import annotations
@@ -291,12 +292,25 @@ def _init_local_ray() -> None:
     ``ray.init`` without an address joins a cluster started by ``ray start`` on this machine, and
     then refuses ``num_cpus`` (a ValueError raised before it connects): that cluster keeps its own
     resources.
+
+    A new local Ray gets token authentication, as Ray 2.60 gives one by default; the mode is
+    chosen here (``RAY_AUTH_MODE=token``, unless the user set it) because Ray warns on stderr
+    about a default it applies. Joining, the cluster's own mode decides, as Ray decides it.
     """
+    from ray._private.authentication import authentication_token_setup as auth
+    from ray._raylet import Config
+
+    chosen = auth.AUTH_MODE_ENV_VAR in os.environ
+    if not chosen:
+        auth._enable_token_auth()  # what ray.init does for a new cluster, without the warning
     try:
         ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, logging_level=logging.WARNING)
     except ValueError as err:
         if "existing cluster" not in str(err):
             raise
+        if not chosen:
+            del os.environ[auth.AUTH_MODE_ENV_VAR]
+            Config.initialize("")  # Ray's config re-reads the environment
         ray.init(logging_level=logging.WARNING)
 
 
