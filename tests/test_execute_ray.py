@@ -170,3 +170,26 @@ def test_a_successful_run_on_a_local_ray_it_starts_prints_nothing_on_stderr():
     run = subprocess.run([sys.executable, "-c", QUIET_RUN], env=env, capture_output=True, text=True, timeout=180)
     assert run.returncode == 0 and run.stdout.strip() == "['ok', 'pruned']", run.stderr[-3000:]
     assert run.stderr == ""
+
+
+UNRAISABLE = textwrap.dedent("""
+    import sys
+    from morphnas.execute.ray_executor import _quiet_exit
+
+    class Dies:
+        def __init__(self, error):
+            self.error = error
+
+        def __del__(self):
+            raise self.error
+
+    sys.unraisablehook = _quiet_exit
+    Dies(SystemExit(1))  # as Ray's SIGTERM handler raises it inside a finalizer
+    Dies(ValueError("a real error in a finalizer"))
+""")
+
+
+def test_a_worker_drops_only_the_exit_a_finalizer_could_not_raise():
+    run = subprocess.run([sys.executable, "-c", UNRAISABLE], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0 and "SystemExit" not in run.stderr
+    assert "Exception ignored" in run.stderr and "ValueError: a real error in a finalizer" in run.stderr

@@ -45,8 +45,9 @@ How a child travels (written for Ray 2.60's ``ray.tune`` API):
   rejects, ConfigError says what to set, within milliseconds.
 - Ray Tune's output is silenced (``verbose=0``, the old output engine via
   ``RAY_AIR_NEW_OUTPUT=0``). A local Ray started here chooses token authentication itself, so
-  Ray does not warn about its default; Ray's other warnings and a failed worker's traceback
-  still show.
+  Ray does not warn about its default, and a worker that Ray terminates while Python runs a
+  finalizer does not print the ``SystemExit`` it cannot raise (:func:`_quiet_exit`); Ray's
+  other warnings and a failed worker's traceback still show.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ import os
 import queue
 import re
 import shutil
+import sys
 import tempfile
 import threading
 import uuid
@@ -347,6 +349,7 @@ def _trainable(
     every_epoch: bool,
 ) -> None:
     """One Tune trial: fetch the job, fine-tune it, report epochs and the outcome; weights go to the mailbox."""
+    sys.unraisablehook = _quiet_exit
     key = int(config["key"])
     job: ChildJob = ray.get(refs[key])
     node = ray.get_runtime_context().get_node_id()
@@ -377,6 +380,19 @@ def _trainable(
         "reason": result.reason,
         "node": node,
     })
+
+
+def _quiet_exit(unraisable: Any) -> None:
+    """A worker's hook for exceptions Python cannot raise (in a finalizer or weakref callback).
+
+    Ray ends a Tune actor whose handle Tune dropped with SIGTERM, and the worker's handler
+    turns it into ``SystemExit``; when the signal lands while a finalizer runs (a ``WeakSet``
+    callback, say), the exit cannot propagate and Python prints it as "Exception ignored ...
+    SystemExit: 1" under a successful run. The worker is ending anyway: that one is dropped,
+    every other unraisable exception is printed as before.
+    """
+    if not issubclass(unraisable.exc_type, SystemExit):
+        sys.__unraisablehook__(unraisable)
 
 
 FINAL = "final"  # the mailbox tag of a child's final weights (epochs are tagged with their number)
