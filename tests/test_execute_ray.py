@@ -5,6 +5,9 @@ child and a pruned child; one run without ``on_epoch`` covers the final-weights-
 """
 
 import os
+import subprocess
+import sys
+import textwrap
 import threading
 from pathlib import Path
 
@@ -147,3 +150,46 @@ def test_make_executor_ray_validates(local_ray):
     with make_executor("ray", cpus_per_child=0.5, max_concurrent=2) as executor:
         assert isinstance(executor, RayExecutor) and executor.threads == 1
         assert list(executor.run([])) == []
+
+
+QUIET_RUN = textwrap.dedent("""
+    from morphnas.execute.ray_executor import RayExecutor
+    from test_execute_ray import make_job, prune_key_3_after_epoch_1
+
+    with RayExecutor(cpus_per_child=1) as executor:
+        statuses = sorted(r.status for r in executor.run([make_job(1), make_job(3, epochs=3)],
+                                                         prune_key_3_after_epoch_1([])))
+    print(statuses)
+""")
+
+
+def test_a_successful_run_on_a_local_ray_it_starts_prints_nothing_on_stderr():
+    """No notice about Ray's default token authentication, no worker's traceback at shutdown."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "RAY_AUTH"))}
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parent), env.get("PYTHONPATH", "")])
+    run = subprocess.run([sys.executable, "-c", QUIET_RUN], env=env, capture_output=True, text=True, timeout=180)
+    assert run.returncode == 0 and run.stdout.strip() == "['ok', 'pruned']", run.stderr[-3000:]
+    assert run.stderr == ""
+
+
+UNRAISABLE = textwrap.dedent("""
+    import sys
+    from morphnas.execute.ray_executor import _quiet_exit
+
+    class Dies:
+        def __init__(self, error):
+            self.error = error
+
+        def __del__(self):
+            raise self.error
+
+    sys.unraisablehook = _quiet_exit
+    Dies(SystemExit(1))  # as Ray's SIGTERM handler raises it inside a finalizer
+    Dies(ValueError("a real error in a finalizer"))
+""")
+
+
+def test_a_worker_drops_only_the_exit_a_finalizer_could_not_raise():
+    run = subprocess.run([sys.executable, "-c", UNRAISABLE], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0 and "SystemExit" not in run.stderr
+    assert "Exception ignored" in run.stderr and "ValueError: a real error in a finalizer" in run.stderr

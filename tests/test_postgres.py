@@ -8,13 +8,14 @@ import sys
 import time
 
 import pytest
+import sqlalchemy as sa
 from optuna.trial import TrialState
 from postgres_server import PASSWORD, postgres_server
 from typer.testing import CliRunner
 
 from morphnas.cli import app
 from morphnas.search import load_study, open_storage
-from morphnas.search.lease import LEASE_SECONDS
+from morphnas.search.lease import LEASE_SECONDS, TABLE
 from morphnas.search.study import INTERRUPTED, failure_reason
 
 pytestmark = pytest.mark.slow
@@ -49,6 +50,13 @@ def test_search_studies_and_resume_on_postgresql_never_print_the_password(tmp_pa
     again = runner.invoke(app, [*args, "--resume"])  # a finished study: nothing more to do
     assert again.exit_code == 0, again.output
     assert len(load_study(open_storage(url), "pg").get_trials()) == 4 and PASSWORD not in again.output
+
+
+def test_a_plain_postgresql_url_opens_through_psycopg_3(url):
+    storage = open_storage(url)  # no +driver in the URL: SQLAlchemy >= 2.1 picks psycopg 3, which morphnas requires
+    assert url.startswith("postgresql://") and storage.engine.dialect.driver == "psycopg"
+    with storage.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT 1")).scalar() == 1
 
 
 def driver(tmp_path, url, *args):
@@ -90,14 +98,16 @@ def test_two_drivers_on_one_postgresql_study_and_a_killed_one_resumed(tmp_path, 
     first.send_signal(signal.SIGKILL)
     first.wait()
     before = finished(url)
-    study = load_study(open_storage(url), "two")
+    engine = sa.create_engine(url)
     # the killed driver as if it had run on another machine: its lease holds until it expires
-    held = study.user_attrs["driver"]
-    study.set_user_attr("driver", {**held, "host": "elsewhere", "renewed": time.time()})
+    with engine.begin() as conn:
+        conn.execute(sa.update(TABLE).values(host="elsewhere", renewed=time.time()))
     refused = driver(tmp_path, url, "--resume")
     _, err = refused.communicate(timeout=120)
     assert refused.returncode == 2 and "pid" in err and "elsewhere" in err
-    study.set_user_attr("driver", {**held, "host": "elsewhere", "renewed": time.time() - LEASE_SECONDS - 1})
+    with engine.begin() as conn:
+        conn.execute(sa.update(TABLE).values(renewed=time.time() - LEASE_SECONDS - 1))
+    engine.dispose()
     resumed = driver(tmp_path, url, "--resume")
     _, err = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, err

@@ -2,10 +2,12 @@
 
 The head is ``ray start --head`` with default settings: a token exists under its ``HOME``, so
 Ray turns token authentication on. The second node joins with ``RAY_AUTH_MODE=token`` and, when
-run as root with ``unshare``, in its own mount namespace with an empty tmpfs on ``/tmp``: it
-cannot see the driver's temporary files nor the head's session directory, so its children
-must get their jobs and return their weights through Ray alone. Each node has one CPU, so two
-children at once put one on each node.
+run as root with ``unshare``, in its own mount namespace with empty tmpfs over the head's
+temporary directory and pytest's (where the drivers keep their files): it cannot see the
+driver's temporary files nor the head's session directory, so its children must get their
+jobs and return their weights through Ray alone. Only those folders are hidden, so a checkout
+or venv that lives under ``/tmp`` stays importable there. The fixture waits until both nodes
+are alive. Each node has one CPU, so two children at once put one on each node.
 
 The driver runs in a subprocess with that ``HOME`` and no ``RAY_AUTH_MODE``: the executor must
 find out by itself that the head wants a token. Every process the fixture starts runs in its
@@ -16,6 +18,7 @@ machine).
 import contextlib
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -56,7 +59,7 @@ def stop(process: subprocess.Popen) -> None:
 
 
 @pytest.fixture(scope="module")
-def cluster():
+def cluster(tmp_path_factory):
     """(address, head's temporary dir, HOME with the token, the driver's clean environment)."""
     tmp = Path(tempfile.mkdtemp(prefix="mnc", dir="/tmp"))  # short: Ray's socket paths live under it
     home = tmp / "home"
@@ -81,10 +84,13 @@ def cluster():
         start([str(RAY), "start", "--head", *head_args, "--num-cpus=1", "--block"], env, "head.log")
         wait_for(lambda: (tmp / "ray" / "ray_current_cluster").exists(), started, tmp / "head.log")
         worker = [str(RAY), "start", *worker_args, "--num-cpus=1", "--block"]
-        if PRIVATE_TMP:  # its own empty /tmp: nothing of the head's or the driver's is visible there
+        if PRIVATE_TMP:  # nothing of the head's or the drivers' is visible there; the checkout and venv are
+            hidden = [str(tmp), str(tmp_path_factory.getbasetemp())]
             worker = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
-                      'mount -t tmpfs tmpfs /tmp && exec "$@"', "sh", *worker]
+                      " && ".join(f"mount -t tmpfs tmpfs {shlex.quote(d)}" for d in hidden) + ' && exec "$@"',
+                      "sh", *worker]
         start(worker, worker_env, "worker.log")
+        wait_for_nodes(f"127.0.0.1:{port}", worker_env, started, tmp / "worker.log")
         yield f"127.0.0.1:{port}", tmp, home, env
     finally:
         for process in reversed(started):
@@ -97,6 +103,26 @@ def wait_for(condition, processes: list[subprocess.Popen], log: Path, seconds: f
     while not condition():
         assert all(p.poll() is None for p in processes) and time.monotonic() < deadline, log.read_text()[-3000:]
         time.sleep(0.5)
+
+
+NODES = textwrap.dedent("""
+    import sys, time
+    import ray
+    ray.init(address=sys.argv[1], logging_level="ERROR")
+    deadline = time.monotonic() + float(sys.argv[2])
+    while sum(node["Alive"] for node in ray.nodes()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    sys.exit(sum(node["Alive"] for node in ray.nodes()) < 2)
+""")
+
+
+def wait_for_nodes(address: str, env: dict, processes: list[subprocess.Popen], log: Path, seconds: float = 60) -> None:
+    """Wait until the head and the second node are alive; fail with the second node's log if it does not join."""
+    joined = subprocess.run([sys.executable, "-c", NODES, address, str(seconds)], env=env, capture_output=True,
+                            text=True, timeout=seconds + 30)
+    if joined.returncode != 0 or not all(p.poll() is None for p in processes):
+        pytest.fail(f"the second Ray node did not join the head within {seconds:.0f} s; its log ends:\n"
+                    f"{log.read_text()[-3000:]}\n{joined.stderr[-1000:]}")
 
 
 DRIVER = textwrap.dedent("""

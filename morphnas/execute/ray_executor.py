@@ -44,8 +44,10 @@ How a child travels (written for Ray 2.60's ``ray.tune`` API):
   on for this process as Ray does for a local cluster; without one, or with one the head
   rejects, ConfigError says what to set, within milliseconds.
 - Ray Tune's output is silenced (``verbose=0``, the old output engine via
-  ``RAY_AIR_NEW_OUTPUT=0``). Ray's own warnings (e.g. the token-authentication notice at
-  ``ray.init``) and a failed worker's traceback still show.
+  ``RAY_AIR_NEW_OUTPUT=0``). A local Ray started here chooses token authentication itself, so
+  Ray does not warn about its default, and a worker that Ray terminates while Python runs a
+  finalizer does not print the ``SystemExit`` it cannot raise (:func:`_quiet_exit`); Ray's
+  other warnings and a failed worker's traceback still show.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ import os
 import queue
 import re
 import shutil
+import sys
 import tempfile
 import threading
 import uuid
@@ -291,12 +294,25 @@ def _init_local_ray() -> None:
     ``ray.init`` without an address joins a cluster started by ``ray start`` on this machine, and
     then refuses ``num_cpus`` (a ValueError raised before it connects): that cluster keeps its own
     resources.
+
+    A new local Ray gets token authentication, as Ray 2.60 gives one by default; the mode is
+    chosen here (``RAY_AUTH_MODE=token``, unless the user set it) because Ray warns on stderr
+    about a default it applies. Joining, the cluster's own mode decides, as Ray decides it.
     """
+    from ray._private.authentication import authentication_token_setup as auth
+    from ray._raylet import Config
+
+    chosen = auth.AUTH_MODE_ENV_VAR in os.environ
+    if not chosen:
+        auth._enable_token_auth()  # what ray.init does for a new cluster, without the warning
     try:
         ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, logging_level=logging.WARNING)
     except ValueError as err:
         if "existing cluster" not in str(err):
             raise
+        if not chosen:
+            del os.environ[auth.AUTH_MODE_ENV_VAR]
+            Config.initialize("")  # Ray's config re-reads the environment
         ray.init(logging_level=logging.WARNING)
 
 
@@ -333,6 +349,7 @@ def _trainable(
     every_epoch: bool,
 ) -> None:
     """One Tune trial: fetch the job, fine-tune it, report epochs and the outcome; weights go to the mailbox."""
+    sys.unraisablehook = _quiet_exit
     key = int(config["key"])
     job: ChildJob = ray.get(refs[key])
     node = ray.get_runtime_context().get_node_id()
@@ -364,6 +381,19 @@ def _trainable(
         "reason": result.reason,
         "node": node,
     })
+
+
+def _quiet_exit(unraisable: Any) -> None:
+    """A worker's hook for exceptions Python cannot raise (in a finalizer or weakref callback).
+
+    Ray ends a Tune actor whose handle Tune dropped with SIGTERM, and the worker's handler
+    turns it into ``SystemExit``; when the signal lands while a finalizer runs (a ``WeakSet``
+    callback, say), the exit cannot propagate and Python prints it as "Exception ignored ...
+    SystemExit: 1" under a successful run. The worker is ending anyway: that one is dropped,
+    every other unraisable exception is printed as before.
+    """
+    if not issubclass(unraisable.exc_type, SystemExit):
+        sys.__unraisablehook__(unraisable)
 
 
 FINAL = "final"  # the mailbox tag of a child's final weights (epochs are tagged with their number)
