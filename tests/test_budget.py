@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import math
+import time
 
 import pytest
 
+from morphnas.grammar.space import parse_space
+from morphnas.search import SearchOptions, load_study, open_storage, run_search
 from morphnas.search.budget import (
     MIN_EPOCH_SHARE,
     SUMMARY_RESERVE,
@@ -62,3 +65,29 @@ def test_a_generation_that_does_not_fit_is_shortened_then_thinned_then_skipped()
     assert fit_generation(4, 1.0, 2, epoch_seconds=10.0, seconds_left=9.0) is None  # 2 at a quarter: 10 s
     assert fit_generation(4, 1.0, 2, epoch_seconds=10.0, seconds_left=-5.0) is None
     assert MIN_EPOCH_SHARE == 0.25
+
+
+@pytest.mark.slow
+def test_a_search_on_a_large_data_set_keeps_a_tiny_budget_within_5_percent(tmp_path) -> None:
+    """Fashion-MNIST (54,000 training images) with 40 s: an epoch of the seed alone would not
+    fit, so the seed's training, the generations and the final phase are all cut by the budget."""
+    space = parse_space({
+        "name": "tiny-budget", "dataset": {"name": "fashion-mnist"},
+        "seed": {"arch": "cnn", "epochs": 50, "lr": 0.05, "batch_size": 128},
+        "rules": {"widen": {"params": {"factor": [1.5]}}, "deepen": {}},
+        "finetune": {"schedule": "lineage", "epochs": 0.5, "halving": 2, "batch_size": 128},
+        "final": {"epochs": 50},
+        "budget": {"generations": 20, "children": 4, "time_budget": 40, "seed_share": 0.25, "final_share": 0.35},
+    })
+    events = []
+    started = time.monotonic()
+    summary = run_search(SearchOptions(space=space, workdir=tmp_path, study="b", seed=0),
+                         lambda kind, info: events.append((kind, info)))
+    wall = time.monotonic() - started
+    assert wall <= 40 * 1.05, events
+    assert wall >= 40 * 0.8  # and it used its budget
+    study = load_study(open_storage(summary.storage), "b")
+    rules = [t.user_attrs.get("rule") for t in study.trials]
+    assert rules[0] == "seed" and rules[-1] == "final"
+    messages = [info["message"] for kind, info in events if kind == "budget"]
+    assert all(m.startswith("time budget: ") and "\n" not in m for m in messages)

@@ -26,7 +26,7 @@ def test_scheduled_growth_is_exact_at_every_step_and_keeps_the_time() -> None:
     grown = grow(graph, weights, data, TrainConfig(epochs=1000, batch_size=64), seconds=9.0,
                  schedule=resnet_schedule(), on_step=on_step)
     wall = time.time() - started
-    assert wall < 9.0 * 1.05 + 2.0  # each segment ends at its moment (a sixteenth of an epoch, a validation)
+    assert wall < 9.0 * 1.05 + 2.0  # each segment ends at its moment (a step and a validation each)
     assert len(grown.runs) == 3 and all(run.epochs > 0 for run in grown.runs)
     # every growth step computed what the network computed before it (float32 verifier tolerance)
     assert len(grown.preservation) == 2 and max(grown.preservation) < 1e-5

@@ -10,7 +10,7 @@ the seed and final phase train for their configured epochs.
 Within the generations the contract is kept three ways: a generation starts only in the size
 that fits the time left (:func:`fit_generation`: fewer epochs, then fewer children, or none),
 a successive-halving rung starts only in the length that fits, and every child's training
-carries the phase's deadline, which the trainer keeps to a sixteenth of an epoch.
+carries the phase's deadline, which the trainer keeps to a step.
 
 The plan also says where a lineage is on the one learning-rate cycle it follows when the
 fine-tuning schedule is ``lineage`` (:meth:`BudgetPlan.position`): the fraction of the budget

@@ -36,11 +36,11 @@ class TrainConfig:
     ``time_limit`` (seconds from the start of the run) and ``deadline`` (a ``time.time()`` wall
     clock, the end of a search's phase, the same on every machine of a cluster whose clocks agree)
     make the run fit a wall-clock budget, whichever ends first: ``epochs`` becomes an upper bound,
-    and every sixteenth of an epoch the run is cut to the steps that fit in the time left (less
-    one validation) at the mean step time so far, so the learning rate decays to its end within
-    the budget and the run ends within a sixteenth of an epoch of it; the last epoch may then be
-    partial. A run whose deadline has passed before it starts trains a sixteenth of an epoch (at
-    least two steps: the first, which warms up, is not timed).
+    and after every step the run is cut to the steps that fit in the time left (less one
+    validation) at the mean step time so far, so the learning rate decays to its end within the
+    budget and the run ends within a step of it, however busy the machine; the last epoch may
+    then be partial. A run whose deadline has passed before it starts trains two steps (the
+    first, which warms up, is not timed).
 
     ``cycle`` is the part of one schedule cycle the run covers: its progress 0 to 1 maps onto
     positions ``cycle[0]`` to ``cycle[1]`` of the schedule. A network trained in several runs,
@@ -283,7 +283,6 @@ def _train(
     history: list[EpochReport] = []
     step = epoch = 0
     end = _end(started, config)
-    check_every = max(1, steps_per_epoch // 16)
     validating = 0.0  # seconds spent validating so far
     first_step_end = 0.0  # step times are measured from here: the first step warms up
     with _mode(model, True):
@@ -312,7 +311,7 @@ def _train(
                 step += 1
                 if step == 1:
                     first_step_end = time.perf_counter()
-                elif end is not None and step % check_every == 0:
+                elif end is not None:
                     now = time.perf_counter()
                     step_seconds = (now - first_step_end - validating) / (step - 1)
                     reserve = validating / max(1, epoch - 1) or step_seconds * len(val) / batch_size / 3
