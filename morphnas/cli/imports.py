@@ -25,8 +25,8 @@ def import_command(
     """Import a PyTorch network as a checkpoint the other commands read (arch show, export).
 
     The network is traced with torch.fx, every node mapped onto morphnas's layers and its weights carried over;
-    the checkpoint is written only if it computes the network's outputs within 1e-5 relative (eval mode,
-    float32). A node the IR cannot express is refused with one line naming it (exit 2).
+    the checkpoint is written only if it computes the network's outputs within 1e-10 relative (eval mode,
+    float64). A node the IR cannot express is refused with one line naming it (exit 2).
     """
     shape = parse_shape(input)
     module = build_module(network, classes)
