@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from safetensors.torch import load_file
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
@@ -510,19 +511,49 @@ def _rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
     return (got - want).abs().max().item() / (scale if scale > 0 else 1.0)
 
 
-def build_module(spec: str, classes: int | None = None) -> nn.Module:
-    """``torchvision:NAME`` (randomly initialised, nothing downloaded) or ``MODULE:ATTR``.
+@dataclass(frozen=True)
+class Built:
+    """A module ready to import and what was changed to fit it (one line each, for the user)."""
 
+    module: nn.Module
+    notes: tuple[str, ...] = ()
+
+
+def build_module(spec: str, *, channels: int | None = None, classes: int | None = None,
+                 weights: str | os.PathLike | None = None, seed: int = 0) -> Built:
+    """``torchvision:NAME`` (initialised with ``seed``, nothing downloaded) or ``MODULE:ATTR``, with
+    ``weights`` (a state dict: safetensors, or a PyTorch file read with ``weights_only``) loaded.
+
+    A torchvision network then fits ``channels`` input channels and ``classes`` outputs: grey
+    input folds its first convolution's RGB weights into one channel (their sum), another class
+    count gets a fresh head (seeded). A ``weights`` file gives the head its own class count first.
     ``MODULE:ATTR`` names an ``nn.Module`` or a zero-argument callable returning one (``ATTR`` may be
-    dotted); the current directory is searched first, as ``python -m`` does.
+    dotted); the current directory is searched first, as ``python -m`` does; it is not adapted.
     """
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise ConfigError(f"the network must look like MODULE:ATTR or torchvision:NAME, got {spec!r}")
-    if module_name == "torchvision":
-        return _torchvision(attr, classes)
+    if module_name != "torchvision":
+        if classes is not None:
+            raise ConfigError("--classes applies to torchvision models only")
+        module = _user_module(spec, module_name, attr)
+        if weights is not None:
+            _load_state(module, weights, spec, resize_head=False)
+        return Built(module)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        module = _torchvision(attr)
+    if weights is not None:
+        _load_state(module, weights, spec, resize_head=True)
+    notes = []
+    if channels is not None:
+        notes += _fold_channels(module, channels, spec)
     if classes is not None:
-        raise ConfigError("--classes applies to torchvision models only")
+        notes += _replace_head(module, classes, seed)
+    return Built(module, tuple(notes))
+
+
+def _user_module(spec: str, module_name: str, attr: str) -> nn.Module:
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
@@ -545,7 +576,7 @@ def build_module(spec: str, classes: int | None = None) -> nn.Module:
     return value
 
 
-def _torchvision(name: str, classes: int | None) -> nn.Module:
+def _torchvision(name: str) -> nn.Module:
     try:
         from torchvision import models
     except ImportError:
@@ -553,8 +584,93 @@ def _torchvision(name: str, classes: int | None) -> nn.Module:
     known = models.list_models(module=models)
     if name not in known:
         raise ConfigError(f"unknown torchvision classification model {name!r}; e.g. resnet18, vgg11, mobilenet_v2")
-    options = {} if classes is None else {"num_classes": classes}
-    return models.get_model(name, weights=None, **options)
+    return models.get_model(name, weights=None)
+
+
+def _read_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """A state dict from safetensors (by its suffix) or a PyTorch file (``torch.load`` with
+    ``weights_only=True``: tensors and plain containers only, no code is run)."""
+    try:
+        if str(path).endswith(".safetensors"):
+            state = load_file(path)
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as err:
+        raise ConfigError(f"cannot read weights {str(path)!r}: {err.strerror or err}") from None
+    except Exception as err:  # noqa: BLE001 - a corrupt file raises many kinds
+        raise ConfigError(f"cannot read weights {str(path)!r}: not a safetensors or PyTorch state dict "
+                          f"({_line(err)[:120]})") from None
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in state.items()):
+        raise ConfigError(f"weights {str(path)!r} are not a state dict (names to tensors)")
+    return state
+
+
+def _load_state(module: nn.Module, path: str | os.PathLike, spec: str, *, resize_head: bool) -> None:
+    state = _read_state(path)
+    if resize_head:
+        name, head = _head(module)
+        trained = state.get(f"{name}.weight")
+        if trained is not None and trained.shape[1:] == head.weight.shape[1:]:
+            _replace(module, name, _resized(head, trained.shape[0]))
+    own = module.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [f"{k} {tuple(state[k].shape)} for {tuple(v.shape)}" for k, v in own.items()
+             if k in state and state[k].shape != v.shape]
+    problems = [f"{what} {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
+                for what, keys in (("missing", missing), ("unexpected", unexpected), ("shape", wrong)) if keys]
+    if problems:
+        raise ConfigError(f"weights {str(path)!r} do not fit {spec}: " + "; ".join(problems))
+    module.load_state_dict(state)
+
+
+def _fold_channels(module: nn.Module, channels: int, spec: str) -> list[str]:
+    """Grey input: the first convolution's RGB kernels summed into one channel (the usual practice)."""
+    name, conv = next(((n, m) for n, m in module.named_modules() if isinstance(m, nn.Conv2d)), (None, None))
+    if conv is None or conv.in_channels == channels:
+        return []
+    if (conv.in_channels, channels, conv.groups) != (3, 1, 1):
+        raise ConfigError(f"{spec} takes {conv.in_channels}-channel input: --input may have {conv.in_channels} "
+                          "channels, or 1 (grey: its RGB kernels are summed)")
+    grey = nn.Conv2d(1, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+                     bias=conv.bias is not None, padding_mode=conv.padding_mode)
+    with torch.no_grad():
+        grey.weight.copy_(conv.weight.sum(dim=1, keepdim=True))
+        if conv.bias is not None:
+            grey.bias.copy_(conv.bias)
+    _replace(module, name, grey)
+    return [f"grey input: {name}'s RGB kernels summed into one channel"]
+
+
+def _replace_head(module: nn.Module, classes: int, seed: int) -> list[str]:
+    name, head = _head(module)
+    outputs = head.weight.shape[0]
+    if outputs == classes:
+        return []
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        _replace(module, name, _resized(head, classes))
+    return [f"{classes} classes: head {name} ({outputs} outputs) replaced by a fresh one (seed {seed})"]
+
+
+def _head(module: nn.Module) -> tuple[str, nn.Linear | nn.Conv2d]:
+    """The classifier: a torchvision network's last linear or convolution (squeezenet's is a 1x1 conv)."""
+    return [(n, m) for n, m in module.named_modules() if isinstance(m, nn.Linear | nn.Conv2d)][-1]
+
+
+def _resized(head: nn.Linear | nn.Conv2d, outputs: int) -> nn.Module:
+    """A freshly initialised ``head`` with ``outputs`` outputs."""
+    if isinstance(head, nn.Linear):
+        return nn.Linear(head.in_features, outputs, bias=head.bias is not None)
+    return nn.Conv2d(head.in_channels, outputs, head.kernel_size, head.stride, head.padding, head.dilation,
+                     head.groups, head.bias is not None, head.padding_mode)
+
+
+def _replace(module: nn.Module, name: str, layer: nn.Module) -> None:
+    """Put ``layer`` where the submodule ``name`` was."""
+    parent, _, attr = name.rpartition(".")
+    setattr(module.get_submodule(parent), attr, layer)
 
 
 def _line(err: BaseException) -> str:
