@@ -97,7 +97,6 @@ def test_seed_weights_that_do_not_fit_are_one_line_before_any_study(tmp_path, ne
 
 
 @pytest.mark.parametrize("arch,message", [
-    ("torchvision:resnet18", "expected input[2, 1, 8, 8] to have 3 channels"),  # a 3-channel stem, 1-channel digits
     ("usernets:five", "the network has 5 outputs but digits has 10 classes"),
     ("usernets:nothing", "has no attribute 'nothing'"),
     ("{tmp}", "is a directory without an arch.json"),

@@ -18,25 +18,34 @@ def import_command(
     input: str = typer.Option("3x224x224", "--input", help="Input shape C x H x W (no batch dimension)."),
     out: Path = typer.Option(..., "--out", help="Checkpoint directory to write (arch.json, weights.safetensors, "
                                                  "metrics.json)."),
-    classes: int = typer.Option(None, "--classes", min=1, help="Number of classes (torchvision models only)."),
+    classes: int = typer.Option(None, "--classes", min=1,
+        help="Number of classes (torchvision models only): another count gets a fresh head."),
+    weights_file: Path = typer.Option(None, "--weights",
+        help="Trained weights: a state dict in safetensors or a PyTorch file (read with weights_only)."),
     seed: int = typer.Option(0, "--seed", min=0, max=2**32 - 1,
-        help="Seed of the random inputs the import is checked on."),
+        help="Seed of the random weights (a torchvision network, a fresh head) and of the inputs the import is "
+             "checked on."),
 ) -> None:
     """Import a PyTorch network as a checkpoint the other commands read (arch show, export).
 
     The network is traced with torch.fx, every node mapped onto morphnas's layers and its weights carried over;
-    the checkpoint is written only if it computes the network's outputs within 1e-5 relative (eval mode,
-    float32). A node the IR cannot express is refused with one line naming it (exit 2).
+    the checkpoint is written only if it computes the network's outputs within 1e-10 relative (eval mode,
+    float64). A node the IR cannot express is refused with one line naming it (exit 2). A torchvision network
+    fits --input and --classes: grey input sums the first convolution's RGB kernels into one channel, another
+    class count replaces the head with a fresh one; each change is said in one line.
     """
     shape = parse_shape(input)
-    module = build_module(network, classes)
+    built = build_module(network, channels=shape[0], classes=classes, weights=weights_file, seed=seed)
+    for note in built.notes:
+        typer.echo(note)
     started = time.perf_counter()
-    imported = from_torch(module, shape, seed=seed)
+    imported = from_torch(built.module, shape, seed=seed)
     seconds = time.perf_counter() - started
     graph, weights = imported.graph, imported.weights
     info = cost(graph)
     metrics = {
         "imported_from": network,
+        **({"imported_weights": str(weights_file)} if weights_file is not None else {}),
         "import_max_rel_err": imported.max_rel_err,
         "import_seconds": round(seconds, 3),
         **info,

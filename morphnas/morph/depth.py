@@ -256,12 +256,13 @@ def _all_edges(graph: ArchGraph) -> list[str]:
 def insert_pact(
     graph: ArchGraph, weights: Weights, site: str, params: dict[str, Any], ctx: MorphContext
 ) -> MorphResult:
-    """Eq. 8: a P-activation ``(1 - a)·φ + a·x`` with ``a = 1`` (the identity) after layer ``site``.
+    """Eq. 8: a P-activation ``(1 - a)·φ + a·x`` with ``a = 1`` (the identity) after layer ``site``,
+    any layer, a grouped or depthwise convolution too.
 
     Params: ``kind`` (the activation φ, default relu).
     """
     p = parse_params(params, {"kind": "relu"}, "insert_pact")
-    site_edge(graph, site, (Layer,))
+    site_edge(graph, site, (Layer,), grouped=True)  # after a grouped conv too: its output is a blob like any
     child = graph.copy()
     with graph_errors_as("insert_pact"):
         layer = ParametricActivation(p["kind"])

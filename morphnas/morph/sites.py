@@ -44,8 +44,9 @@ def identity_edges(graph: ArchGraph) -> list[str]:
     return [e.name for e in graph.edges() if isinstance(e.layer, Identity)]
 
 
-def site_edge(graph: ArchGraph, site: str, kinds: tuple[type[Layer], ...]) -> Edge:
-    """The edge named ``site``, which must be one of ``kinds``; MorphError otherwise."""
+def site_edge(graph: ArchGraph, site: str, kinds: tuple[type[Layer], ...], *, grouped: bool = False) -> Edge:
+    """The edge named ``site``, which must be one of ``kinds`` and, unless ``grouped`` (for a morph
+    that leaves the layer itself alone), not a grouped convolution; MorphError otherwise."""
     try:
         edge = graph.edge(site)
     except GraphError:
@@ -53,7 +54,7 @@ def site_edge(graph: ArchGraph, site: str, kinds: tuple[type[Layer], ...]) -> Ed
     if not isinstance(edge.layer, kinds):
         wanted = " or ".join(k.type for k in kinds)
         raise MorphError(f"layer {site!r} is a {edge.layer.type} layer; expected {wanted}")
-    if isinstance(edge.layer, Conv2d) and edge.layer.groups != 1:
+    if not grouped and isinstance(edge.layer, Conv2d) and edge.layer.groups != 1:
         raise MorphError(f"layer {site!r} is a grouped convolution (groups={edge.layer.groups})")
     return edge
 

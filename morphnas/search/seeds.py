@@ -7,7 +7,9 @@
 - an architecture JSON file (``morphnas arch save``): the same;
 - ``torchvision:NAME`` or ``MODULE:ATTR`` (an ``nn.Module`` or a factory of one): imported with
   :func:`~morphnas.ir.from_torch` at the data set's input shape, with the module's own weights
-  (random for torchvision, which downloads nothing);
+  (random for torchvision, which downloads nothing, seeded by ``seed``); a torchvision network
+  fits the data set as ``morphnas import`` fits it: grey images sum its first convolution's RGB
+  kernels, its head gets one output per class;
 - a checkpoint directory (``arch.json`` + ``weights.safetensors``: ``morphnas import``, an
   exported bundle, a trial of an earlier search): its architecture and weights, a warm start.
 
@@ -55,8 +57,9 @@ def seed_network(arch: str, input_shape: tuple[int, ...], num_classes: int, *, d
         graph_json, weights, _ = load_checkpoint(path)
         graph = ArchGraph.from_json(graph_json)
     elif ":" in arch and not path.exists():
-        module = build_module(arch, num_classes if arch.startswith("torchvision:") else None)
-        imported = from_torch(module, input_shape, seed=seed)
+        classes = num_classes if arch.startswith("torchvision:") else None  # a user's module is not adapted
+        built = build_module(arch, channels=input_shape[0], classes=classes, seed=seed)
+        imported = from_torch(built.module, input_shape, seed=seed)
         graph, weights = imported.graph, imported.weights
     else:
         graph = load_arch(arch, input_shape, num_classes, **options)
