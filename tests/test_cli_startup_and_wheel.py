@@ -49,6 +49,11 @@ def test_help_imports_neither_torch_nor_optuna():
     assert _imported_by(["--help"]) == set()
 
 
+def test_search_help_imports_neither_torch_nor_optuna():
+    """The search loads torch when it runs, not to print its help."""
+    assert _imported_by(["search", "--help"]) == set()
+
+
 def test_studies_list_imports_no_torch(tmp_path):
     import optuna
 
