@@ -53,6 +53,7 @@ def build_report(study: optuna.Study, path: str | Path) -> Path:
     frame = trials_frame(study)
     best = best_trial(study)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)  # as export does: missing folders are made
         if suffix in HTML_SUFFIXES:
             path.write_text(report_html(study, frame, best), encoding="utf-8")
         else:

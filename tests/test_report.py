@@ -132,8 +132,15 @@ def test_report_errors_are_one_line_exit_2(workdir, tmp_path):
     w = ["--workdir", str(workdir)]
     assert_one_line_error(run("report", "nope", *w, "--out", str(tmp_path / "r.html"), ok=False), "no study named")
     assert_one_line_error(run("report", "tiny", *w, "--out", str(tmp_path / "r.txt"), ok=False), "--out must end")
-    missing = tmp_path / "no" / "r.html"
-    assert_one_line_error(run("report", "tiny", *w, "--out", str(missing), ok=False), "cannot write")
+    (tmp_path / "file.txt").write_text("")
+    under_a_file = tmp_path / "file.txt" / "r.html"
+    assert_one_line_error(run("report", "tiny", *w, "--out", str(under_a_file), ok=False), "cannot write")
+
+
+def test_report_makes_missing_folders_as_export_does(workdir, tmp_path):
+    out = tmp_path / "missing" / "dir" / "r.png"
+    assert run("report", "tiny", "--workdir", str(workdir), "--out", str(out)).output.strip() == f"wrote {out}"
+    assert out.stat().st_size > 0
 
 
 def test_report_draws_failed_and_pruned_children_in_the_lineage(workdir, tmp_path):

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from morphnas.cli.output import console as make_console
 from morphnas.cli.train import AUGMENT_HELP, AugmentKind, augment_kind, check_out
 from morphnas.errors import ConfigError
 from morphnas.ir import check_fits, cost, load_arch
@@ -56,7 +56,7 @@ def morphnet_command(
     check_fits(graph, data.input_shape, data.num_classes, dataset)
     config = CycleConfig(budget=parse_budget(budget, float(cost(graph)[target])), target=target,
                          iterations=iterations, epochs=epochs, strength=strength, threshold=threshold, seed=seed)
-    console = Console(stderr=as_json, quiet=as_json)
+    console = make_console(stderr=as_json, quiet=as_json)
 
     def on_event(kind: str, info: dict[str, Any]) -> None:
         if kind == "seed":
