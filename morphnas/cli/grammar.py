@@ -20,7 +20,8 @@ def _read_module(source: str):
     try:
         data = json.loads(Path(source).read_text())
     except OSError as err:
-        raise ConfigError(f"cannot read module {source!r}: {err.strerror}") from None
+        raise ConfigError(f"cannot read module {source!r}: {err.strerror} (a module JSON file, or one of the "
+                          f"paper's modules {', '.join(MODULES)})") from None
     except json.JSONDecodeError as err:
         raise GraphError(f"{source}: malformed JSON: {err}") from None
     return module_from_json(data)

@@ -49,6 +49,8 @@ def morphnet_command(
         raise ConfigError(f"--target must be one of {', '.join(TARGETS)}, got {target!r}")
     if iterations < 1:
         raise ConfigError(f"--iterations must be >= 1, got {iterations}")
+    if budget.strip().startswith("-"):
+        raise ConfigError(f"--budget must be positive, got {budget!r}")
     parse_budget(budget, 1.0)  # fail on a malformed budget before loading anything
     check_out(out)
     data = load_dataset(dataset, data_root=data_root, augment=augment_kind(augment))
