@@ -169,7 +169,7 @@ def _print_summary(console: Console, s: SearchSummary) -> None:
     console.print(f"[bold]test error {s.test_error:.2%}[/], validation error {s.val_error:.2%} "
                   f"({plural(len(s.lineage) - 1, 'step')} from the seed network)")
     # the seed had the seed phase's share of the budget, not the budget: a reference point, not a baseline
-    console.print(f"  the seed network after its seed phase ({plural(seed.get('epochs', 0), 'epoch')}, "
+    console.print(f"  the seed network after its seed phase ({plural(round(seed.get('epochs', 0), 2), 'epoch')}, "
                   f"{duration(seed.get('seconds', 0))}): test error {s.seed_test_error:.2%}, "
                   f"validation error {s.seed_val_error:.2%}")
     if s.pareto_front:
