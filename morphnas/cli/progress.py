@@ -93,9 +93,14 @@ class Progress:
             parts.append(f"search {budget}")
         return "; ".join(p for p in parts if p)
 
-    def child_line(self, trial: int) -> str:
+    def running(self) -> list[str]:
+        """:meth:`child_line` of every running child, read from a copy: a live display's refresh
+        thread calls this while events change the children."""
+        return [self.child_line(trial, child) for trial, child in list(self.children.items())]
+
+    def child_line(self, trial: int, child: Child | None = None) -> str:
         """``"trial 7: epoch 3, val error 1.20%, 1 min 02 s in"``: a running child's progress."""
-        child = self.children[trial]
+        child = child or self.children[trial]
         if child.epoch == 0:
             return f"trial {trial}: first epoch, {duration(self.clock() - child.started)} in"
         error = "" if child.val_error is None else f", val error {child.val_error:.2%}"

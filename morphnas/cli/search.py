@@ -94,8 +94,7 @@ class LiveView:
             str(self.state["generation"]), str(len(self.progress.children)), str(self.state["finished"]),
             str(self.state["failed"]), "-" if best is None else f"{best:.2%}", self.last,
         )
-        lines = [f"  {self.progress.child_line(trial)}" for trial in self.progress.children]
-        return Group(table, *map(Text, lines), Text(self.progress.status()))
+        return Group(table, *(Text(f"  {line}") for line in self.progress.running()), Text(self.progress.status()))
 
     def __call__(self, kind: str, info: dict[str, Any]) -> None:
         s = self.state
