@@ -49,9 +49,11 @@ def test_help_imports_neither_torch_nor_optuna():
     assert _imported_by(["--help"]) == set()
 
 
-def test_search_help_imports_neither_torch_nor_optuna():
-    """The search loads torch when it runs, not to print its help."""
-    assert _imported_by(["search", "--help"]) == set()
+@pytest.mark.parametrize("command", [["search"], ["arch", "show"], ["arch", "save"], ["grammar", "classify"],
+                                     ["grammar", "rules"]])
+def test_a_command_help_imports_neither_torch_nor_optuna(command):
+    """These commands load torch when they run, not to print their help."""
+    assert _imported_by([*command, "--help"]) == set()
 
 
 def test_studies_list_imports_no_torch(tmp_path):

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.table import Table
 
 from morphnas.cli.output import console
 from morphnas.errors import ConfigError
-from morphnas.export.formats import prepare_file
-from morphnas.ir import ArchGraph, arch_to_file, cost, init_weights, load_arch
-from morphnas.train.checkpoint import ARCH_FILE
+
+if TYPE_CHECKING:
+    from morphnas.ir import ArchGraph
 
 arch_app = typer.Typer(no_args_is_help=True, help="Show and save architectures.")
 
@@ -31,6 +32,10 @@ def parse_shape(text: str) -> tuple[int, ...]:
 def resolve(arch: str, input_text: str, classes: int, shortcut: str, morph: str | None = None) -> ArchGraph:
     """The network named on the command line (a seed name, an architecture JSON file or a
     checkpoint directory, whose arch.json is read); ``morph`` applies a ResNet variant (1c1, 3c3_half, ...)."""
+    # torch loads here, when a network is built, not for --help
+    from morphnas.ir import init_weights, load_arch
+    from morphnas.train.checkpoint import ARCH_FILE
+
     if Path(arch).is_dir():
         if not (Path(arch) / ARCH_FILE).is_file():
             raise ConfigError(f"{arch!r} is a directory without an {ARCH_FILE}: not a checkpoint directory")
@@ -45,6 +50,8 @@ def resolve(arch: str, input_text: str, classes: int, shortcut: str, morph: str 
 
 
 def summary(graph: ArchGraph) -> dict:
+    from morphnas.ir import cost
+
     return {
         "input_shape": list(graph.input_shape),
         "n_blobs": len(graph.blobs()),
@@ -96,6 +103,9 @@ def save(
     shortcut: str = typer.Option("A", "--shortcut", help="ResNet shortcut: A or B."),
 ) -> None:
     """Write a network's architecture JSON."""
+    from morphnas.export.formats import prepare_file
+    from morphnas.ir import arch_to_file
+
     graph = resolve(arch, input, classes, shortcut)
     try:
         arch_to_file(graph, prepare_file(out))  # missing folders are made, as export makes them
