@@ -41,7 +41,10 @@ TITLES = {
 BEST_COLOUR = "#e45756"
 FRONT_COLOUR = "#f58518"
 PLOTLY_CONFIG = {"displaylogo": False, "responsive": True}
-LEGEND = {"orientation": "h", "x": 1, "xanchor": "right", "y": 1.02, "yanchor": "bottom"}  # above the plot, right
+# above the plot, right; every symbol the same size, so the best trial's star covers no other entry
+LEGEND = {"orientation": "h", "x": 1, "xanchor": "right", "y": 1.02, "yanchor": "bottom", "itemsizing": "constant"}
+LEGEND_MARKER = 70  # the matplotlib legend's marker size (points squared) for every entry, for the same reason
+NARROW = 0.01  # a MACs axis spanning less than this fraction of its largest value is widened (see _macs_range)
 
 
 def build_report(study: optuna.Study, path: str | Path) -> Path:
@@ -53,6 +56,7 @@ def build_report(study: optuna.Study, path: str | Path) -> Path:
     frame = trials_frame(study)
     best = best_trial(study)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)  # as export does: missing folders are made
         if suffix in HTML_SUFFIXES:
             path.write_text(report_html(study, frame, best), encoding="utf-8")
         else:
@@ -104,14 +108,22 @@ def _int(value: Any) -> int | None:
 
 
 def history_figure(frame: pd.DataFrame, best: int) -> go.Figure:
-    """Validation error of each completed trial, the best so far, and the best trial."""
+    """Validation error of each completed trial, of each pruned one that has one (halved out after
+    a rung: hollow), the best so far (of the completed) and the best trial."""
     done = completed(frame)
+    pruned = frame[(frame["state"] == "PRUNED") & frame["val_error"].notna()].sort_values("number")
     fig = go.Figure()
     fig.add_scatter(
         x=done["number"], y=done["val_error"], mode="markers", name="trial",
         marker={"size": 9, "color": "#4c78a8", "line": {"width": 1, "color": "#333"}},
         hovertext=[_hover(r) for r in done.itertuples()], hoverinfo="text",
     )
+    if len(pruned):
+        fig.add_scatter(
+            x=pruned["number"], y=pruned["val_error"], mode="markers", name="pruned",
+            marker={"size": 9, "symbol": "circle-open", "color": "#4c78a8", "line": {"width": 2}},
+            hovertext=[_hover(r) for r in pruned.itertuples()], hoverinfo="text",
+        )
     fig.add_scatter(
         x=done["number"], y=done["val_error"].cummin(), mode="lines", name="best so far",
         line={"shape": "hv", "color": "#333", "dash": "dot"}, hoverinfo="skip",
@@ -154,11 +166,21 @@ def pareto_figure(frame: pd.DataFrame, best: int) -> go.Figure:
         hoverinfo="skip",
     )
     fig.update_layout(
-        title=TITLES["pareto"], xaxis={"title": "multiply-accumulates (MACs)", "tickformat": "~s"},
+        title=TITLES["pareto"],
+        xaxis={"title": "multiply-accumulates (MACs)", "tickformat": "~s", "range": _macs_range(done["macs"])},
         yaxis={"title": "validation error", "tickformat": ".1%"}, height=480, template="plotly_white",
         legend=LEGEND,
     )
     return fig
+
+
+def _macs_range(macs: pd.Series) -> list[float] | None:
+    """The MACs axis's range when its values span less than :data:`NARROW` of the largest (all
+    equal, say): 10 % either side, whose ticks read differently (plotly would tick a hair's width
+    and print the same rounded label at every tick); None (automatic) otherwise."""
+    if macs.empty or macs.max() - macs.min() >= NARROW * macs.max():
+        return None
+    return [0.9 * macs.min(), 1.1 * macs.max()]
 
 
 def tree_positions(frame: pd.DataFrame) -> dict[int, tuple[float, float]]:
@@ -254,7 +276,11 @@ def error_vs_macs_figure(frame: pd.DataFrame, best: int, study_name: str) -> Fig
     ax.set_ylabel("validation error")
     ax.set_title(f"{TITLES['pareto']}: study {study_name}")
     ax.grid(alpha=0.3)
-    ax.legend()
+    span = _macs_range(done["macs"])
+    if span is not None:
+        ax.set_xlim(*span)
+    for handle in ax.legend(labelspacing=0.8).legend_handles:
+        handle.set_sizes([LEGEND_MARKER])
     return fig
 
 

@@ -49,6 +49,13 @@ def test_help_imports_neither_torch_nor_optuna():
     assert _imported_by(["--help"]) == set()
 
 
+@pytest.mark.parametrize("command", [["search"], ["arch", "show"], ["arch", "save"], ["grammar", "classify"],
+                                     ["grammar", "rules"]])
+def test_a_command_help_imports_neither_torch_nor_optuna(command):
+    """These commands load torch when they run, not to print their help."""
+    assert _imported_by([*command, "--help"]) == set()
+
+
 def test_studies_list_imports_no_torch(tmp_path):
     import optuna
 
@@ -57,11 +64,17 @@ def test_studies_list_imports_no_torch(tmp_path):
 
 
 def test_the_command_table_matches_the_command_modules():
-    """COMMANDS lists what registering every module of morphnas.cli builds, in the same order and with
-    the same help, so the lazy ``morphnas --help`` shows what the commands say of themselves."""
+    """COMMANDS lists what registering every command module of morphnas.cli builds (the modules with
+    a ``register``; the others, output and progress, are the commands' helpers), in the same order and
+    with the same help, so the lazy ``morphnas --help`` shows what the commands say of themselves."""
     eager = typer.Typer()
-    for info in sorted(pkgutil.iter_modules(morphnas.cli.__path__), key=lambda i: i.name):
-        importlib.import_module(f"morphnas.cli.{info.name}").register(eager)
+    modules = [importlib.import_module(f"morphnas.cli.{info.name}")
+               for info in sorted(pkgutil.iter_modules(morphnas.cli.__path__), key=lambda i: i.name)]
+    helpers = [m.__name__ for m in modules if not hasattr(m, "register")]
+    assert helpers == ["morphnas.cli.output", "morphnas.cli.progress"]
+    for module in modules:
+        if hasattr(module, "register"):
+            module.register(eager)
     commands = typer.main.get_group(eager).commands
     assert list(COMMANDS) == list(commands)
     for name, (_, text) in COMMANDS.items():

@@ -13,13 +13,24 @@ import numpy as np
 import optuna_dashboard
 import pandas as pd
 import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from test_cli_studies import assert_one_line_error, make_studies, run, with_failures
 
 from morphnas.errors import ConfigError
 from morphnas.ir import load_arch
-from morphnas.report import TITLES, _drawing_graph, architecture_figure, build_report, pareto_mask, tree_positions
+from morphnas.report import (
+    TITLES,
+    _drawing_graph,
+    architecture_figure,
+    build_report,
+    error_vs_macs_figure,
+    history_figure,
+    pareto_figure,
+    pareto_mask,
+    tree_positions,
+)
 from morphnas.search import best_trial, load_study, open_storage
-from morphnas.search.study import default_storage
+from morphnas.search.study import COLUMNS, default_storage
 
 pytestmark = pytest.mark.slow
 
@@ -132,8 +143,15 @@ def test_report_errors_are_one_line_exit_2(workdir, tmp_path):
     w = ["--workdir", str(workdir)]
     assert_one_line_error(run("report", "nope", *w, "--out", str(tmp_path / "r.html"), ok=False), "no study named")
     assert_one_line_error(run("report", "tiny", *w, "--out", str(tmp_path / "r.txt"), ok=False), "--out must end")
-    missing = tmp_path / "no" / "r.html"
-    assert_one_line_error(run("report", "tiny", *w, "--out", str(missing), ok=False), "cannot write")
+    (tmp_path / "file.txt").write_text("")
+    under_a_file = tmp_path / "file.txt" / "r.html"
+    assert_one_line_error(run("report", "tiny", *w, "--out", str(under_a_file), ok=False), "cannot write")
+
+
+def test_report_makes_missing_folders_as_export_does(workdir, tmp_path):
+    out = tmp_path / "missing" / "dir" / "r.png"
+    assert run("report", "tiny", "--workdir", str(workdir), "--out", str(out)).output.strip() == f"wrote {out}"
+    assert out.stat().st_size > 0
 
 
 def test_report_draws_failed_and_pruned_children_in_the_lineage(workdir, tmp_path):
@@ -193,3 +211,38 @@ def test_architecture_drawing_shows_merges_of_a_residual_network():
     assert drawn.number_of_nodes() == sum(1 for _ in graph.edges()) + 2 + 9
     fig = architecture_figure(graph, {"s1b0_1_conv": "changed", "s3b2_2_bn": "new"})
     assert fig.get_figheight() > 20 and np.isfinite(fig.get_figwidth())
+
+
+def frame_of(*trials: tuple[str, float | None, int]) -> pd.DataFrame:
+    """A trials frame (as trials_frame gives) of (state, val error, MACs) rows, trial 0 the seed."""
+    rows = [{**dict.fromkeys(COLUMNS), "number": n, "state": state, "generation": n, "parent": n - 1 if n else None,
+             "rule": "widen" if n else "seed", "val_error": error, "params": 1000, "macs": macs}
+            for n, (state, error, macs) in enumerate(trials)]
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def test_equal_macs_get_an_axis_whose_ticks_differ():
+    frame = frame_of(*[("COMPLETE", 0.10 - 0.01 * n, 80_000) for n in range(5)])
+    assert pareto_figure(frame, best=4).layout.xaxis.range == (72_000, 88_000)  # not a hair's width around 80k
+    ax = error_vs_macs_figure(frame, 4, "s").axes[0]
+    FigureCanvasAgg(ax.figure).draw()
+    labels = [t.get_text() for t in ax.get_xticklabels()]
+    assert ax.get_xlim() == (72_000, 88_000) and len(set(labels)) == len(labels) >= 3, labels
+    spread = frame_of(("COMPLETE", 0.1, 40_000), ("COMPLETE", 0.05, 80_000))
+    assert pareto_figure(spread, best=1).layout.xaxis.range is None  # a real spread is left to autorange
+
+
+def test_every_legend_symbol_has_one_size_so_the_star_covers_none():
+    frame = frame_of(("COMPLETE", 0.1, 40_000), ("COMPLETE", 0.05, 80_000), ("COMPLETE", 0.08, 60_000))
+    legend = error_vs_macs_figure(frame, 1, "s").axes[0].get_legend()
+    assert [h.get_sizes()[0] for h in legend.legend_handles] == [70, 70, 70]
+    assert pareto_figure(frame, best=1).layout.legend.itemsizing == "constant"
+    assert history_figure(frame, best=1).layout.legend.itemsizing == "constant"
+
+
+def test_the_history_shows_pruned_trials_that_have_a_validation_error():
+    frame = frame_of(("COMPLETE", 0.1, 40_000), ("PRUNED", 0.07, 50_000), ("PRUNED", None, 50_000),
+                     ("COMPLETE", 0.05, 80_000))
+    traces = {trace.name: trace for trace in history_figure(frame, best=3).data}
+    assert list(traces["pruned"].x) == [1] and list(traces["pruned"].y) == [0.07]  # trial 2 has no error to draw
+    assert list(traces["trial"].x) == [0, 3] and list(traces["best so far"].y) == [0.1, 0.05]

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from morphnas.cli.output import console
 from morphnas.errors import ConfigError
-from morphnas.ir import ArchGraph, arch_to_file, cost, init_weights, load_arch
+
+if TYPE_CHECKING:
+    from morphnas.ir import ArchGraph
 
 arch_app = typer.Typer(no_args_is_help=True, help="Show and save architectures.")
 
@@ -27,7 +30,16 @@ def parse_shape(text: str) -> tuple[int, ...]:
 
 
 def resolve(arch: str, input_text: str, classes: int, shortcut: str, morph: str | None = None) -> ArchGraph:
-    """The network named on the command line; ``morph`` applies a ResNet variant (1c1, 3c3_half, ...)."""
+    """The network named on the command line (a seed name, an architecture JSON file or a
+    checkpoint directory, whose arch.json is read); ``morph`` applies a ResNet variant (1c1, 3c3_half, ...)."""
+    # torch loads here, when a network is built, not for --help
+    from morphnas.ir import init_weights, load_arch
+    from morphnas.train.checkpoint import ARCH_FILE
+
+    if Path(arch).is_dir():
+        if not (Path(arch) / ARCH_FILE).is_file():
+            raise ConfigError(f"{arch!r} is a directory without an {ARCH_FILE}: not a checkpoint directory")
+        arch = str(Path(arch) / ARCH_FILE)
     options = {"shortcut": shortcut} if arch.startswith("resnet") else {}
     graph = load_arch(arch, parse_shape(input_text), classes, **options)
     if morph is None:
@@ -38,6 +50,8 @@ def resolve(arch: str, input_text: str, classes: int, shortcut: str, morph: str 
 
 
 def summary(graph: ArchGraph) -> dict:
+    from morphnas.ir import cost
+
     return {
         "input_shape": list(graph.input_shape),
         "n_blobs": len(graph.blobs()),
@@ -48,7 +62,8 @@ def summary(graph: ArchGraph) -> dict:
 
 @arch_app.command("show")
 def show(
-    arch: str = typer.Argument(..., help="A seed name (resnet20, cnn, mlp, ...) or an architecture JSON file."),
+    arch: str = typer.Argument(
+        ..., help="A seed name (resnet20, cnn, mlp, ...), an architecture JSON file or a checkpoint directory."),
     input: str = typer.Option("3x32x32", "--input", help="Input shape C x H x W (seeds only)."),
     classes: int = typer.Option(10, "--classes", min=1, help="Number of classes (seeds only)."),
     shortcut: str = typer.Option("A", "--shortcut", help="ResNet shortcut: A (parameter-free) or B (projection)."),
@@ -63,14 +78,17 @@ def show(
         return
     shapes = graph.shapes()
     table = Table(title=f"{arch}: {info['n_layers']} layers, {info['n_blobs']} blobs")
-    for column in ("layer", "type", "from", "to", "output"):
-        table.add_column(column)
-    for edge in graph.edges():
+    edges = list(graph.edges())
+    # the layer names are the sites morphs are applied at: never cut; the other columns fold
+    table.add_column("layer", no_wrap=True, min_width=max((len(e.name) for e in edges), default=5))
+    for column in ("type", "from", "to", "output"):
+        table.add_column(column, overflow="fold")
+    for edge in edges:
         shape = "x".join(map(str, shapes[edge.dst]))
         table.add_row(edge.name, edge.layer.type, edge.src, edge.dst, shape)
-    console = Console()
-    console.print(table)
-    console.print(
+    out = console()
+    out.print(table)
+    out.print(
         f"params {info['params']:,}   size {info['size_mb']:.3f} MB (stored floats)   "
         f"MACs {info['macs'] / 1e6:.2f} M"
     )
@@ -78,16 +96,19 @@ def show(
 
 @arch_app.command("save")
 def save(
-    arch: str = typer.Argument(..., help="A seed name or an architecture JSON file."),
+    arch: str = typer.Argument(..., help="A seed name, an architecture JSON file or a checkpoint directory."),
     out: Path = typer.Option(..., "--out", help="Where to write the architecture JSON."),
     input: str = typer.Option("3x32x32", "--input", help="Input shape C x H x W."),
     classes: int = typer.Option(10, "--classes", min=1, help="Number of classes."),
     shortcut: str = typer.Option("A", "--shortcut", help="ResNet shortcut: A or B."),
 ) -> None:
     """Write a network's architecture JSON."""
+    from morphnas.export.formats import prepare_file
+    from morphnas.ir import arch_to_file
+
     graph = resolve(arch, input, classes, shortcut)
     try:
-        arch_to_file(graph, out)
+        arch_to_file(graph, prepare_file(out))  # missing folders are made, as export makes them
     except OSError as err:
         raise ConfigError(f"cannot write {out}: {err.strerror}") from None
     typer.echo(f"wrote {out}")

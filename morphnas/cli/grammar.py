@@ -8,19 +8,20 @@ from pathlib import Path
 import typer
 
 from morphnas.errors import ConfigError, GraphError
-from morphnas.grammar.rules import RULES
-from morphnas.modules import MODULES, module_from_json, module_to_json, reduce_module
 
 grammar_app = typer.Typer(no_args_is_help=True, help="The graph grammar and its module algebra.")
 
 
 def _read_module(source: str):
+    from morphnas.modules import MODULES, module_from_json
+
     if source in MODULES:
         return MODULES[source]
     try:
         data = json.loads(Path(source).read_text())
     except OSError as err:
-        raise ConfigError(f"cannot read module {source!r}: {err.strerror}") from None
+        raise ConfigError(f"cannot read module {source!r}: {err.strerror} (a module JSON file, or one of the "
+                          f"paper's modules {', '.join(MODULES)})") from None
     except json.JSONDecodeError as err:
         raise GraphError(f"{source}: malformed JSON: {err}") from None
     return module_from_json(data)
@@ -32,6 +33,8 @@ def classify(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Simple morphable or complex (Algorithm 1): the morphing sequence, or the irreducible core."""
+    from morphnas.modules import module_to_json, reduce_module  # torch loads to run, not for --help
+
     reduction = reduce_module(_read_module(module))
     kind = "simple" if reduction.simple else "complex"
     steps = [step.describe() for step in reduction.sequence]
@@ -53,6 +56,8 @@ def classify(
 @grammar_app.command("rules")
 def rules(as_json: bool = typer.Option(False, "--json", help="Print one JSON object.")) -> None:
     """The grammar's rules and the morph each applies."""
+    from morphnas.grammar.rules import RULES
+
     if as_json:
         typer.echo(json.dumps({"rules": [{"name": r.name, "morph": r.morph, "params": sorted(r.params),
                                           "summary": r.summary} for r in RULES.values()]}))

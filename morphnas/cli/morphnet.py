@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from morphnas.cli.output import console as make_console
 from morphnas.cli.train import AUGMENT_HELP, AugmentKind, augment_kind, check_out
 from morphnas.errors import ConfigError
 from morphnas.ir import check_fits, cost, load_arch
@@ -49,6 +49,8 @@ def morphnet_command(
         raise ConfigError(f"--target must be one of {', '.join(TARGETS)}, got {target!r}")
     if iterations < 1:
         raise ConfigError(f"--iterations must be >= 1, got {iterations}")
+    if budget.strip().startswith("-"):
+        raise ConfigError(f"--budget must be positive, got {budget!r}")
     parse_budget(budget, 1.0)  # fail on a malformed budget before loading anything
     check_out(out)
     data = load_dataset(dataset, data_root=data_root, augment=augment_kind(augment))
@@ -56,7 +58,7 @@ def morphnet_command(
     check_fits(graph, data.input_shape, data.num_classes, dataset)
     config = CycleConfig(budget=parse_budget(budget, float(cost(graph)[target])), target=target,
                          iterations=iterations, epochs=epochs, strength=strength, threshold=threshold, seed=seed)
-    console = Console(stderr=as_json, quiet=as_json)
+    console = make_console(stderr=as_json, quiet=as_json)
 
     def on_event(kind: str, info: dict[str, Any]) -> None:
         if kind == "seed":

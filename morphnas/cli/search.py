@@ -4,22 +4,26 @@ from __future__ import annotations
 
 import json
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.console import Console
+from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
+from morphnas.cli.output import console as make_console
+from morphnas.cli.output import duration, plural
+from morphnas.cli.progress import Progress
 from morphnas.errors import ConfigError, SearchInterrupted
 from morphnas.grammar.space import load_space, parse_duration, parse_space
-from morphnas.search import SearchOptions, SearchSummary, run_search
-from morphnas.search.study import shown_url
-from morphnas.train import download_dataset
 
 if TYPE_CHECKING:
     from morphnas.execute.base import Executor
+    from morphnas.search import SearchSummary
 
 # The executors a user can name (--executor): the search and the executors take and are objects;
 # only the command line turns a name into one. A new executor is a class and a line here.
@@ -72,88 +76,101 @@ def make_executor(
 
 
 class LiveView:
-    """A rich live table: generation, children running, finished trials, best so far."""
+    """A rich live table: generation, children running, finished trials, best so far; under it a
+    line per running child (epoch, val error, time) and the phase's and the budget's time left."""
 
-    def __init__(self, console: Console) -> None:
-        self.state: dict[str, Any] = {"generation": 0, "running": 0, "finished": 0, "failed": 0, "best": None}
+    def __init__(self, console: Console, clock: Callable[[], float] = time.monotonic) -> None:
+        self.state: dict[str, Any] = {"generation": 0, "finished": 0, "failed": 0, "best": None}
         self.last = ""
-        self.live = Live(self._table(), console=console, refresh_per_second=4, transient=False)
+        self.progress = Progress(clock)
+        self.live = Live(console=console, refresh_per_second=4, transient=False, get_renderable=self._view)
 
-    def _table(self) -> Table:
+    def _view(self) -> Group:
         table = Table(title="morphnas search", show_header=True)
         for column in ("generation", "children running", "finished", "failed/pruned", "best val error", "last"):
             table.add_column(column)
         best = self.state["best"]
         table.add_row(
-            str(self.state["generation"]), str(self.state["running"]), str(self.state["finished"]),
+            str(self.state["generation"]), str(len(self.progress.children)), str(self.state["finished"]),
             str(self.state["failed"]), "-" if best is None else f"{best:.2%}", self.last,
         )
-        return table
+        return Group(table, *(Text(f"  {line}") for line in self.progress.running()), Text(self.progress.status()))
 
     def __call__(self, kind: str, info: dict[str, Any]) -> None:
         s = self.state
+        self.progress.update(kind, info)
         if kind == "seed":
-            s["running"] = 1
             self.last = f"training seed {info['arch']} ({_length(info)})"
         elif kind == "final":
-            s["running"] = 1
             self.last = f"final phase: trial {info['trial']} trains trial {info['parent']} on ({_length(info)})"
         elif kind == "generation":
-            s["generation"], s["running"] = info["generation"], info["children"]
-            self.last = f"generation {info['generation']}: {info['children']} children"
+            s["generation"] = info["generation"]
+            self.last = f"generation {info['generation']}: {plural(info['children'], 'child', 'children')}"
         elif kind == "child":
             self.last = f"trial {info['trial']}: {info['rule']} of trial {info['parent']}"
         elif kind in ("failed", "pruned"):
             s["failed"] += 1
-            s["running"] = max(0, s["running"] - 1)
             self.last = f"trial {info['trial']} {kind}: {info['reason'][:60]}"
         elif kind == "done":
-            s["running"] = max(0, s["running"] - 1)
             s["finished" if info["status"] == "ok" else "failed"] += 1
             s["best"] = info["best"] if info["best"] != float("inf") else None
             err = info["val_error"]
             self.last = f"trial {info['trial']} {info['status']}" + ("" if err is None else f", val error {err:.2%}")
         elif kind == "budget":
             self.last = info["message"]
-        self.live.update(self._table())
+        self.live.refresh()
 
 
-def log_events(kind: str, info: dict[str, Any]) -> None:
-    """One plain line per event, for logs and CI (stdout is not a terminal)."""
-    if kind == "seed":
-        line = f"training seed {info['arch']} ({_length(info)}) as trial {info['trial']}"
-    elif kind == "final":
-        line = f"final phase: trial {info['trial']} trains trial {info['parent']} on ({_length(info)})"
-    elif kind == "generation":
-        line = f"generation {info['generation']}: {info['children']} children"
-    elif kind == "child":
-        line = f"  trial {info['trial']}: {info['rule']} of trial {info['parent']}"
-    elif kind in ("failed", "pruned"):
-        line = f"  trial {info['trial']} {kind}: {info['reason']}"
-    elif kind == "done":
-        err = "" if info["val_error"] is None else f", val error {info['val_error']:.2%}"
-        line = f"  trial {info['trial']} {info['status']}{err} (best {info['best']:.2%})"
-    else:
-        line = info["message"]
-    typer.echo(line)
+class EventLog:
+    """One plain line per event, and per finished epoch of each child, for logs and CI (stdout
+    is not a terminal)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.progress = Progress(clock)
+
+    def __call__(self, kind: str, info: dict[str, Any]) -> None:
+        self.progress.update(kind, info)
+        if kind == "seed":
+            line = f"training seed {info['arch']} ({_length(info)}) as trial {info['trial']}"
+        elif kind == "final":
+            line = f"final phase: trial {info['trial']} trains trial {info['parent']} on ({_length(info)})"
+        elif kind == "generation":
+            line = f"generation {info['generation']}: {plural(info['children'], 'child', 'children')}"
+        elif kind == "child":
+            line = f"  trial {info['trial']}: {info['rule']} of trial {info['parent']}"
+        elif kind == "epoch":
+            line = f"  {self.progress.child_line(info['trial'])}; {self.progress.status()}"
+        elif kind in ("failed", "pruned"):
+            line = f"  trial {info['trial']} {kind}: {info['reason']}"
+        elif kind == "done":
+            err = "" if info["val_error"] is None else f", val error {info['val_error']:.2%}"
+            line = f"  trial {info['trial']} {info['status']}{err} (best {info['best']:.2%})"
+        else:
+            line = info["message"]
+        typer.echo(line)
 
 
 def _length(info: dict[str, Any]) -> str:
     if info.get("seconds") is None:
-        return f"{info['epochs']:g} epochs"
-    return f"{info['seconds']:.0f} s, at most {info['epochs']:g} epochs"
+        return plural(info["epochs"], "epoch")
+    return f"{info['seconds']:.0f} s, at most {plural(info['epochs'], 'epoch')}"
 
 
 def _print_summary(console: Console, s: SearchSummary) -> None:
-    console.print(f"[bold]best trial {s.best_trial}[/] of study {s.study} ({s.n_trials} trials, {s.n_failed} failed)")
+    from morphnas.search.study import load_study, open_storage, shown_url
+
+    seed = load_study(open_storage(s.storage), s.study).trials[s.lineage[0]].user_attrs
+    console.print(f"[bold]best trial {s.best_trial}[/] of study {s.study} ({plural(s.n_trials, 'trial')}, "
+                  f"{s.n_failed} failed)")
     console.print(f"  params {s.params:,}, MACs {s.macs / 1e6:.2f} M, lineage {' -> '.join(map(str, s.lineage))}")
     console.print(f"  checkpoint {s.checkpoint}")
     console.print(f"  storage {shown_url(s.storage)}  ({s.seconds:.0f} s)")
-    console.print(f"  validation error {s.val_error:.2%} (seed {s.seed_val_error:.2%})")
-    change = s.seed_test_error - s.test_error
-    verdict = f"{abs(change):.2%} {'better' if change > 0 else 'worse'} than" if change else "the same as"
-    console.print(f"[bold]test error {s.test_error:.2%}[/]: {verdict} its seed network's {s.seed_test_error:.2%} "
-                  f"({len(s.lineage) - 1} steps from it)")
+    console.print(f"[bold]test error {s.test_error:.2%}[/], validation error {s.val_error:.2%} "
+                  f"({plural(len(s.lineage) - 1, 'step')} from the seed network)")
+    # the seed had the seed phase's share of the budget, not the budget: a reference point, not a baseline
+    console.print(f"  the seed network after its seed phase ({plural(round(seed.get('epochs', 0), 2), 'epoch')}, "
+                  f"{duration(seed.get('seconds', 0))}): test error {s.seed_test_error:.2%}, "
+                  f"validation error {s.seed_val_error:.2%}")
     if s.pareto_front:
         console.print("Pareto front (validation error, params, MACs): " + "; ".join(
             f"trial {p['trial']} {p['val_error']:.2%}, {p['params']:,}, {p['macs'] / 1e6:.2f} M"
@@ -177,8 +194,8 @@ def search(
     cpus_per_child: float = typer.Option(None, "--cpus-per-child", min=0.0, help="CPUs per child."),
     generations: int = typer.Option(None, "--generations", min=1),
     children: int = typer.Option(None, "--children", min=1),
-    epochs: float = typer.Option(None, "--epochs", min=0.0, help="Fine-tuning epochs per child."),
-    seed_epochs: float = typer.Option(None, "--seed-epochs", min=0.0, help="Bound the seed's training (quick looks)."),
+    epochs: float = typer.Option(None, "--epochs", help="Fine-tuning epochs per child (> 0)."),
+    seed_epochs: float = typer.Option(None, "--seed-epochs", help="Bound the seed's training (quick looks; > 0)."),
     time_budget: str = typer.Option(None, "--time-budget", help="Wall-clock budget, e.g. 10m."),
     objectives: str = typer.Option(None, "--objectives", help="error, error,macs or error,params."),
     seed: int = typer.Option(0, "--seed", min=0, max=2**32 - 1),
@@ -188,6 +205,11 @@ def search(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object at the end."),
 ) -> None:
     """Search by morphing: seed, generations of fine-tuned children, the best child."""
+    # torch loads only when a search runs, not for --help (tests/test_cli_startup_and_wheel.py)
+    from morphnas.search import SearchOptions, run_search
+    from morphnas.search.study import shown_url
+    from morphnas.train import download_dataset
+
     if ray_address is not None:  # joining a cluster means running the children there
         executor = "ray"
     for flag, value in (("--epochs", epochs), ("--seed-epochs", seed_epochs)):
@@ -210,7 +232,7 @@ def search(
         budget["time_budget"] = parse_duration(time_budget)
     import torch
 
-    console = Console()
+    console = make_console()
     # in-process children use every torch thread; side by side or on Ray each child gets one CPU unless told
     cpus = cpus_per_child or (torch.get_num_threads() if executor == "local" else 1)
     try:
@@ -224,7 +246,7 @@ def search(
             if as_json:
                 summary = run_search(options)
             elif not sys.stdout.isatty():
-                summary = run_search(options, log_events)
+                summary = run_search(options, EventLog())
             else:
                 view = LiveView(console)
                 with view.live:

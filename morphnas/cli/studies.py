@@ -19,6 +19,7 @@ from rich.tree import Tree
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from morphnas.cli.output import console as make_console
 from morphnas.errors import ConfigError, StudyError
 from morphnas.search.study import (
     best_trial,
@@ -104,7 +105,7 @@ def list_studies(
     if as_json:
         typer.echo(json.dumps({"storage": shown_url(url), "studies": rows}))
         return
-    console = Console()
+    console = make_console()
     if not rows:
         console.print(f"no studies in {escape(shown_url(url))}")
         return
@@ -206,10 +207,10 @@ def show(
         if multi:
             cells.insert(2, "yes" if r["pareto"] else "")
         rows.append(cells)
-    print_table(Console(), title, columns, rows,
+    print_table(make_console(), title, columns, rows,
                 left=set(columns) - {"trial", "gen", "parent", "params", "MACs"})
     if best is not None:
-        Console().print(f"* best: {_best_rule(s)}" + (" on the Pareto front" if multi else ""))
+        make_console().print(f"* best: {_best_rule(s)}" + (" on the Pareto front" if multi else ""))
 
 
 def _best_rule(study: optuna.Study) -> str:
@@ -269,7 +270,7 @@ def lineage_cmd(
     for t in chain:
         node = node.add(_step(s, t, before))
         before = t.values[0] if t.state == TrialState.COMPLETE else before
-    Console().print(root)
+    make_console().print(root)
 
 
 @studies_app.command("delete")

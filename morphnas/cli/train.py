@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from morphnas.cli.output import console as make_console
 from morphnas.errors import ConfigError
 from morphnas.ir import check_fits, compile_graph, load_arch
 from morphnas.train import (
@@ -120,7 +121,7 @@ def train_command(
     model = compile_graph(graph)
     params = sum(p.numel() for p in model.parameters())
 
-    console = Console()
+    console = make_console()
     show_progress = not as_json
     with _progress(console, f"{arch} on {dataset}", math.ceil(epochs), show_progress) as on_epoch:
         result = train(model, data, config, on_epoch=on_epoch, evaluate_test=True)

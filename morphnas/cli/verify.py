@@ -9,10 +9,10 @@ from typing import Any
 
 import torch
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from morphnas.cli.arch import resolve
+from morphnas.cli.output import console as make_console
 from morphnas.errors import ConfigError, MorphError
 from morphnas.ir import ArchGraph, Weights, init_weights
 from morphnas.morph import MORPHS, TOLERANCE, apply_morph, get_morph, probe_inputs, randomise_bn, verify
@@ -55,9 +55,7 @@ def _print_table(rows: list[dict[str, Any]], title: str, tolerance: float, skipp
         err = f"[red]{r['max_rel_err']:.2e}[/red]" if bad else f"{r['max_rel_err']:.2e}"
         table.add_row(r["morph"], r["site"], "yes" if r["exact"] else "no", err, f"{r['train_max_rel_err']:.2e}",
                       f"{r['ms']:.1f}")
-    console = Console()
-    if not console.is_terminal:  # a pipe gets 80 columns by default: too few for site names
-        console = Console(width=140)
+    console = make_console()
     console.print(table)
     if skipped:
         console.print(f"no site for: {', '.join(skipped)}")

@@ -231,6 +231,10 @@ def parse_space(data: Any, origin: str = "search space") -> SearchSpace:
         return SearchSpace.model_validate(data)
     except ValidationError as err:
         first = err.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "top level"
+        loc, msg = first["loc"], first["msg"]
+        if first["type"] == "literal_error":  # name the bad value and the choices, not its index in a list
+            loc = tuple(p for p in loc if not isinstance(p, int))
+            msg = f"{first['input']!r} is not one of {first['ctx']['expected']}"
+        where = ".".join(str(p) for p in loc) or "top level"
         more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
-        raise ConfigError(f"{origin}: {where}: {first['msg']}{more}") from None
+        raise ConfigError(f"{origin}: {where}: {msg}{more}") from None

@@ -62,7 +62,10 @@ def seed_network(arch: str, input_shape: tuple[int, ...], num_classes: int, *, d
         imported = from_torch(built.module, input_shape, seed=seed)
         graph, weights = imported.graph, imported.weights
     else:
-        graph = load_arch(arch, input_shape, num_classes, **options)
+        try:
+            graph = load_arch(arch, input_shape, num_classes, **options)
+        except ConfigError as err:  # name the field, as a space's other errors do
+            raise ConfigError(f"seed.arch {arch!r}: {err}") from None
         weights = init_weights(graph, seed)
     return _fitting(arch, graph, weights, input_shape, num_classes, dataset)
 
