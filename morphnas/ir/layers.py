@@ -1,7 +1,8 @@
 """Layer specs: small frozen dataclasses that label the edges of an architecture graph.
 
 A spec knows its JSON form, the shape it maps an input shape to (shapes exclude the batch
-dimension) and how to build the ``nn.Module`` that computes it. Specs hold no weights: weights
+dimension), how to build the ``nn.Module`` that computes it, its multiply-accumulates, its
+standalone source and its channel rules. Specs hold no weights: weights
 live in a flat ``dict[str, Tensor]`` keyed ``"<edge name>.<param>"``.
 """
 
@@ -87,7 +88,7 @@ class Layer(abc.ABC):
         return dataclasses.replace(self, **changes)
 
     def macs(self, shape: Shape) -> int:
-        """Multiply-accumulates of one input of ``shape`` (biases not counted); 0 but in convs and linears."""
+        """Multiply-accumulates of one input of ``shape``, biases not counted (0: only convs and linears count)."""
         return 0
 
     # Standalone source (morphnas/export/source.py): a layer is either a submodule, built in
