@@ -24,6 +24,7 @@ from morphnas.ir import (
     Flatten,
     GlobalAvgPool,
     Identity,
+    Layer,
     Linear,
     ParametricActivation,
     Pool2d,
@@ -32,6 +33,7 @@ from morphnas.ir import (
     init_weights,
     resnet,
 )
+from morphnas.ir.layers import ACTIVATIONS
 from morphnas.train.checkpoint import save_checkpoint
 
 
@@ -87,7 +89,7 @@ def zoo_graph() -> ArchGraph:
     g.add_layer("bn1d", "feat", "featn", BatchNorm1d(20))
     g.add_layer("pgelu", "featn", "g1", ParametricActivation("gelu", 20))
     g.add_layer("drop", "g1", "dr", Dropout(0.3))
-    for kind in ("relu", "tanh", "sigmoid", "gelu"):
+    for kind in (kind for kind in ACTIVATIONS if kind != "elu"):  # elu is above
         g.add_layer(f"act_{kind}", "dr", "mix", Activation(kind))
     g.add_layer("skip", "dr", "mix", Identity())
     g.add_layer("fc", "mix", "out", Linear(20, 10))
@@ -118,7 +120,7 @@ def net(request):
 def test_zoo_has_everything():
     graph = zoo_graph()
     types = {e.layer.type for e in graph.edges()}
-    assert types == set(LAYER_TYPES)
+    assert types == {kind for kind, cls in LAYER_TYPES.items() if cls.__module__ == Layer.__module__}  # not tests'
     assert any(graph.merge(b) == "concat" for b in graph.blobs())
 
 

@@ -12,11 +12,8 @@ the file as ``<stem>.safetensors``.
 from __future__ import annotations
 
 import importlib.util
-import inspect
 import keyword
 import sys
-import textwrap
-from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -33,53 +30,10 @@ from morphnas.export.formats import (
     require_within,
     unwritable,
 )
-from morphnas.ir import (
-    Activation,
-    ArchGraph,
-    BatchNorm1d,
-    BatchNorm2d,
-    Conv2d,
-    Dropout,
-    Edge,
-    Flatten,
-    GlobalAvgPool,
-    Identity,
-    Layer,
-    Linear,
-    ParametricActivation,
-    Pool2d,
-    ShortcutA,
-    Weights,
-)
-from morphnas.ir.layers import ShortcutAModule
+from morphnas.ir import LAYER_TYPES, ArchGraph, Edge, Weights
 
 CLASS_NAME = "Model"
 _SHADOWED = {"torch", "safetensors", "pathlib", "__future__"}  # what the generated file imports
-_ACTIVATIONS = {
-    "relu": "torch.relu",
-    "tanh": "torch.tanh",
-    "sigmoid": "torch.sigmoid",
-    "gelu": "F.gelu",
-    "elu": "F.elu",
-    "relu6": "F.relu6",
-    "silu": "F.silu",
-    "hardswish": "F.hardswish",
-    "hardsigmoid": "F.hardsigmoid",
-}
-_PACT_CLASS = '''
-class ParametricActivation(nn.Module):
-    """Eq. 8 of Wei et al. (2017): ``(1 - a) * phi(x) + a * x`` with a learnable slope ``a``."""
-
-    def __init__(self, phi, num_parameters: int = 1) -> None:
-        super().__init__()
-        self.phi = phi
-        self.weight = nn.Parameter(torch.ones(num_parameters))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a = self.weight.view(-1, *([1] * (x.dim() - 2))) if self.weight.numel() > 1 else self.weight
-        return (1 - a) * self.phi(x) + a * x
-'''
-_SHORTCUT_CLASS = inspect.getsource(ShortcutAModule)  # the compiled graph's own module, verbatim
 _LOAD_FUNCTION = '''
 def load(path: str | Path | None = None) -> {class_name}:
     """Build the network and load its weights (default: the ``.safetensors`` file beside this one).
@@ -143,10 +97,10 @@ def python_source(graph: ArchGraph, class_name: str = CLASS_NAME) -> str:
         edges = graph.in_edges(blob)
         exprs = []
         for edge in edges:
-            submodule = _submodule(edge.layer)
-            if submodule is not None:
-                init.append(_assign_submodule(edge.name, submodule))
-            exprs.append(_call(edge, var[edge.src]))
+            inline = edge.layer.source_inline(var[edge.src])
+            if inline is None:
+                init.append(_assign_submodule(edge))
+            exprs.append(inline if inline is not None else f"self.{edge.name}({var[edge.src]})")
         if len(exprs) == 1:
             value = exprs[0]
         elif graph.merge(blob) == "concat":
@@ -163,8 +117,9 @@ def python_source(graph: ArchGraph, class_name: str = CLASS_NAME) -> str:
         if value != var[blob]:
             body.append(f"{var[blob]} = {value}")
     body.append(f"return {var[graph.sink]}")
-    layer_types = {e.layer.type for e in graph.edges()}
-    pact = any(isinstance(e.layer, ParametricActivation) and e.layer.kind != "relu" for e in graph.edges())
+    order = {kind: i for i, kind in enumerate(LAYER_TYPES)}
+    layers = sorted((e.layer for e in graph.edges()), key=lambda layer: order[layer.type])
+    helpers = dict.fromkeys(layer.source_helper() for layer in layers)  # in the order of the layer types
     out_shape = shapes[graph.sink]
     model = (
         f"class {class_name}(nn.Module):\n"
@@ -183,8 +138,7 @@ def python_source(graph: ArchGraph, class_name: str = CLASS_NAME) -> str:
         + "\nfrom __future__ import annotations\n\nfrom pathlib import Path\n\nimport torch\n"
         + ("import torch.nn.functional as F\n" if "F." in model else "")
         + "from torch import nn",
-        _PACT_CLASS if pact else "",
-        _SHORTCUT_CLASS if ShortcutA.type in layer_types else "",
+        *helpers,
         model,
         _LOAD_FUNCTION.format(class_name=class_name),
     ]
@@ -232,89 +186,11 @@ def _name_order(name: str) -> int:
     return fixed[name] if name in fixed else int(name[3:]) + 1
 
 
-def _assign_submodule(name: str, constructor: str) -> str:
-    return f"self.{name} = {constructor}"  # the IR rejects layer names that are keywords
-
-
-def _float(value: float) -> str:
-    return repr(float(value))
-
-
-def _submodule(layer: Layer) -> str | None:
-    """The constructor of the submodule computing ``layer``, or None for layers emitted inline."""
-    builder = _SUBMODULES.get(type(layer))
-    if builder is not None:
-        return builder(layer)
-    if type(layer) in _INLINE:
-        return None
-    raise ExportError(f"python export does not support layer type {layer.type!r}")
-
-
-def _call(edge: Edge, value: str) -> str:
-    """The expression computing ``edge`` from the variable ``value``."""
-    inline = _INLINE.get(type(edge.layer))
-    return inline(edge.layer, value) if inline is not None else f"self.{edge.name}({value})"
-
-
-def _conv(layer: Conv2d) -> str:
-    return (
-        f"nn.Conv2d({layer.in_channels}, {layer.out_channels}, {layer.kernel_size}, stride={layer.stride}, "
-        f"padding={layer.padding}, groups={layer.groups}, bias={layer.bias})"
-    )
-
-
-def _batchnorm(layer: BatchNorm2d) -> str:
-    cls = "BatchNorm1d" if isinstance(layer, BatchNorm1d) else "BatchNorm2d"
-    return f"nn.{cls}({layer.num_features}, eps={_float(layer.eps)}, momentum={_float(layer.momentum)})"
-
-
-def _pact(layer: ParametricActivation) -> str:
-    if layer.kind == "relu":  # eq. 8 with phi = relu is PReLU with slope a
-        return f"nn.PReLU({layer.num_parameters}, init=1.0)"
-    return f"ParametricActivation({_ACTIVATIONS[layer.kind]}, {layer.num_parameters})"
-
-
-def _shortcut(layer: ShortcutA) -> str:
-    cmap = _int_tuple(layer.channel_map)
-    return f"ShortcutAModule({layer.in_channels}, {layer.out_channels}, {layer.stride}, {cmap})"
-
-
-def _int_tuple(values: tuple[int, ...]) -> str:
-    """A tuple of ints as source: ``tuple(range(a, b))`` when contiguous, else a literal wrapped at 100 columns."""
-    if len(values) > 1 and tuple(values) == tuple(range(values[0], values[0] + len(values))):
-        return f"tuple(range({values[0]}, {values[0] + len(values)}))"
-    literal = repr(tuple(values))
-    if len(literal) <= 60:
-        return literal
-    lines = textwrap.wrap(", ".join(map(str, values)) + ",", width=96)
-    return "(\n" + "".join(f"            {line}\n" for line in lines) + "        )"
-
-
-def _identity(layer: Identity, value: str) -> str:
-    return value if layer.scale == 1.0 else f"{value} * {_float(layer.scale)}"
-
-
-def _pool(layer: Pool2d, value: str) -> str:
-    fn = "F.max_pool2d" if layer.mode == "max" else "F.avg_pool2d"
-    return f"{fn}({value}, {layer.kernel_size}, {layer.stride}, {layer.padding})"
-
-
-_SUBMODULES: dict[type, Callable[..., str]] = {
-    Conv2d: _conv,
-    BatchNorm2d: _batchnorm,
-    BatchNorm1d: _batchnorm,
-    ParametricActivation: _pact,
-    ShortcutA: _shortcut,
-    Linear: lambda layer: f"nn.Linear({layer.in_features}, {layer.out_features}, bias={layer.bias})",
-    Dropout: lambda layer: f"nn.Dropout({_float(layer.p)})",
-}
-_INLINE: dict[type, Callable[..., str]] = {
-    Activation: lambda layer, value: f"{_ACTIVATIONS[layer.kind]}({value})",
-    Identity: _identity,
-    Pool2d: _pool,
-    GlobalAvgPool: lambda layer, value: f"{value}.mean(dim=(2, 3))",
-    Flatten: lambda layer, value: f"torch.flatten({value}, 1)",
-}
+def _assign_submodule(edge: Edge) -> str:
+    constructor = edge.layer.source_module()
+    if constructor is None:
+        raise ExportError(f"python export does not support layer type {edge.layer.type!r}")
+    return f"self.{edge.name} = {constructor}"  # the IR rejects layer names that are keywords
 
 
 def _import_file(path: Path) -> ModuleType:

@@ -36,6 +36,7 @@ from morphnas.errors import ConfigError, GraphError, TorchImportError
 from morphnas.ir.compile import Weights, compile_graph
 from morphnas.ir.graph import _RESERVED, ArchGraph
 from morphnas.ir.layers import (
+    ACTIVATIONS,
     Activation,
     BatchNorm1d,
     BatchNorm2d,
@@ -170,12 +171,10 @@ _MODULES: dict[type, Callable[[Any], Any]] = {
     nn.Identity: lambda m: "alias",
 }
 
-_ACTIVATION_FUNCTIONS = {
-    torch.relu: "relu", nn.functional.relu: "relu", torch.tanh: "tanh", torch.sigmoid: "sigmoid",
-    nn.functional.gelu: "gelu", nn.functional.relu6: "relu6", nn.functional.silu: "silu",
-    nn.functional.hardswish: "hardswish", nn.functional.hardsigmoid: "hardsigmoid",
-}
-_ACTIVATION_METHODS = {"relu": "relu", "relu_": "relu", "tanh": "tanh", "sigmoid": "sigmoid"}
+# An activation function or tensor method -> its kind; its other arguments are refused, so a
+# parametrised one (F.elu's alpha) imports at its defaults only.
+_ACTIVATION_FUNCTIONS = {spec.fn: kind for kind, spec in ACTIVATIONS.items()} | {nn.functional.relu: "relu"}
+_ACTIVATION_METHODS = {kind: kind for kind in ACTIVATIONS if hasattr(torch.Tensor, kind)} | {"relu_": "relu"}
 _ADDS = (operator.add, operator.iadd, torch.add)
 _MULS = (operator.mul, operator.imul, torch.mul)
 

@@ -1,7 +1,8 @@
 """Layer specs: small frozen dataclasses that label the edges of an architecture graph.
 
 A spec knows its JSON form, the shape it maps an input shape to (shapes exclude the batch
-dimension) and how to build the ``nn.Module`` that computes it. Specs hold no weights: weights
+dimension), how to build the ``nn.Module`` that computes it, its multiply-accumulates, its
+standalone source and its channel rules. Specs hold no weights: weights
 live in a flat ``dict[str, Tensor]`` keyed ``"<edge name>.<param>"``.
 """
 
@@ -9,7 +10,9 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import inspect
 import math
+import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -43,6 +46,21 @@ def _pooled(size: int, kernel: int, stride: int, padding: int) -> int:
     return (size + 2 * padding - kernel) // stride + 1
 
 
+def _float(value: float) -> str:
+    return repr(float(value))
+
+
+def _int_tuple(values: tuple[int, ...]) -> str:
+    """A tuple of ints as source: ``tuple(range(a, b))`` when contiguous, else a literal wrapped at 100 columns."""
+    if len(values) > 1 and tuple(values) == tuple(range(values[0], values[0] + len(values))):
+        return f"tuple(range({values[0]}, {values[0] + len(values)}))"
+    literal = repr(tuple(values))
+    if len(literal) <= 60:
+        return literal
+    lines = textwrap.wrap(", ".join(map(str, values)) + ",", width=96)
+    return "(\n" + "".join(f"            {line}\n" for line in lines) + "        )"
+
+
 @dataclass(frozen=True)
 class Layer(abc.ABC):
     """Base of all layer specs; subclasses set ``type`` and register themselves."""
@@ -68,6 +86,26 @@ class Layer(abc.ABC):
 
     def replace(self, **changes: Any) -> Layer:
         return dataclasses.replace(self, **changes)
+
+    def macs(self, shape: Shape) -> int:
+        """Multiply-accumulates of one input of ``shape``, biases not counted (0: only convs and linears count)."""
+        return 0
+
+    # Standalone source (morphnas/export/source.py): a layer is either a submodule, built in
+    # ``__init__`` by ``source_module`` and called in ``forward``, or an inline expression.
+    # Generated code sees ``torch``, ``nn`` and ``F`` (torch.nn.functional); a type stating
+    # neither is not exported.
+    def source_module(self) -> str | None:
+        """The constructor of this layer's module in standalone source, or None for an inline layer."""
+        return None
+
+    def source_inline(self, value: str) -> str | None:
+        """The expression computing this layer from the variable ``value``, or None for a submodule."""
+        return None
+
+    def source_helper(self) -> str:
+        """Source of a helper class that ``source_module`` constructs, "" for none."""
+        return ""
 
     # Channel rules: what the width morphs (widen, shrink) and the tied channel groups need to
     # know of a layer type; a new type states them here and nowhere else.
@@ -163,6 +201,16 @@ class Conv2d(Layer):
             stride=self.stride, padding=self.padding, groups=self.groups, bias=self.bias,
         )
 
+    def macs(self, shape: Shape) -> int:
+        """Every output value: in_channels / groups x k x k products."""
+        return math.prod(self.output_shape(shape)) * (self.in_channels // self.groups) * self.kernel_size**2
+
+    def source_module(self) -> str:
+        return (
+            f"nn.Conv2d({self.in_channels}, {self.out_channels}, {self.kernel_size}, stride={self.stride}, "
+            f"padding={self.padding}, groups={self.groups}, bias={self.bias})"
+        )
+
     @property
     def depthwise(self) -> bool:
         return self.groups == self.in_channels == self.out_channels
@@ -195,6 +243,7 @@ class BatchNorm2d(Layer):
     """Batch norm over the channels of a (C, H, W) blob."""
 
     type: ClassVar[str] = "batchnorm2d"
+    module: ClassVar[type[nn.Module]] = nn.BatchNorm2d
     num_features: int
     eps: float = 1e-5
     momentum: float = 0.1
@@ -210,7 +259,11 @@ class BatchNorm2d(Layer):
         return shape
 
     def build(self) -> nn.Module:
-        return nn.BatchNorm2d(self.num_features, self.eps, self.momentum)
+        return self.module(self.num_features, self.eps, self.momentum)
+
+    def source_module(self) -> str:
+        cls = self.module.__name__
+        return f"nn.{cls}({self.num_features}, eps={_float(self.eps)}, momentum={_float(self.momentum)})"
 
     def channel_role(self, shape: Shape) -> str:
         return "pass"
@@ -233,27 +286,38 @@ class BatchNorm1d(BatchNorm2d):
     """Batch norm over the features of a (F,) blob (MLPs)."""
 
     type: ClassVar[str] = "batchnorm1d"
+    module: ClassVar[type[nn.Module]] = nn.BatchNorm1d
 
     def output_shape(self, shape: Shape) -> Shape:
         if shape != (self.num_features,):
             raise GraphError(f"{self.type} expects a ({self.num_features},) input, got shape {shape}")
         return shape
 
-    def build(self) -> nn.Module:
-        return nn.BatchNorm1d(self.num_features, self.eps, self.momentum)
+
+@dataclass(frozen=True)
+class ActivationFunction:
+    """An activation kind: the function computing it, and that function named in standalone source."""
+
+    fn: Callable[[torch.Tensor], torch.Tensor]
+    source: str  # ``torch.X`` or ``F.X`` (torch.nn.functional)
 
 
-_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "relu": torch.relu,
-    "tanh": torch.tanh,
-    "sigmoid": torch.sigmoid,
-    "gelu": nn.functional.gelu,
-    "elu": nn.functional.elu,
-    "relu6": nn.functional.relu6,  # MobileNetV2
-    "silu": nn.functional.silu,  # EfficientNet
-    "hardswish": nn.functional.hardswish,  # MobileNetV3
-    "hardsigmoid": nn.functional.hardsigmoid,
+ACTIVATIONS: dict[str, ActivationFunction] = {
+    "relu": ActivationFunction(torch.relu, "torch.relu"),
+    "tanh": ActivationFunction(torch.tanh, "torch.tanh"),
+    "sigmoid": ActivationFunction(torch.sigmoid, "torch.sigmoid"),
+    "gelu": ActivationFunction(nn.functional.gelu, "F.gelu"),
+    "elu": ActivationFunction(nn.functional.elu, "F.elu"),
+    "relu6": ActivationFunction(nn.functional.relu6, "F.relu6"),  # MobileNetV2
+    "silu": ActivationFunction(nn.functional.silu, "F.silu"),  # EfficientNet
+    "hardswish": ActivationFunction(nn.functional.hardswish, "F.hardswish"),  # MobileNetV3
+    "hardsigmoid": ActivationFunction(nn.functional.hardsigmoid, "F.hardsigmoid"),
 }
+
+
+def _known_activation(kind: str) -> None:
+    if kind not in ACTIVATIONS:
+        raise GraphError(f"unknown activation {kind!r}; known: {', '.join(ACTIVATIONS)}")
 
 
 @dataclass(frozen=True)
@@ -262,14 +326,16 @@ class Activation(_ChannelWise):
     kind: str = "relu"
 
     def __post_init__(self) -> None:
-        if self.kind not in _ACTIVATIONS:
-            raise GraphError(f"unknown activation {self.kind!r}; known: {', '.join(_ACTIVATIONS)}")
+        _known_activation(self.kind)
 
     def output_shape(self, shape: Shape) -> Shape:
         return shape
 
     def build(self) -> nn.Module:
-        return _FunctionModule(_ACTIVATIONS[self.kind])
+        return _FunctionModule(ACTIVATIONS[self.kind].fn)
+
+    def source_inline(self, value: str) -> str:
+        return f"{ACTIVATIONS[self.kind].source}({value})"
 
 
 class _FunctionModule(nn.Module):
@@ -286,12 +352,27 @@ class ParametricActivationModule(nn.Module):
 
     def __init__(self, kind: str, num_parameters: int) -> None:
         super().__init__()
-        self.phi = _ACTIVATIONS[kind]
+        self.phi = ACTIVATIONS[kind].fn
         self.weight = nn.Parameter(torch.ones(num_parameters))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a = self.weight.view(-1, *([1] * (x.dim() - 2))) if self.weight.numel() > 1 else self.weight
         return (1 - a) * self.phi(x) + a * x
+
+
+_PACT_SOURCE = '''
+class ParametricActivation(nn.Module):
+    """Eq. 8 of Wei et al. (2017): ``(1 - a) * phi(x) + a * x`` with a learnable slope ``a``."""
+
+    def __init__(self, phi, num_parameters: int = 1) -> None:
+        super().__init__()
+        self.phi = phi
+        self.weight = nn.Parameter(torch.ones(num_parameters))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.weight.view(-1, *([1] * (x.dim() - 2))) if self.weight.numel() > 1 else self.weight
+        return (1 - a) * self.phi(x) + a * x
+'''  # ParametricActivationModule taking phi itself, for standalone source
 
 
 @dataclass(frozen=True)
@@ -306,8 +387,7 @@ class ParametricActivation(Layer):
     num_parameters: int = 1
 
     def __post_init__(self) -> None:
-        if self.kind not in _ACTIVATIONS:
-            raise GraphError(f"unknown activation {self.kind!r}; known: {', '.join(_ACTIVATIONS)}")
+        _known_activation(self.kind)
         _positive(self.num_parameters, "pact num_parameters")
 
     def output_shape(self, shape: Shape) -> Shape:
@@ -319,6 +399,14 @@ class ParametricActivation(Layer):
         if self.kind == "relu":
             return nn.PReLU(self.num_parameters, init=1.0)
         return ParametricActivationModule(self.kind, self.num_parameters)
+
+    def source_module(self) -> str:
+        if self.kind == "relu":  # eq. 8 with phi = relu is PReLU with slope a
+            return f"nn.PReLU({self.num_parameters}, init=1.0)"
+        return f"ParametricActivation({ACTIVATIONS[self.kind].source}, {self.num_parameters})"
+
+    def source_helper(self) -> str:
+        return "" if self.kind == "relu" else _PACT_SOURCE
 
     def channel_role(self, shape: Shape) -> str:
         return "pass"
@@ -354,6 +442,9 @@ class Identity(_ChannelWise):
 
     def build(self) -> None:
         return None  # emitted as ``x`` or ``x * scale`` in the compiled forward
+
+    def source_inline(self, value: str) -> str:
+        return value if self.scale == 1.0 else f"{value} * {_float(self.scale)}"
 
 
 class ShortcutAModule(nn.Module):
@@ -416,6 +507,13 @@ class ShortcutA(Layer):
     def build(self) -> nn.Module:
         return ShortcutAModule(self.in_channels, self.out_channels, self.stride, self.channel_map)
 
+    def source_module(self) -> str:
+        cmap = _int_tuple(self.channel_map)
+        return f"ShortcutAModule({self.in_channels}, {self.out_channels}, {self.stride}, {cmap})"
+
+    def source_helper(self) -> str:
+        return inspect.getsource(ShortcutAModule)  # the compiled graph's own module, verbatim
+
     def channel_role(self, shape: Shape) -> str:
         return "shortcut"
 
@@ -446,6 +544,10 @@ class Pool2d(_ChannelWise):
         cls = nn.MaxPool2d if self.mode == "max" else nn.AvgPool2d
         return cls(self.kernel_size, self.stride, self.padding)
 
+    def source_inline(self, value: str) -> str:
+        fn = "F.max_pool2d" if self.mode == "max" else "F.avg_pool2d"
+        return f"{fn}({value}, {self.kernel_size}, {self.stride}, {self.padding})"
+
 
 @dataclass(frozen=True)
 class GlobalAvgPool(_ChannelWise):
@@ -458,6 +560,9 @@ class GlobalAvgPool(_ChannelWise):
 
     def build(self) -> nn.Module:
         return _FunctionModule(_global_avg_pool)
+
+    def source_inline(self, value: str) -> str:
+        return f"{value}.mean(dim=(2, 3))"
 
 
 def _global_avg_pool(x: torch.Tensor) -> torch.Tensor:
@@ -473,6 +578,9 @@ class Flatten(Layer):
 
     def build(self) -> nn.Module:
         return nn.Flatten()
+
+    def source_inline(self, value: str) -> str:
+        return f"torch.flatten({value}, 1)"
 
     def channel_role(self, shape: Shape) -> str:
         return "pass" if len(shape) == 1 else "flatten"
@@ -496,6 +604,12 @@ class Linear(Layer):
 
     def build(self) -> nn.Module:
         return nn.Linear(self.in_features, self.out_features, bias=self.bias)
+
+    def macs(self, shape: Shape) -> int:
+        return self.in_features * self.out_features
+
+    def source_module(self) -> str:
+        return f"nn.Linear({self.in_features}, {self.out_features}, bias={self.bias})"
 
     def channel_role(self, shape: Shape) -> str:
         return "mix"
@@ -524,3 +638,6 @@ class Dropout(_ChannelWise):
 
     def build(self) -> nn.Module:
         return nn.Dropout(self.p)
+
+    def source_module(self) -> str:
+        return f"nn.Dropout({_float(self.p)})"

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import math
-
 from morphnas.ir.compile import compile_graph
-from morphnas.ir.graph import ArchGraph, Edge
-from morphnas.ir.layers import Conv2d, Linear, Shape
+from morphnas.ir.graph import ArchGraph
 
 
 def count_params(graph: ArchGraph) -> int:
@@ -20,21 +17,12 @@ def size_mb(graph: ArchGraph) -> float:
     return sum(t.numel() for t in state.values() if t.is_floating_point()) * 4 / 2**20
 
 
-def _edge_macs(edge: Edge, shapes: dict[str, Shape]) -> int:
-    layer = edge.layer
-    if isinstance(layer, Conv2d):  # every output value: in_channels / groups x k x k products
-        out = layer.output_shape(shapes[edge.src])
-        return math.prod(out) * (layer.in_channels // layer.groups) * layer.kernel_size**2
-    if isinstance(layer, Linear):
-        return layer.in_features * layer.out_features
-    return 0
-
-
 def count_macs(graph: ArchGraph) -> int:
-    """Multiply-accumulates of one image in convs and linears (biases not counted), computed from the
-    shapes: what ``torch.utils.flop_counter`` counts, halved, without its import of ``torch._dynamo``."""
+    """Multiply-accumulates of one image, each layer's ``macs`` (convs and linears, biases not counted),
+    computed from the shapes: what ``torch.utils.flop_counter`` counts, halved, without its import of
+    ``torch._dynamo``."""
     shapes = graph.shapes()
-    return sum(_edge_macs(edge, shapes) for edge in graph.edges())
+    return sum(edge.layer.macs(shapes[edge.src]) for edge in graph.edges())
 
 
 def cost(graph: ArchGraph) -> dict[str, float | int]:
