@@ -299,10 +299,11 @@ def test_children_over_the_limits_are_pruned_before_training(tmp_path):
     assert all("history" not in t.user_attrs for t in children)  # never trained
 
 
-def start_cli_search(tmp_path, *args):
-    """``morphnas search`` in a subprocess on the tiny space (2 generations x 2 children unless flags say)."""
+def start_cli_search(tmp_path, *args, **overrides):
+    """``morphnas search`` in a subprocess on the tiny space with ``overrides`` (2 generations x 2
+    children unless flags say)."""
     space = tmp_path / "tiny.yaml"
-    space.write_text(json.dumps(tiny_space()))  # JSON is YAML
+    space.write_text(json.dumps(tiny_space(**overrides)))  # JSON is YAML
     # Ctrl-C as from a terminal: a test process may have inherited SIGINT ignored (then so would the search)
     program = ("import signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
                "from morphnas.cli import app; app()")

@@ -281,13 +281,11 @@ class Search:
         s = self.space.seed
         graph, weights = self.seed_network or _seed_network(self.space, self.data, self.seed)  # or a resumed one's
         trial = self._ask()
-        trial.set_user_attr("generation", 0)
-        trial.set_user_attr("parent", None)
-        trial.set_user_attr("rule", "seed")
-        trial.set_user_attr("morphs", [])
         child_cost = cost(graph)
-        for key in ("params", "macs"):
-            trial.set_user_attr(key, child_cost[key])
+        with _signals_deferred(self.signals):
+            for key, value in (("generation", 0), ("parent", None), ("rule", "seed"), ("morphs", []),
+                               ("params", child_cost["params"]), ("macs", child_cost["macs"])):
+                trial.set_user_attr(key, value)
         config = TrainConfig(
             epochs=s.epochs, lr=s.lr, batch_size=s.batch_size, seed=self.seed, device=self.options.device,
             deadline=_wall(plan.seed_until), cycle=(0.0, plan.seed_share) if self._lineage_schedule else (0.0, 1.0),
@@ -302,7 +300,8 @@ class Search:
             raise MorphnasError(f"the seed network failed to train: {self.study.trials[trial.number].user_attrs}")
         tested = time.monotonic()
         self._test_error(trial.number)  # now, so the summary's reserve can be sized by it
-        self.study.set_user_attr("test_seconds_per_mac", (time.monotonic() - tested) / max(1, child_cost["macs"]))
+        with _signals_deferred(self.signals):
+            self.study.set_user_attr("test_seconds_per_mac", (time.monotonic() - tested) / max(1, child_cost["macs"]))
 
     def _generation(self, generation: int, deadline: float) -> bool:
         """Run generation ``generation`` in the size that ends by ``deadline`` (a monotonic
@@ -329,7 +328,8 @@ class Search:
         for slot, parent in enumerate(parents):
             if time.monotonic() >= deadline:
                 break
-            made = self._make_child(generation, parent, deadline, share, control=control and slot == 0)
+            with _signals_deferred(self.signals):  # a signal stops the search between two study writes
+                made = self._make_child(generation, parent, deadline, share, control=control and slot == 0)
             if made is not None:
                 job, graph, child_cost = made
                 jobs.append(job)
@@ -548,12 +548,12 @@ class Search:
         trial = self._ask()
         if not self.inherit:
             weights = init_weights(graph, child_seed(self.seed, trial.number))
-        for key, value in (("generation", int(parent.user_attrs["generation"]) + 1), ("parent", parent.number),
-                           ("rule", "final"), ("morphs", []), ("inherit", self.inherit)):
-            trial.set_user_attr(key, value)
         child_cost = cost(graph)
-        for key in ("params", "macs"):
-            trial.set_user_attr(key, child_cost[key])
+        with _signals_deferred(self.signals):
+            for key, value in (("generation", int(parent.user_attrs["generation"]) + 1), ("parent", parent.number),
+                               ("rule", "final"), ("morphs", []), ("inherit", self.inherit),
+                               ("params", child_cost["params"]), ("macs", child_cost["macs"])):
+                trial.set_user_attr(key, value)
         lr, cycle = f.lr, (0.0, 1.0)
         if self._lineage_schedule:  # the lineage's cycle to its end; a fresh network gets a whole one
             lr = self.space.seed.lr
@@ -700,7 +700,8 @@ class Search:
             return float(self.study.user_attrs[f"test_error/{number}"])
         arch, weights, _ = load_checkpoint(self._checkpoint_dir(number))
         error = evaluate(compile_graph(ArchGraph.from_json(arch), weights), self.data.test)
-        self.study.set_user_attr(f"test_error/{number}", error)
+        with _signals_deferred(self.signals):
+            self.study.set_user_attr(f"test_error/{number}", error)
         return error
 
     def _summary(self, seconds: float) -> SearchSummary:
