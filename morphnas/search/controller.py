@@ -150,7 +150,7 @@ class Search:
         self.seed = int(attrs["seed"])
         self.trial_dir = Path(attrs["workdir"]) / "studies" / self.study.study_name / "trials"
         self.live: dict[int, optuna.Trial] = {}
-        self.unsaved: str | None = None  # why the last checkpoint that could not be written was not
+        self.unsaved: str | None = None  # a checkpoint write's error: the search stops after the rung
         if options.resume:
             self._recover()
         missing = [t.number for t in self._trials() if t.state == TrialState.COMPLETE
@@ -217,12 +217,18 @@ class Search:
             self._settle(optuna.Trial(self.study, trial._trial_id))
 
     def _settle(self, trial: optuna.Trial) -> None:
-        """Tell a trial its driver stopped (or was killed) in: COMPLETE if :meth:`_save` recorded
-        its result, else FAIL interrupted, with any checkpoint it was writing removed."""
+        """Tell a trial its driver stopped (or was killed) in: COMPLETE with the result in its
+        checkpoint if :meth:`_save` saved one (written atomically with its weights, it is right
+        even when the driver died between writing a later rung's checkpoint and its attributes),
+        else FAIL interrupted, with any checkpoint it was writing removed."""
         directory = self._checkpoint_dir(trial.number)
-        if "rung" in trial.user_attrs and directory.is_dir():
-            self._complete(trial)
-            return
+        if "rung" in trial.user_attrs:
+            with contextlib.suppress(CheckpointError):
+                _, _, metrics = load_checkpoint(directory)
+                for key in ("val_error", "val_loss", "history"):
+                    trial.set_user_attr(key, metrics[key])
+                self._complete(trial)
+                return
         for path in [directory, *directory.parent.glob(f".{directory.name}.*")]:
             shutil.rmtree(path, ignore_errors=True)
         trial.set_user_attr("reason", INTERRUPTED)
@@ -642,11 +648,11 @@ class Search:
     def _save(self, trial: optuna.Trial, graph: ArchGraph, child_cost: dict, result: ChildResult, rung: int
               ) -> bool:
         """Save a trained child's checkpoint, then record its result (after rung ``rung``) on its
-        trial, which stays RUNNING; ``rung`` is set last, so a trial that has it has a whole
-        result and checkpoint (:meth:`_recover`). False when the checkpoint cannot be written
-        (a full disk): then the child alone is told FAIL with the reason, its slot is redone by a
-        resume, and the search stops once the running rung is told (:meth:`_stop_if_unsaved`)."""
-        self._record(trial, result)
+        trial, which stays RUNNING; ``rung`` is set last, so a trial that has it has a checkpoint
+        of a finished rung, whose metrics are its result if the driver is killed (:meth:`_settle`).
+        False when the checkpoint cannot be written (a full disk): then the child alone is told
+        FAIL with the reason, its slot is redone by a resume, and the search stops once the
+        running rung is told (:meth:`_stop_if_unsaved`)."""
         directory = self._checkpoint_dir(trial.number)
         metrics = {"val_error": result.val_error, "val_loss": result.val_loss, "history": result.history,
                    "normalisation": {"mean": list(self.data.mean), "std": list(self.data.std)}, **child_cost}
@@ -654,9 +660,11 @@ class Search:
             save_checkpoint(directory, arch=graph.to_json(), weights=result.weights, metrics=metrics)
         except CheckpointError as err:
             self.unsaved = str(err)
+            self._record(trial, result)
             trial.set_user_attr("reason", f"{UNSAVED}{err}")
             self._tell(trial, result, TrialState.FAIL)
             return False
+        self._record(trial, result)
         for key, value in (("checkpoint", str(directory.relative_to(self.trial_dir.parents[2]))),
                            ("val_error", result.val_error), ("val_loss", result.val_loss), ("rung", rung)):
             trial.set_user_attr(key, value)
