@@ -19,7 +19,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import itertools
+import json
 import math
+import shutil
 import signal
 import threading
 import time
@@ -29,13 +31,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import numpy
 import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
 from morphnas.errors import CheckpointError, ConfigError, MorphnasError, SearchInterrupted, StudyError
 from morphnas.execute import ChildJob, ChildResult, DatasetSpec, Executor, LocalExecutor, child_seed
-from morphnas.grammar.rules import get_rule
+from morphnas.grammar.rules import Descriptor, get_rule
 from morphnas.grammar.sampling import suggest_descriptor, suggest_value
 from morphnas.grammar.space import Range, SearchSpace, parse_space
 from morphnas.ir import ArchGraph, compile_graph, cost, init_weights
@@ -65,6 +68,9 @@ Event = Callable[[str, dict[str, Any]], None]
 CALIBRATION_IMAGES = 256
 CONTROL = "control"  # the rule of a generation's unmorphed child (``selection.control``)
 GROWTH = 1.25  # a child's cost as a multiple of its parent's, for planning a generation before it is morphed
+REASKS = 8  # how often a slot asks again for a descriptor that repeats one its parent already had
+UNSAVED = "CheckpointError: "  # the reason of a child whose checkpoint could not be written (its slot is redone)
+REPEATS = "repeats trial "  # the reason of a trial whose descriptor its parent already had (not trained)
 
 
 @dataclass
@@ -143,6 +149,10 @@ class Search:
             self.data = _load_data(self.space)
         self.seed = int(attrs["seed"])
         self.trial_dir = Path(attrs["workdir"]) / "studies" / self.study.study_name / "trials"
+        self.live: dict[int, optuna.Trial] = {}
+        self.unsaved: str | None = None  # a checkpoint write's error: the search stops after the rung
+        if options.resume:
+            self._recover()
         missing = [t.number for t in self._trials() if t.state == TrialState.COMPLETE
                    and t.user_attrs.get("checkpoint") and not self._checkpoint_dir(t.number).is_dir()]
         if missing:  # refuse up front rather than fail every child of a missing parent
@@ -151,7 +161,6 @@ class Search:
         ds = self.space.dataset
         self.dataset_spec = DatasetSpec(ds.name, ds.data_root, ds.split_seed, ds.augment, ds.image_size)
         self.calibration = self.data.train.x[:CALIBRATION_IMAGES]
-        self.live: dict[int, optuna.Trial] = {}
         self.executor = options.executor or LocalExecutor(cpus_per_child=torch.get_num_threads())
         self.epochs_done: dict[int, int] = {}  # epochs of a child's earlier rungs (successive halving)
         self.pace: float | None = None  # seconds of the machine per child-epoch and MAC, last measured
@@ -167,10 +176,10 @@ class Search:
                 raise StudyError("--resume needs --study NAME (see `morphnas studies list`)")
             if o.study not in names:
                 raise StudyError(f"cannot resume: no study named {o.study!r} in {shown_url(self.storage_url)}")
-            study = optuna.load_study(study_name=o.study, storage=self.storage, sampler=self._sampler())
+            study = optuna.load_study(study_name=o.study, storage=self.storage, sampler=o.sampler)
             self.lease = DriverLease(study)
             self.lease.acquire(force=o.force)  # before touching any trial: another driver may be running it
-            self._mark_interrupted(study)
+            study.sampler = self._sampler(int(study.user_attrs["seed"]), len(study.trials))
             return study
         name = o.study or f"{o.space.name}-{datetime.now():%Y%m%d-%H%M%S}"
         if name in names:
@@ -179,7 +188,7 @@ class Search:
             study_name=name,
             storage=self.storage,
             directions=["minimize"] * len(objectives),
-            sampler=self._sampler(),
+            sampler=self._sampler(o.seed, 0),
         )
         study.set_user_attr("space", _overridden(o.space, o).model_dump(mode="json"))
         study.set_user_attr("seed", o.seed)
@@ -189,15 +198,41 @@ class Search:
         self.lease.acquire()
         return study
 
-    def _sampler(self) -> optuna.samplers.BaseSampler:
-        return self.options.sampler or optuna.samplers.TPESampler(seed=self.options.seed, n_startup_trials=8)
+    def _sampler(self, seed: int, trials: int) -> optuna.samplers.BaseSampler:
+        """The sampler passed in, else TPE seeded with the study's ``seed`` and, on a resume, the
+        number of ``trials`` already in it: a resumed sampler goes on with a new random stream
+        (the same one for the same study), not with the one its first driver began with, whose
+        suggestions the study already holds."""
+        if trials:
+            seed = int(numpy.random.SeedSequence((seed, trials)).generate_state(1)[0])
+        return self.options.sampler or optuna.samplers.TPESampler(seed=seed, n_startup_trials=8)
 
-    @staticmethod
-    def _mark_interrupted(study: optuna.Study) -> None:
-        """Trials left RUNNING by a killed driver become FAIL without a reason, which
-        :func:`failure_reason` reads as interrupted; their slots are redone."""
-        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            study.tell(trial.number, state=TrialState.FAIL)
+    def _recover(self) -> None:
+        """Settle the trials a killed driver left RUNNING. A child whose result was recorded
+        (:meth:`_save`: checkpoint written, then ``rung`` set last) is told as it stood then:
+        COMPLETE with that rung's validation error (with successive halving, a child that may
+        have trained on in the next rung ends at the rung it finished, which the halving could
+        no longer rank). Any other becomes FAIL interrupted (:meth:`_settle`), and its slot is redone."""
+        for trial in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            self._settle(optuna.Trial(self.study, trial._trial_id))
+
+    def _settle(self, trial: optuna.Trial) -> None:
+        """Tell a trial its driver stopped (or was killed) in: COMPLETE with the result in its
+        checkpoint if :meth:`_save` saved one (written atomically with its weights, it is right
+        even when the driver died between writing a later rung's checkpoint and its attributes),
+        else FAIL interrupted, with any checkpoint it was writing removed."""
+        directory = self._checkpoint_dir(trial.number)
+        if "rung" in trial.user_attrs:
+            with contextlib.suppress(CheckpointError):
+                _, _, metrics = load_checkpoint(directory)
+                for key in ("val_error", "val_loss", "history"):
+                    trial.set_user_attr(key, metrics[key])
+                self._complete(trial)
+                return
+        for path in [directory, *directory.parent.glob(f".{directory.name}.*")]:
+            shutil.rmtree(path, ignore_errors=True)
+        trial.set_user_attr("reason", INTERRUPTED)
+        self.study.tell(trial, state=TrialState.FAIL)
 
     def _objectives(self, error: float, child_cost: dict[str, Any]) -> list[float]:
         return [error] + [float(child_cost[name]) for name in self.space.objectives[1:]]
@@ -212,8 +247,7 @@ class Search:
         except KeyboardInterrupt as stop:
             for trial in list(self.live.values()):
                 with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):  # told just before
-                    trial.set_user_attr("reason", INTERRUPTED)
-                    self.study.tell(trial, state=TrialState.FAIL)
+                    self._settle(trial)
             signum = signal.SIGTERM if isinstance(stop, _Terminated) else signal.SIGINT
             raise SearchInterrupted(f"interrupted; resume with `{self._resume_command()}`", int(signum)) from None
 
@@ -253,13 +287,11 @@ class Search:
         s = self.space.seed
         graph, weights = self.seed_network or _seed_network(self.space, self.data, self.seed)  # or a resumed one's
         trial = self._ask()
-        trial.set_user_attr("generation", 0)
-        trial.set_user_attr("parent", None)
-        trial.set_user_attr("rule", "seed")
-        trial.set_user_attr("morphs", [])
         child_cost = cost(graph)
-        for key in ("params", "macs"):
-            trial.set_user_attr(key, child_cost[key])
+        with _signals_deferred(self.signals):
+            for key, value in (("generation", 0), ("parent", None), ("rule", "seed"), ("morphs", []),
+                               ("params", child_cost["params"]), ("macs", child_cost["macs"])):
+                trial.set_user_attr(key, value)
         config = TrainConfig(
             epochs=s.epochs, lr=s.lr, batch_size=s.batch_size, seed=self.seed, device=self.options.device,
             deadline=_wall(plan.seed_until), cycle=(0.0, plan.seed_share) if self._lineage_schedule else (0.0, 1.0),
@@ -269,21 +301,20 @@ class Search:
                                "seconds": plan.seed_seconds})
         for result in self.executor.run([job]):
             self._finish(trial, graph, child_cost, result)
+        self._stop_if_unsaved()
         if self.study.trials[trial.number].state != TrialState.COMPLETE:
             raise MorphnasError(f"the seed network failed to train: {self.study.trials[trial.number].user_attrs}")
         tested = time.monotonic()
         self._test_error(trial.number)  # now, so the summary's reserve can be sized by it
-        self.study.set_user_attr("test_seconds_per_mac", (time.monotonic() - tested) / max(1, child_cost["macs"]))
+        with _signals_deferred(self.signals):
+            self.study.set_user_attr("test_seconds_per_mac", (time.monotonic() - tested) / max(1, child_cost["macs"]))
 
     def _generation(self, generation: int, deadline: float) -> bool:
         """Run generation ``generation`` in the size that ends by ``deadline`` (a monotonic
         time); False when not even a shortened one fits, which ends the generations."""
         trials = self._trials()
-        done = [
-            t for t in trials
-            if t.user_attrs.get("generation") == generation and failure_reason(t) != INTERRUPTED
-            and t.user_attrs.get("rule") != "final"
-        ]
+        done = [t for t in trials if t.user_attrs.get("generation") == generation and not _redone(t)
+                and t.user_attrs.get("rule") != "final"]
         slots = self.space.budget.children - len(done)
         if slots <= 0:
             return True
@@ -303,7 +334,8 @@ class Search:
         for slot, parent in enumerate(parents):
             if time.monotonic() >= deadline:
                 break
-            made = self._make_child(generation, parent, deadline, share, control=control and slot == 0)
+            with _signals_deferred(self.signals):  # a signal stops the search between two study writes
+                made = self._make_child(generation, parent, deadline, share, control=control and slot == 0)
             if made is not None:
                 job, graph, child_cost = made
                 jobs.append(job)
@@ -347,18 +379,33 @@ class Search:
         after each rung only the best ``ceil(n / eta)`` train on, for eta times the epochs, from
         their own weights; the rest end as pruned trials. Without it, one rung, every child.
         A rung that would not end by ``deadline`` is shortened, or not started: then every
-        child of the rung before ends as it is."""
+        child of the rung before ends as it is.
+
+        Each child's result is kept the moment it arrives, so a killed search loses no finished
+        child: one that failed, was pruned or (without halving) trained to its end is told to the
+        study at once (:meth:`_finish`); with halving, a child that finished a rung has its
+        checkpoint saved and its rung's result recorded while its trial stays RUNNING
+        (:meth:`_save`), and is told once the rung is ranked: PRUNED if halved out, COMPLETE
+        after the last rung (a resume completes it at the rung it finished: :meth:`_recover`).
+        A checkpoint that cannot be written fails its child alone; the generation's other
+        children end as they are after the rung, and then :class:`CheckpointError` stops the
+        search (the disk is full)."""
         eta = self.space.finetune.halving
         runs: dict[int, ChildResult] = {}  # each child's rungs so far, joined
         for rung in itertools.count():
             started, work = time.monotonic(), 0.0
             for result in self.executor.run(jobs, on_epoch=self._on_epoch):
-                runs[result.key] = _joined(runs.get(result.key), result)
+                joined = runs[result.key] = _joined(runs.get(result.key), result)
                 work += result.epochs_trained * pending[result.key][1]["macs"]
+                if eta is None or joined.status != "ok":
+                    self._finish(self.live[result.key], *pending[result.key], joined)
+                else:
+                    with _signals_deferred(self.signals):
+                        self._save(self.live[result.key], *pending[result.key], joined, rung + 1)
             if work > 0:
                 self.pace = (time.monotonic() - started) / work
-            ranked = sorted((runs[j.key] for j in jobs if runs[j.key].status == "ok"), key=self._result_score)
-            keep = len(ranked) if eta is None or len(ranked) <= 1 else math.ceil(len(ranked) / eta)
+            ranked = sorted((runs[j.key] for j in jobs if j.key in self.live), key=self._result_score)
+            keep = len(ranked) if eta is None or len(ranked) <= 1 or self.unsaved else math.ceil(len(ranked) / eta)
             share = 1.0
             if keep < len(ranked):
                 rung_work = keep * eta * max(j.train.epochs for j in jobs) * max(
@@ -368,13 +415,13 @@ class Search:
                     self.on_event("budget", {"message": f"time budget: generation {generation} ends after rung "
                                                         f"{rung + 1}; its {len(ranked)} children end as they are"})
                     keep = len(ranked)
-            losers = {r.key for r in ranked[keep:]}
-            for job in jobs:
-                if job.key in losers:
-                    self._halve_out(runs[job.key], rung, keep, len(ranked))
-                elif runs[job.key].status != "ok" or keep == len(ranked):
-                    self._finish(self.live[job.key], *pending[job.key], runs[job.key])
+            for result in ranked[keep:]:
+                self._halve_out(result, rung, keep, len(ranked))
             if keep == len(ranked):
+                for result in ranked:
+                    with _signals_deferred(self.signals):
+                        self._tell(self.live[result.key], result, TrialState.COMPLETE)
+                self._stop_if_unsaved()
                 return
             jobs = [self._next_rung(job, runs[job.key], rung + 1, eta * share, generation) for job in jobs
                     if job.key in {r.key for r in ranked[:keep]}]
@@ -389,29 +436,23 @@ class Search:
         return dataclasses.replace(job, weights=result.weights, train=config)
 
     def _halve_out(self, result: ChildResult, rung: int, kept: int, ranked: int) -> None:
-        trial = self.live.pop(result.key)
-        if result.node is not None:
-            trial.set_user_attr("node", result.node)
-        for key, value in (("history", result.history), ("seconds", round(result.seconds, 3)),
-                           ("val_error", result.val_error), ("val_loss", result.val_loss),
-                           ("reason", f"halved out after rung {rung + 1}: not among the best {kept} of {ranked}")):
-            trial.set_user_attr(key, value)
-        self.study.tell(trial, state=TrialState.PRUNED)
-        self._spent()
-        self.on_event("done", {"trial": result.key, "status": "pruned", "val_error": result.val_error,
-                               "best": self._best_error()})
+        """A child ranked out after rung ``rung``: PRUNED, with the result and checkpoint :meth:`_save` recorded."""
+        with _signals_deferred(self.signals):
+            trial = self.live[result.key]
+            trial.set_user_attr("reason", f"halved out after rung {rung + 1}: not among the best {kept} of {ranked}")
+            self._tell(trial, result, TrialState.PRUNED)
 
     def _make_child(self, generation: int, parent: FrozenTrial, deadline: float, share: float = 1.0,
                     control: bool = False) -> tuple[ChildJob, ArchGraph, dict] | None:
         """Ask a trial, morph the parent per its descriptor; None when the child is pruned or failed.
         A ``control`` child is the parent unmorphed (rule ``control``), trained on like its siblings.
         It trains ``share`` of its epochs and stops by ``deadline`` (a monotonic time)."""
-        trial = self._ask()
+        asked = self._ask_child(generation, parent, control)
+        if asked is None:
+            return None
+        trial, descriptor = asked
         number = trial.number
-        trial.set_user_attr("generation", generation)
-        trial.set_user_attr("parent", parent.number)
         try:
-            descriptor = None if control else suggest_descriptor(trial, self.space.rules)
             ft = self.space.finetune
             lr = self.space.seed.lr if self._lineage_schedule else suggest_value(trial, "finetune.lr", ft.lr)
             epochs = suggest_value(trial, "finetune.epochs", ft.epochs) if isinstance(ft.epochs, Range) else ft.epochs
@@ -464,6 +505,30 @@ class Search:
         job = ChildJob(number, graph.to_json(), child_weights, config, self.dataset_spec)
         return job, graph, child_cost
 
+    def _ask_child(self, generation: int, parent: FrozenTrial, control: bool
+                   ) -> tuple[optuna.Trial, Descriptor | None] | None:
+        """A new trial of ``parent``'s in ``generation`` and its descriptor (None for a control
+        child). A descriptor ``parent`` already had in a trial that trained (every one but those
+        whose slot is redone) is asked again on a new trial, up to ``REASKS`` times: each repeat
+        is told PRUNED, untrained, with the trial it repeats as reason, and does not take a
+        slot. None when every ask repeated one."""
+        trained = {_key(t.user_attrs["descriptor"]): t.number for t in self._trials()
+                   if t.user_attrs.get("parent") == parent.number and "descriptor" in t.user_attrs and not _redone(t)}
+        for _ in range(REASKS):
+            trial = self._ask()
+            trial.set_user_attr("generation", generation)
+            trial.set_user_attr("parent", parent.number)
+            descriptor = None if control else suggest_descriptor(trial, self.space.rules)
+            repeat = None if descriptor is None else trained.get(_key(descriptor.to_json()))
+            if repeat is None:
+                return trial, descriptor
+            with _signals_deferred(self.signals):
+                trial.set_user_attr("rule", descriptor.rule)
+                trial.set_user_attr("reason", f"{REPEATS}{repeat}: the same parent and descriptor; not trained")
+                self.study.tell(self.live.pop(trial.number), state=TrialState.PRUNED)
+            self.on_event("pruned", {"trial": trial.number, "reason": f"{REPEATS}{repeat}"})
+        return None
+
     def _final_phase(self, plan: BudgetPlan) -> None:
         """Train the best network on, from its own weights, with a cosine decay to zero; its
         trial (rule ``final``, parent the chosen network) becomes the search's result. Without
@@ -489,12 +554,12 @@ class Search:
         trial = self._ask()
         if not self.inherit:
             weights = init_weights(graph, child_seed(self.seed, trial.number))
-        for key, value in (("generation", int(parent.user_attrs["generation"]) + 1), ("parent", parent.number),
-                           ("rule", "final"), ("morphs", []), ("inherit", self.inherit)):
-            trial.set_user_attr(key, value)
         child_cost = cost(graph)
-        for key in ("params", "macs"):
-            trial.set_user_attr(key, child_cost[key])
+        with _signals_deferred(self.signals):
+            for key, value in (("generation", int(parent.user_attrs["generation"]) + 1), ("parent", parent.number),
+                               ("rule", "final"), ("morphs", []), ("inherit", self.inherit),
+                               ("params", child_cost["params"]), ("macs", child_cost["macs"])):
+                trial.set_user_attr(key, value)
         lr, cycle = f.lr, (0.0, 1.0)
         if self._lineage_schedule:  # the lineage's cycle to its end; a fresh network gets a whole one
             lr = self.space.seed.lr
@@ -509,6 +574,7 @@ class Search:
         job = ChildJob(trial.number, arch, weights, config, self.dataset_spec)
         for result in self.executor.run([job], on_epoch=self._never_pruned):
             self._finish(trial, graph, child_cost, result)
+        self._stop_if_unsaved()
 
     @property
     def _lineage_schedule(self) -> bool:
@@ -544,7 +610,8 @@ class Search:
         if is_multi_objective(self.study):
             return True
         trial = self.live[key]
-        trial.report(error, self.epochs_done.get(key, 0) + epoch)
+        with _signals_deferred(self.signals):  # never inside the database commit
+            trial.report(error, self.epochs_done.get(key, 0) + epoch)
         return not trial.should_prune()
 
     def _ask(self) -> optuna.Trial:
@@ -556,35 +623,74 @@ class Search:
         return trial
 
     def _finish(self, trial: optuna.Trial, graph: ArchGraph, child_cost: dict, result: ChildResult) -> None:
+        """Tell a child's result to the study: a trained one's checkpoint is saved first
+        (:meth:`_save`). A SIGINT or SIGTERM waits until the study is written (it never lands
+        inside a database commit) and then stops the search."""
+        with _signals_deferred(self.signals):
+            if result.status == "ok":
+                if self._save(trial, graph, child_cost, result, rung=1):
+                    self._tell(trial, result, TrialState.COMPLETE)
+                return
+            self._record(trial, result)
+            reason = result.reason if result.status == "failed" else (
+                f"pruned by the pruner after epoch {len(result.history)}")
+            trial.set_user_attr("reason", reason)
+            self._tell(trial, result, TrialState.FAIL if result.status == "failed" else TrialState.PRUNED)
+
+    def _record(self, trial: optuna.Trial, result: ChildResult) -> None:
+        """Record how ``trial``'s child trained (``result``) on its trial."""
         if result.node is not None:
             trial.set_user_attr("node", result.node)
         trial.set_user_attr("history", result.history)
         trial.set_user_attr("seconds", round(result.seconds, 3))
         trial.set_user_attr("epochs", round(result.epochs_trained, 4))
-        if result.status == "failed":
-            trial.set_user_attr("reason", result.reason)
-            self.study.tell(trial, state=TrialState.FAIL)
-        elif result.status == "pruned":
-            trial.set_user_attr("reason", f"pruned by the pruner after epoch {len(result.history)}")
-            self.study.tell(trial, state=TrialState.PRUNED)
+
+    def _save(self, trial: optuna.Trial, graph: ArchGraph, child_cost: dict, result: ChildResult, rung: int
+              ) -> bool:
+        """Save a trained child's checkpoint, then record its result (after rung ``rung``) on its
+        trial, which stays RUNNING; ``rung`` is set last, so a trial that has it has a checkpoint
+        of a finished rung, whose metrics are its result if the driver is killed (:meth:`_settle`).
+        False when the checkpoint cannot be written (a full disk): then the child alone is told
+        FAIL with the reason, its slot is redone by a resume, and the search stops once the
+        running rung is told (:meth:`_stop_if_unsaved`)."""
+        directory = self._checkpoint_dir(trial.number)
+        metrics = {"val_error": result.val_error, "val_loss": result.val_loss, "history": result.history,
+                   "normalisation": {"mean": list(self.data.mean), "std": list(self.data.std)}, **child_cost}
+        try:
+            save_checkpoint(directory, arch=graph.to_json(), weights=result.weights, metrics=metrics)
+        except CheckpointError as err:
+            self.unsaved = str(err)
+            self._record(trial, result)
+            trial.set_user_attr("reason", f"{UNSAVED}{err}")
+            self._tell(trial, result, TrialState.FAIL)
+            return False
+        self._record(trial, result)
+        for key, value in (("checkpoint", str(directory.relative_to(self.trial_dir.parents[2]))),
+                           ("val_error", result.val_error), ("val_loss", result.val_loss), ("rung", rung)):
+            trial.set_user_attr(key, value)
+        return True
+
+    def _complete(self, trial: optuna.Trial) -> None:
+        """Tell ``trial``, whose result :meth:`_save` recorded, COMPLETE."""
+        attrs = trial.user_attrs
+        self.study.tell(trial, self._objectives(float(attrs["val_error"]), attrs))
+
+    def _tell(self, trial: optuna.Trial, result: ChildResult, state: TrialState) -> None:
+        """Tell ``trial`` ``state`` (COMPLETE: with the result :meth:`_save` recorded) and note the time spent."""
+        if state == TrialState.COMPLETE:
+            self._complete(trial)
         else:
-            directory = self._checkpoint_dir(trial.number)
-            metrics = {"val_error": result.val_error, "val_loss": result.val_loss, "history": result.history,
-                       "normalisation": {"mean": list(self.data.mean), "std": list(self.data.std)}, **child_cost}
-            try:
-                save_checkpoint(directory, arch=graph.to_json(), weights=result.weights, metrics=metrics)
-            except CheckpointError as err:  # a full disk: stop here; the study keeps every earlier trial
-                trial.set_user_attr("reason", str(err))
-                self.study.tell(self.live.pop(trial.number), state=TrialState.FAIL)
-                raise CheckpointError(f"{err}; the study keeps the trials before it: free space and resume") from None
-            trial.set_user_attr("checkpoint", str(directory.relative_to(self.trial_dir.parents[2])))
-            trial.set_user_attr("val_error", result.val_error)
-            trial.set_user_attr("val_loss", result.val_loss)
-            self.study.tell(trial, self._objectives(result.val_error, child_cost))
+            self.study.tell(trial, state=state)
         self.live.pop(trial.number, None)
         self._spent()
-        self.on_event("done", {"trial": trial.number, "status": result.status, "val_error": result.val_error,
-                               "best": self._best_error()})
+        status = {TrialState.COMPLETE: "ok", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed"}[state]
+        self.on_event("done", {"trial": trial.number, "status": status, "best": self._best_error(),
+                               "val_error": None if state == TrialState.FAIL else result.val_error})
+
+    def _stop_if_unsaved(self) -> None:
+        """Stop the search, in one line, once a checkpoint could not be written (:meth:`_save`)."""
+        if self.unsaved is not None:
+            raise CheckpointError(f"{self.unsaved}; the study keeps every finished trial: free space and resume")
 
     # results ------------------------------------------------------------------------------
     def _trials(self) -> list[FrozenTrial]:
@@ -602,7 +708,8 @@ class Search:
             return float(self.study.user_attrs[f"test_error/{number}"])
         arch, weights, _ = load_checkpoint(self._checkpoint_dir(number))
         error = evaluate(compile_graph(ArchGraph.from_json(arch), weights), self.data.test)
-        self.study.set_user_attr(f"test_error/{number}", error)
+        with _signals_deferred(self.signals):
+            self.study.set_user_attr(f"test_error/{number}", error)
         return error
 
     def _summary(self, seconds: float) -> SearchSummary:
@@ -706,6 +813,18 @@ def _signals_deferred(caught: list[int]) -> Iterator[None]:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     _raise_caught(caught)
+
+
+def _redone(trial: FrozenTrial) -> bool:
+    """Whether ``trial``'s slot is still to be filled: it was interrupted, its checkpoint could
+    not be written, or it repeated a descriptor and was never trained."""
+    reason = failure_reason(trial) or ""
+    return reason == INTERRUPTED or reason.startswith((UNSAVED, REPEATS))
+
+
+def _key(descriptor: dict[str, Any]) -> str:
+    """A descriptor's JSON, as the study stores it, for comparing two."""
+    return json.dumps(descriptor, sort_keys=True)
 
 
 def _wall(monotonic: float) -> float | None:
