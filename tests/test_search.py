@@ -534,3 +534,19 @@ def test_ray_search_matches_local_search(tmp_path):
     files = {name: sorted(p.relative_to(tmp_path / name) for p in (tmp_path / name).rglob("*") if p.is_file())
              for name in ("local", "ray")}
     assert files["ray"] == files["local"], "Ray left files beside the project's own (Tune copies of weights?)"
+
+
+def test_every_trained_trial_reports_its_epochs_as_events(tmp_path):
+    events = []
+    with make_executor("local", cpus_per_child=1) as runner:
+        summary = run_search(SearchOptions(space=parse_space(tiny_space()), workdir=tmp_path, study="t",
+                                           executor=runner, seed=3), lambda kind, info: events.append((kind, info)))
+    epochs = [info for kind, info in events if kind == "epoch"]
+    trials = load_study(open_storage(summary.storage), "t").trials
+    trained = {t.number for t in trials if t.user_attrs.get("history")}
+    assert trained <= {info["trial"] for info in epochs} and 0 in trained  # the seed, the children, the final
+    elapsed = [info["elapsed"] for info in epochs]
+    assert elapsed == sorted(elapsed) and elapsed[-1] <= summary.seconds + 0.1  # summary.seconds is rounded
+    assert all(info["budget"] is None for info in epochs)  # tiny_space has no time budget
+    seed_epochs = [info["epoch"] for info in epochs if info["trial"] == 0]
+    assert seed_epochs == [1, 2, 3]

@@ -299,7 +299,7 @@ class Search:
         job = ChildJob(trial.number, graph.to_json(), weights, config, self.dataset_spec)
         self.on_event("seed", {"trial": trial.number, "arch": s.arch, "epochs": s.epochs,
                                "seconds": plan.seed_seconds})
-        for result in self.executor.run([job]):
+        for result in self.executor.run([job], on_epoch=self._never_pruned):
             self._finish(trial, graph, child_cost, result)
         self._stop_if_unsaved()
         if self.study.trials[trial.number].state != TrialState.COMPLETE:
@@ -535,7 +535,7 @@ class Search:
         weight inheritance it starts from fresh weights, like every child of such a search.
         Multi-objective searches skip it: their result is a Pareto front, not one network; so
         does a search whose generations left it no time (the trainer keeps any deadline to a
-        sixteenth of an epoch). It keeps back 1.5 times the time the seed's test took, scaled by
+        step). It keeps back 1.5 times the time the seed's test took, scaled by
         MACs, for the summary."""
         f = self.space.final
         if f is None or is_multi_objective(self.study) or final_trial(self.study) is not None:
@@ -601,12 +601,15 @@ class Search:
         _raise_caught(self.signals)
 
     def _never_pruned(self, key: int, epoch: int, error: float) -> bool:
-        """The final phase's epoch callback: it stops the search on a signal, never the network."""
+        """The seed's and the final phase's epoch callback: it stops the search on a signal,
+        never the network."""
         self._stop_if_signalled()
+        self._epoch_event(key, epoch, error)
         return True
 
     def _on_epoch(self, key: int, epoch: int, error: float) -> bool:
         self._stop_if_signalled()
+        self._epoch_event(key, epoch, error)
         if is_multi_objective(self.study):
             return True
         trial = self.live[key]
@@ -614,9 +617,19 @@ class Search:
             trial.report(error, self.epochs_done.get(key, 0) + epoch)
         return not trial.should_prune()
 
+    def _epoch_event(self, key: int, epoch: int, error: float) -> None:
+        """The ``epoch`` event: a child's finished epoch, the seconds since the search's start and
+        the budget (None without one), for the progress lines."""
+        total = self.plan.end - self.plan.start
+        self.on_event("epoch", {"trial": key, "epoch": epoch, "val_error": error,
+                                "elapsed": time.monotonic() - self.started,
+                                "budget": None if math.isinf(total) else total})
+
     def _ask(self) -> optuna.Trial:
         """A new trial, live (marked interrupted on Ctrl-C) until it is told. A Ctrl-C or SIGTERM
-        during the ask itself waits until the trial is live, so no trial is left running unmarked."""
+        during the ask itself waits until the trial is live, so no trial is left running unmarked.
+        A driver whose study another one took over (``--force``) stops here, before asking."""
+        self.lease.verify()
         with _signals_deferred(self.signals):
             trial = self.study.ask()
             self.live[trial.number] = trial
