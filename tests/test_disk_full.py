@@ -46,7 +46,7 @@ def test_a_search_whose_disk_is_full_stops_with_one_line_and_keeps_its_study(tmp
     result = CliRunner().invoke(app, ["search", "--space", str(space), "--workdir", str(full_disk), "--storage",
                                       storage, "--study", "full"])
     assert result.exit_code == 2, result.output
-    errors = [line for line in result.output.splitlines() if "error" in line]  # after the progress lines
+    errors = [line for line in result.output.splitlines() if "error:" in line]  # after the progress lines
     assert len(errors) == 1 and "No space left on device" in errors[0] and "free space and resume" in errors[0]
     assert "Traceback" not in result.output
     (seed,) = load_study(open_storage(storage), "full").get_trials()
