@@ -245,7 +245,11 @@ def train(
     settings = device_settings(config.device)
     if settings.device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {config.device!r} requested but CUDA is not available")
-    with pinned_threads(config.threads):
+    # seeded for whatever draws from torch's global generator inside (dropout), without
+    # reseeding the caller's: the caller's stream goes on as if no training ran
+    devices = [settings.device.index or 0] if settings.device.type == "cuda" else []
+    with pinned_threads(config.threads), torch.random.fork_rng(devices=devices):
+        torch.manual_seed(config.seed)
         return _train(model, data, config, settings, on_epoch, evaluate_test, extra_loss)
 
 
@@ -259,7 +263,6 @@ def _train(
     extra_loss: Callable[[nn.Module], torch.Tensor] | None,
 ) -> TrainResult:
     started = time.perf_counter()
-    torch.manual_seed(config.seed)
     generator = torch.Generator(device=settings.device).manual_seed(config.seed)
     model.to(settings.device, memory_format=settings.memory_format)
     x_train, y_train = settings.put(data.train.x), data.train.y.to(settings.device)
