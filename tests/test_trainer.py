@@ -357,8 +357,9 @@ def test_validation_loss_is_the_mean_cross_entropy(digits) -> None:
 
 
 def test_training_leaves_the_callers_random_stream_alone(digits) -> None:
+    model = small_cnn()
     torch.manual_seed(123)
     expected = torch.rand(3)
     torch.manual_seed(123)
-    train(small_cnn(), digits, TrainConfig(epochs=1, batch_size=64, max_train_batches=2, seed=7))
+    train(model, digits, TrainConfig(epochs=1, batch_size=64, max_train_batches=2, seed=7))
     assert torch.equal(torch.rand(3), expected)
