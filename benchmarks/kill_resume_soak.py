@@ -10,7 +10,9 @@ given), ``--kills`` times; then it is resumed once more and left to finish. At t
   whose checkpoint is missing;
 - ``duplicated``: children that repeat another child's (parent, morph descriptor);
 - ``running``: trials left RUNNING after the last resume;
-- ``short generations``: generations with fewer finished children than the space asks for;
+- ``short generations``: generations with fewer finished children than the space asks for, and
+  and of those the ones the budget did not shorten (it says so in a ``time budget: generation N
+  shortened`` line): a slot lost to a kill would show there;
 - ``budget``: the search's own count of its time (``seconds_spent``) against ``--budget``,
   and whether it ended within 5 % of it.
 
@@ -27,6 +29,7 @@ import argparse
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -60,8 +63,8 @@ def search(workdir: Path, study: str, storage: str | None, budget: float, resume
                                               "--time-budget", f"{budget:g}"]
     if storage:
         command += ["--storage", storage]
-    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    with (workdir / "log").open("a") as log:  # every driver's lines, the `time budget:` ones read at the end
+        return subprocess.Popen(command, stdout=log, stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
 def report(workdir: Path, study_name: str, storage: str, budget: float) -> dict:
@@ -78,14 +81,20 @@ def report(workdir: Path, study_name: str, storage: str, budget: float) -> dict:
                    TrialState.PRUNED) and t.user_attrs.get("history") and t.user_attrs.get("rule") not in
                    ("seed", "final"))
     last = max(done, default=0)
+    shortened = {int(g) for g in re.findall(r"time budget: generation (\d+) shortened", (workdir / "log").read_text())}
     spent = float(study.user_attrs.get("seconds_spent", 0.0))
     return {
         "trials": len(trials),
         "lost": lost,
         "duplicated": sum(n - 1 for n in pairs.values() if n > 1),
         "running": [t.number for t in trials if t.state == TrialState.RUNNING],
-        # the last generation may be cut short by the budget; every earlier one must be full
-        "short generations": sorted(g for g, n in done.items() if n < SPACE["budget"]["children"] and g != last),
+        # generation: its finished children, for those with fewer than the space asks for; the
+        # budget may shorten a generation (fewer children when the time left is short), a lost
+        # slot would show here too
+        "short generations": {g: n for g, n in sorted(done.items()) if n < SPACE["budget"]["children"]},
+        "short, not by the budget": sorted(g for g, n in done.items()
+                                           if n < SPACE["budget"]["children"] and g not in shortened),
+        "generations": last,
         "final": any(t.user_attrs.get("rule") == "final" and t.state == TrialState.COMPLETE for t in trials),
         "seconds spent": round(spent, 1),
         "budget kept": spent <= budget * 1.05,
