@@ -107,6 +107,8 @@ def test_successive_halving_trains_the_best_half_on_until_one_is_left(tmp_path):
     study = load_study(open_storage(summary.storage), "t")
     seed, *children, final = study.get_trials()
     assert sorted(len(t.user_attrs["history"]) for t in children) == [1, 1, 1 + 2, 1 + 2 + 4]
+    # every rung's epochs count, not only the last one's (the benchmark adds them up along a lineage)
+    assert sorted(t.user_attrs["epochs"] for t in children) == [1, 1, 1 + 2, 1 + 2 + 4]
     winner = next(t for t in children if t.state == TrialState.COMPLETE)
     assert [t.state for t in children].count(TrialState.PRUNED) == 3
     assert len(winner.user_attrs["history"]) == 7 and sorted(winner.intermediate_values) == list(range(1, 8))

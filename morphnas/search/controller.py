@@ -857,10 +857,11 @@ def _frontier(trials: list[FrozenTrial]) -> list[FrozenTrial]:
 
 
 def _joined(earlier: ChildResult | None, later: ChildResult) -> ChildResult:
-    """One child's result over its rungs: the later rung's outcome, the whole history and time."""
+    """One child's result over its rungs: the later rung's outcome, the whole history, time and epochs."""
     if earlier is None:
         return later
-    return dataclasses.replace(later, history=earlier.history + later.history, seconds=earlier.seconds + later.seconds)
+    return dataclasses.replace(later, history=earlier.history + later.history, seconds=earlier.seconds + later.seconds,
+                               epochs=earlier.epochs_trained + later.epochs_trained)
 
 
 def _pruner(space: SearchSpace) -> optuna.pruners.BasePruner:
