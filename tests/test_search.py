@@ -31,6 +31,7 @@ from morphnas.search import (
     trial_checkpoint,
     trials_frame,
 )
+from morphnas.search.record import TRIAL_SCHEMA, TrialRecord
 from morphnas.search.study import INTERRUPTED, failure_reason
 from morphnas.train import evaluate, load_checkpoint, load_dataset
 
@@ -64,6 +65,9 @@ def test_local_search_records_lineage_and_best_checkpoint_reproduces(tmp_path):
     study = load_study(open_storage(summary.storage), "t")
     trials = study.get_trials()
     assert summary.n_trials == len(trials) == 6  # seed + 2 generations x 2 children + the final phase
+    assert study.user_attrs["trial_schema"] == TRIAL_SCHEMA
+    for t in trials:  # every attribute the search writes is a field of the record, read back as written
+        assert TrialRecord.from_trial(t).to_attrs(*t.user_attrs) == t.user_attrs
     assert trials[0].user_attrs["generation"] == 0 and trials[0].user_attrs["parent"] is None
     for t in trials[1:-1]:
         assert t.user_attrs["parent"] < t.number

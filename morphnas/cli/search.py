@@ -157,9 +157,10 @@ def _length(info: dict[str, Any]) -> str:
 
 
 def _print_summary(console: Console, s: SearchSummary) -> None:
+    from morphnas.search.record import TrialRecord
     from morphnas.search.study import load_study, open_storage, shown_url
 
-    seed = load_study(open_storage(s.storage), s.study).trials[s.lineage[0]].user_attrs
+    seed = TrialRecord.from_trial(load_study(open_storage(s.storage), s.study).trials[s.lineage[0]])
     console.print(f"[bold]best trial {s.best_trial}[/] of study {s.study} ({plural(s.n_trials, 'trial')}, "
                   f"{s.n_failed} failed)")
     console.print(f"  params {s.params:,}, MACs {s.macs / 1e6:.2f} M, lineage {' -> '.join(map(str, s.lineage))}")
@@ -168,8 +169,8 @@ def _print_summary(console: Console, s: SearchSummary) -> None:
     console.print(f"[bold]test error {s.test_error:.2%}[/], validation error {s.val_error:.2%} "
                   f"({plural(len(s.lineage) - 1, 'step')} from the seed network)")
     # the seed had the seed phase's share of the budget, not the budget: a reference point, not a baseline
-    console.print(f"  the seed network after its seed phase ({plural(round(seed.get('epochs', 0), 2), 'epoch')}, "
-                  f"{duration(seed.get('seconds', 0))}): test error {s.seed_test_error:.2%}, "
+    console.print(f"  the seed network after its seed phase ({plural(round(seed.epochs or 0, 2), 'epoch')}, "
+                  f"{duration(seed.seconds or 0)}): test error {s.seed_test_error:.2%}, "
                   f"validation error {s.seed_val_error:.2%}")
     if s.pareto_front:
         console.print("Pareto front (validation error, params, MACs): " + "; ".join(

@@ -46,12 +46,12 @@ from morphnas.morph import verify
 from morphnas.search.budget import MIN_EPOCH_SHARE, BudgetPlan, fit_generation, plan_budget
 from morphnas.search.lease import DriverLease
 from morphnas.search.lineages import BestLineages, ParentSelector
+from morphnas.search.record import SCHEMA_KEY, TRIAL_SCHEMA, TrialRecord, record_on, trial_schema
 from morphnas.search.seeds import seed_network
 from morphnas.search.study import (
     INTERRUPTED,
     best_trial,
     default_storage,
-    failure_reason,
     final_trial,
     is_multi_objective,
     lineage,
@@ -153,8 +153,7 @@ class Search:
         self.unsaved: str | None = None  # a checkpoint write's error: the search stops after the rung
         if options.resume:
             self._recover()
-        missing = [t.number for t in self._trials() if t.state == TrialState.COMPLETE
-                   and t.user_attrs.get("checkpoint") and not self._checkpoint_dir(t.number).is_dir()]
+        missing = [r.number for r in self._records() if r.done and not self._checkpoint_dir(r.number).is_dir()]
         if missing:  # refuse up front rather than fail every child of a missing parent
             raise StudyError(f"cannot resume {self.study.study_name!r}: the checkpoints of trials {missing[:5]} are "
                              f"missing under {self.trial_dir} (was the work directory moved or deleted?)")
@@ -177,6 +176,7 @@ class Search:
             if o.study not in names:
                 raise StudyError(f"cannot resume: no study named {o.study!r} in {shown_url(self.storage_url)}")
             study = optuna.load_study(study_name=o.study, storage=self.storage, sampler=o.sampler)
+            trial_schema(study)  # a study written in a newer format is refused before anything is written
             self.lease = DriverLease(study)
             self.lease.acquire(force=o.force)  # before touching any trial: another driver may be running it
             study.sampler = self._sampler(int(study.user_attrs["seed"]), len(study.trials))
@@ -194,6 +194,7 @@ class Search:
         study.set_user_attr("seed", o.seed)
         study.set_user_attr("workdir", str(self.workdir))
         study.set_user_attr("inherit", o.inherit)
+        study.set_user_attr(SCHEMA_KEY, TRIAL_SCHEMA)
         self.lease = DriverLease(study)
         self.lease.acquire()
         return study
@@ -222,20 +223,21 @@ class Search:
         even when the driver died between writing a later rung's checkpoint and its attributes),
         else FAIL interrupted, with any checkpoint it was writing removed."""
         directory = self._checkpoint_dir(trial.number)
-        if "rung" in trial.user_attrs:
+        if TrialRecord.from_trial(trial).rung is not None:
             with contextlib.suppress(CheckpointError):
                 _, _, metrics = load_checkpoint(directory)
-                for key in ("val_error", "val_loss", "history"):
-                    trial.set_user_attr(key, metrics[key])
+                record_on(trial, val_error=metrics["val_error"], val_loss=metrics["val_loss"],
+                          history=metrics["history"])
                 self._complete(trial)
                 return
         for path in [directory, *directory.parent.glob(f".{directory.name}.*")]:
             shutil.rmtree(path, ignore_errors=True)
-        trial.set_user_attr("reason", INTERRUPTED)
+        record_on(trial, reason=INTERRUPTED)
         self.study.tell(trial, state=TrialState.FAIL)
 
-    def _objectives(self, error: float, child_cost: dict[str, Any]) -> list[float]:
-        return [error] + [float(child_cost[name]) for name in self.space.objectives[1:]]
+    def _objectives(self, record: TrialRecord) -> list[float]:
+        """A trial's objective values: its validation error, then its costs the space names."""
+        return [float(record.val_error)] + [float(getattr(record, name)) for name in self.space.objectives[1:]]
 
     # the search ---------------------------------------------------------------------------
     def run(self) -> SearchSummary:
@@ -271,10 +273,10 @@ class Search:
         self._train_seed(plan)
         # once the final phase has started, a resume goes on with it, not with more children;
         # otherwise with the last generation it had begun, so generations keep counting
-        trials = self._trials()
-        final_started = any(t.user_attrs.get("rule") == "final" for t in trials)
+        records = self._records()
+        final_started = any(r.rule == "final" for r in records)
         generations = 0 if final_started else b.generations
-        begun = max((int(t.user_attrs.get("generation", 0)) for t in trials), default=0)
+        begun = max((r.generation or 0 for r in records), default=0)
         for generation in range(max(1, begun), generations + 1):
             if not self._generation(generation, plan.generations_until):
                 break
@@ -282,28 +284,23 @@ class Search:
         return self._summary(time.monotonic() - started)
 
     def _train_seed(self, plan: BudgetPlan) -> None:
-        if any(val_error(t) < math.inf for t in self._trials() if t.user_attrs.get("generation") == 0):
+        if any(val_error(t) < math.inf for t in self._trials() if TrialRecord.from_trial(t).generation == 0):
             return
         s = self.space.seed
         graph, weights = self.seed_network or _seed_network(self.space, self.data, self.seed)  # or a resumed one's
-        trial = self._ask()
         child_cost = cost(graph)
-        with _signals_deferred(self.signals):
-            for key, value in (("generation", 0), ("parent", None), ("rule", "seed"), ("morphs", []),
-                               ("params", child_cost["params"]), ("macs", child_cost["macs"])):
-                trial.set_user_attr(key, value)
+        trial = self._new_trial(generation=0, parent=None, rule="seed", morphs=[], params=child_cost["params"],
+                                macs=child_cost["macs"])
         config = TrainConfig(
             epochs=s.epochs, lr=s.lr, batch_size=s.batch_size, seed=self.seed, device=self.options.device,
             deadline=_wall(plan.seed_until), cycle=(0.0, plan.seed_share) if self._lineage_schedule else (0.0, 1.0),
         )
-        job = ChildJob(trial.number, graph.to_json(), weights, config, self.dataset_spec)
         self.on_event("seed", {"trial": trial.number, "arch": s.arch, "epochs": s.epochs,
                                "seconds": plan.seed_seconds})
-        for result in self.executor.run([job], on_epoch=self._never_pruned):
-            self._finish(trial, graph, child_cost, result)
-        self._stop_if_unsaved()
-        if self.study.trials[trial.number].state != TrialState.COMPLETE:
-            raise MorphnasError(f"the seed network failed to train: {self.study.trials[trial.number].user_attrs}")
+        self._train_alone(trial, graph, weights, child_cost, config)
+        seed = TrialRecord.from_trial(self.study.trials[trial.number])
+        if seed.state != TrialState.COMPLETE.name:
+            raise MorphnasError(f"the seed network failed to train: {seed.reason}")
         tested = time.monotonic()
         self._test_error(trial.number)  # now, so the summary's reserve can be sized by it
         with _signals_deferred(self.signals):
@@ -313,14 +310,14 @@ class Search:
         """Run generation ``generation`` in the size that ends by ``deadline`` (a monotonic
         time); False when not even a shortened one fits, which ends the generations."""
         trials = self._trials()
-        done = [t for t in trials if t.user_attrs.get("generation") == generation and not _redone(t)
-                and t.user_attrs.get("rule") != "final"]
+        records = {t.number: TrialRecord.from_trial(t) for t in trials}
+        done = [r for r in records.values() if r.generation == generation and not _redone(r) and r.rule != "final"]
         slots = self.space.budget.children - len(done)
         if slots <= 0:
             return True
         pareto = {t.number for t in self.study.best_trials} if is_multi_objective(self.study) else None
-        candidates = [t for t in trials if t.user_attrs.get("rule") != "final"
-                      and int(t.user_attrs.get("generation", 0)) < generation]  # parents come from before
+        candidates = [t for t in trials if records[t.number].rule != "final"
+                      and (records[t.number].generation or 0) < generation]  # parents come from before
         if self._lineage_schedule:
             candidates = _frontier(candidates)
         fit = self._fit(generation, slots, candidates, deadline)
@@ -328,7 +325,7 @@ class Search:
             return False
         slots, share = fit
         parents = self.selector.select(candidates, slots, self._score, pareto)
-        control = self.space.selection.control and all(t.user_attrs.get("rule") != CONTROL for t in done)
+        control = self.space.selection.control and all(r.rule != CONTROL for r in done)
         self.on_event("generation", {"generation": generation, "children": len(parents)})
         jobs, pending = [], {}
         for slot, parent in enumerate(parents):
@@ -353,7 +350,7 @@ class Search:
         left = deadline - time.monotonic()
         if math.isinf(left) or not candidates:
             return slots, 1.0
-        macs = GROWTH * max(int(t.user_attrs.get("macs", 0)) for t in candidates)
+        macs = GROWTH * max(TrialRecord.from_trial(t).macs or 0 for t in candidates)
         fit = fit_generation(slots, epochs, ft.halving, self._pace() * macs, left)
         if fit is None:
             self.on_event("budget", {"message": f"time budget: the {left:.0f} s left before the final phase do not "
@@ -367,10 +364,9 @@ class Search:
     def _pace(self) -> float:
         """Seconds of the machine per child-epoch and MAC: the last rung's, else the seed's."""
         if self.pace is None:
-            seed = next(t for t in self._trials() if t.user_attrs.get("generation") == 0
-                        and t.state == TrialState.COMPLETE)
-            epochs = seed.user_attrs.get("epochs") or len(seed.user_attrs.get("history", [])) or 1
-            self.pace = float(seed.user_attrs.get("seconds", 0.0)) / epochs / max(1, seed.user_attrs["macs"])
+            seed = self._seed_record()
+            epochs = seed.epochs or len(seed.history or []) or 1
+            self.pace = float(seed.seconds or 0.0) / epochs / max(1, seed.macs)
         return self.pace
 
     def _rungs(self, jobs: list[ChildJob], pending: dict[int, tuple[ArchGraph, dict]], generation: int,
@@ -439,7 +435,7 @@ class Search:
         """A child ranked out after rung ``rung``: PRUNED, with the result and checkpoint :meth:`_save` recorded."""
         with _signals_deferred(self.signals):
             trial = self.live[result.key]
-            trial.set_user_attr("reason", f"halved out after rung {rung + 1}: not among the best {kept} of {ranked}")
+            record_on(trial, reason=f"halved out after rung {rung + 1}: not among the best {kept} of {ranked}")
             self._tell(trial, result, TrialState.PRUNED)
 
     def _make_child(self, generation: int, parent: FrozenTrial, deadline: float, share: float = 1.0,
@@ -457,38 +453,35 @@ class Search:
             lr = self.space.seed.lr if self._lineage_schedule else suggest_value(trial, "finetune.lr", ft.lr)
             epochs = suggest_value(trial, "finetune.epochs", ft.epochs) if isinstance(ft.epochs, Range) else ft.epochs
             rule = CONTROL if descriptor is None else descriptor.rule
-            trial.set_user_attr("rule", rule)
+            record_on(trial, rule=rule)
             arch, weights, _ = load_checkpoint(self._checkpoint_dir(parent.number))
             parent_graph = ArchGraph.from_json(arch)
             if descriptor is None:
                 graph, child_weights = parent_graph, weights
-                trial.set_user_attr("morphs", [])
+                record_on(trial, morphs=[])
             else:
-                trial.set_user_attr("descriptor", descriptor.to_json())
+                record_on(trial, descriptor=descriptor.to_json())
                 result = get_rule(rule).apply(
                     parent_graph, weights, descriptor, seed=child_seed(self.seed, number), calibration=self.calibration
                 )
                 graph, child_weights = result.graph, result.weights
-                trial.set_user_attr("morphs", [result.record.to_json()])
-                trial.set_user_attr("exact", result.exact)
+                record_on(trial, morphs=[result.record.to_json()], exact=result.exact)
             child_cost = cost(graph)
-            for key in ("params", "macs"):
-                trial.set_user_attr(key, child_cost[key])
+            record_on(trial, params=child_cost["params"], macs=child_cost["macs"])
             over = _over_limits(self.space, child_cost)
             if over:
-                trial.set_user_attr("reason", over)
+                record_on(trial, reason=over)
                 self.study.tell(self.live.pop(number), state=TrialState.PRUNED)
                 self.on_event("pruned", {"trial": number, "reason": over})
                 return None
             if not self.inherit:  # learning from scratch: the child's architecture, fresh weights
-                trial.set_user_attr("inherit", False)
+                record_on(trial, inherit=False)
                 child_weights = init_weights(graph, child_seed(self.seed, number))
             elif descriptor is not None:
                 check = verify(parent_graph, weights, graph, child_weights, inputs=[self.calibration[:64]])
-                trial.set_user_attr("preservation_error", check.max_rel_err)
-                trial.set_user_attr("train_preservation_error", check.train_max_rel_err)
+                record_on(trial, preservation_error=check.max_rel_err, train_preservation_error=check.train_max_rel_err)
         except MorphnasError as err:
-            trial.set_user_attr("reason", f"{type(err).__name__}: {err}")
+            record_on(trial, reason=f"{type(err).__name__}: {err}")
             self.study.tell(self.live.pop(number), state=TrialState.FAIL)
             self.on_event("failed", {"trial": number, "reason": str(err)})
             return None
@@ -512,19 +505,17 @@ class Search:
         whose slot is redone) is asked again on a new trial, up to ``REASKS`` times: each repeat
         is told PRUNED, untrained, with the trial it repeats as reason, and does not take a
         slot. None when every ask repeated one."""
-        trained = {_key(t.user_attrs["descriptor"]): t.number for t in self._trials()
-                   if t.user_attrs.get("parent") == parent.number and "descriptor" in t.user_attrs and not _redone(t)}
+        trained = {_key(r.descriptor): r.number for r in self._records()
+                   if r.parent == parent.number and r.descriptor is not None and not _redone(r)}
         for _ in range(REASKS):
-            trial = self._ask()
-            trial.set_user_attr("generation", generation)
-            trial.set_user_attr("parent", parent.number)
+            trial = self._new_trial(generation=generation, parent=parent.number)
             descriptor = None if control else suggest_descriptor(trial, self.space.rules)
             repeat = None if descriptor is None else trained.get(_key(descriptor.to_json()))
             if repeat is None:
                 return trial, descriptor
             with _signals_deferred(self.signals):
-                trial.set_user_attr("rule", descriptor.rule)
-                trial.set_user_attr("reason", f"{REPEATS}{repeat}: the same parent and descriptor; not trained")
+                record_on(trial, rule=descriptor.rule,
+                          reason=f"{REPEATS}{repeat}: the same parent and descriptor; not trained")
                 self.study.tell(self.live.pop(trial.number), state=TrialState.PRUNED)
             self.on_event("pruned", {"trial": trial.number, "reason": f"{REPEATS}{repeat}"})
         return None
@@ -540,26 +531,23 @@ class Search:
         f = self.space.final
         if f is None or is_multi_objective(self.study) or final_trial(self.study) is not None:
             return
-        done = [t for t in self._trials() if t.state == TrialState.COMPLETE and t.user_attrs.get("checkpoint")]
+        done = [t for t in self._trials() if TrialRecord.from_trial(t).done]
         if self._lineage_schedule:
             done = _frontier(done)
         parent = min(done, key=lambda t: (self._score(t), t.number))
-        reserve = 1.5 * self.study.user_attrs.get("test_seconds_per_mac", 0.0) * parent.user_attrs["macs"]
+        chosen = TrialRecord.from_trial(parent)
+        reserve = 1.5 * self.study.user_attrs.get("test_seconds_per_mac", 0.0) * chosen.macs
         seconds = plan.final_seconds(time.monotonic(), reserve)
         if seconds is not None and seconds <= 0:
             self.on_event("budget", {"message": "time budget: no time left for the final phase"})
             return
         arch, weights, _ = load_checkpoint(self._checkpoint_dir(parent.number))
         graph = ArchGraph.from_json(arch)
-        trial = self._ask()
+        child_cost = cost(graph)
+        trial = self._new_trial(generation=chosen.generation + 1, parent=parent.number, rule="final", morphs=[],
+                                inherit=self.inherit, params=child_cost["params"], macs=child_cost["macs"])
         if not self.inherit:
             weights = init_weights(graph, child_seed(self.seed, trial.number))
-        child_cost = cost(graph)
-        with _signals_deferred(self.signals):
-            for key, value in (("generation", int(parent.user_attrs["generation"]) + 1), ("parent", parent.number),
-                               ("rule", "final"), ("morphs", []), ("inherit", self.inherit),
-                               ("params", child_cost["params"]), ("macs", child_cost["macs"])):
-                trial.set_user_attr(key, value)
         lr, cycle = f.lr, (0.0, 1.0)
         if self._lineage_schedule:  # the lineage's cycle to its end; a fresh network gets a whole one
             lr = self.space.seed.lr
@@ -571,7 +559,12 @@ class Search:
         )
         self.on_event("final", {"trial": trial.number, "parent": parent.number, "epochs": f.epochs,
                                 "seconds": seconds})
-        job = ChildJob(trial.number, arch, weights, config, self.dataset_spec)
+        self._train_alone(trial, graph, weights, child_cost, config)
+
+    def _train_alone(self, trial: optuna.Trial, graph: ArchGraph, weights: dict[str, torch.Tensor],
+                     child_cost: dict[str, Any], config: TrainConfig) -> None:
+        """Train the seed's or the final phase's ``trial`` (no pruner) and tell its result."""
+        job = ChildJob(trial.number, graph.to_json(), weights, config, self.dataset_spec)
         for result in self.executor.run([job], on_epoch=self._never_pruned):
             self._finish(trial, graph, child_cost, result)
         self._stop_if_unsaved()
@@ -625,6 +618,13 @@ class Search:
                                 "elapsed": time.monotonic() - self.started,
                                 "budget": None if math.isinf(total) else total})
 
+    def _new_trial(self, **fields: Any) -> optuna.Trial:
+        """A new trial (:meth:`_ask`) with ``fields`` of its :class:`TrialRecord` written on it."""
+        trial = self._ask()
+        with _signals_deferred(self.signals):
+            record_on(trial, **fields)
+        return trial
+
     def _ask(self) -> optuna.Trial:
         """A new trial, live (marked interrupted on Ctrl-C) until it is told. A Ctrl-C or SIGTERM
         during the ask itself waits until the trial is live, so no trial is left running unmarked.
@@ -647,16 +647,15 @@ class Search:
             self._record(trial, result)
             reason = result.reason if result.status == "failed" else (
                 f"pruned by the pruner after epoch {len(result.history)}")
-            trial.set_user_attr("reason", reason)
+            record_on(trial, reason=reason)
             self._tell(trial, result, TrialState.FAIL if result.status == "failed" else TrialState.PRUNED)
 
     def _record(self, trial: optuna.Trial, result: ChildResult) -> None:
         """Record how ``trial``'s child trained (``result``) on its trial."""
         if result.node is not None:
-            trial.set_user_attr("node", result.node)
-        trial.set_user_attr("history", result.history)
-        trial.set_user_attr("seconds", round(result.seconds, 3))
-        trial.set_user_attr("epochs", round(result.epochs_trained, 4))
+            record_on(trial, node=result.node)
+        record_on(trial, history=result.history, seconds=round(result.seconds, 3),
+                  epochs=round(result.epochs_trained, 4))
 
     def _save(self, trial: optuna.Trial, graph: ArchGraph, child_cost: dict, result: ChildResult, rung: int
               ) -> bool:
@@ -674,19 +673,17 @@ class Search:
         except CheckpointError as err:
             self.unsaved = str(err)
             self._record(trial, result)
-            trial.set_user_attr("reason", f"{UNSAVED}{err}")
+            record_on(trial, reason=f"{UNSAVED}{err}")
             self._tell(trial, result, TrialState.FAIL)
             return False
         self._record(trial, result)
-        for key, value in (("checkpoint", str(directory.relative_to(self.trial_dir.parents[2]))),
-                           ("val_error", result.val_error), ("val_loss", result.val_loss), ("rung", rung)):
-            trial.set_user_attr(key, value)
+        record_on(trial, checkpoint=str(directory.relative_to(self.trial_dir.parents[2])), val_error=result.val_error,
+                  val_loss=result.val_loss, rung=rung)  # rung last: see _settle
         return True
 
     def _complete(self, trial: optuna.Trial) -> None:
         """Tell ``trial``, whose result :meth:`_save` recorded, COMPLETE."""
-        attrs = trial.user_attrs
-        self.study.tell(trial, self._objectives(float(attrs["val_error"]), attrs))
+        self.study.tell(trial, self._objectives(TrialRecord.from_trial(trial)))
 
     def _tell(self, trial: optuna.Trial, result: ChildResult, state: TrialState) -> None:
         """Tell ``trial`` ``state`` (COMPLETE: with the result :meth:`_save` recorded) and note the time spent."""
@@ -709,6 +706,13 @@ class Search:
     def _trials(self) -> list[FrozenTrial]:
         return self.study.get_trials(deepcopy=False)
 
+    def _records(self) -> list[TrialRecord]:
+        return [TrialRecord.from_trial(t) for t in self._trials()]
+
+    def _seed_record(self) -> TrialRecord:
+        """The seed network's trial, completed."""
+        return next(r for r in self._records() if r.generation == 0 and r.state == TrialState.COMPLETE.name)
+
     def _checkpoint_dir(self, number: int) -> Path:
         return self.trial_dir / f"{number:05d}"
 
@@ -728,26 +732,26 @@ class Search:
     def _summary(self, seconds: float) -> SearchSummary:
         best = best_trial(self.study)
         test_error = self._test_error(best.number)
-        trials = self._trials()
-        seed = next(t for t in trials if t.user_attrs.get("generation") == 0 and t.state == TrialState.COMPLETE)
+        records = self._records()
+        seed, chosen = self._seed_record(), records[best.number]
         return SearchSummary(
             study=self.study.study_name,
             storage=self.storage_url,
             best_trial=best.number,
             val_error=val_error(best),
             test_error=test_error,
-            seed_val_error=val_error(seed),
+            seed_val_error=seed.val_error,
             seed_test_error=self._test_error(seed.number),
-            params=best.user_attrs["params"],
-            macs=best.user_attrs["macs"],
-            n_trials=len(trials),
-            n_failed=sum(t.state == TrialState.FAIL for t in trials),
+            params=chosen.params,
+            macs=chosen.macs,
+            n_trials=len(records),
+            n_failed=sum(r.state == TrialState.FAIL.name for r in records),
             lineage=[t.number for t in lineage(self.study, best.number)],
             checkpoint=str(self._checkpoint_dir(best.number)),
             seconds=round(seconds, 1),
             pareto_front=[
-                {"trial": t.number, "val_error": val_error(t), "params": t.user_attrs["params"],
-                 "macs": t.user_attrs["macs"]}
+                {"trial": t.number, "val_error": val_error(t), "params": records[t.number].params,
+                 "macs": records[t.number].macs}
                 for t in sorted(self.study.best_trials, key=lambda t: (val_error(t), t.number))
             ] if is_multi_objective(self.study) else None,
         )
@@ -828,10 +832,10 @@ def _signals_deferred(caught: list[int]) -> Iterator[None]:
     _raise_caught(caught)
 
 
-def _redone(trial: FrozenTrial) -> bool:
-    """Whether ``trial``'s slot is still to be filled: it was interrupted, its checkpoint could
+def _redone(record: TrialRecord) -> bool:
+    """Whether a trial's slot is still to be filled: it was interrupted, its checkpoint could
     not be written, or it repeated a descriptor and was never trained."""
-    reason = failure_reason(trial) or ""
+    reason = record.reason or ""
     return reason == INTERRUPTED or reason.startswith((UNSAVED, REPEATS))
 
 
@@ -852,8 +856,9 @@ def _frontier(trials: list[FrozenTrial]) -> list[FrozenTrial]:
     loss was measured at another rate, so it is no fair rival of the tips (it was the one
     before: training it on would redo what its children did). Siblings compare on equal terms."""
     done = [t for t in trials if t.state == TrialState.COMPLETE]
-    latest = max((int(t.user_attrs.get("generation", 0)) for t in done), default=0)
-    return [t for t in done if int(t.user_attrs.get("generation", 0)) == latest]
+    generation = {t.number: TrialRecord.from_trial(t).generation or 0 for t in done}
+    latest = max(generation.values(), default=0)
+    return [t for t in done if generation[t.number] == latest]
 
 
 def _joined(earlier: ChildResult | None, later: ChildResult) -> ChildResult:
