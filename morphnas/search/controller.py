@@ -43,7 +43,7 @@ from morphnas.grammar.sampling import suggest_descriptor, suggest_value
 from morphnas.grammar.space import Range, SearchSpace, parse_space
 from morphnas.ir import ArchGraph, compile_graph, cost, init_weights
 from morphnas.morph import verify
-from morphnas.search.budget import MIN_EPOCH_SHARE, BudgetPlan, fit_generation, plan_budget
+from morphnas.search.budget import MIN_EPOCH_SHARE, fit_generation, plan_budget
 from morphnas.search.lease import DriverLease
 from morphnas.search.lineages import BestLineages, ParentSelector
 from morphnas.search.record import SCHEMA_KEY, TRIAL_SCHEMA, TrialRecord, record_on, trial_schema
@@ -132,11 +132,10 @@ class Search:
             except OSError as err:
                 raise ConfigError(f"--workdir {str(options.workdir)!r} cannot be created: {err.strerror}") from None
         self.storage = open_storage(self.storage_url)
-        self.seed_network: tuple[ArchGraph, dict[str, torch.Tensor]] | None = None
-        if not options.resume:  # a bad data set or seed fails before any study is created
-            self.data = _load_data(options.space)
-            self.seed_network = _seed_network(options.space, self.data, options.seed)
-        self.study = self._open_study()
+        # a new search loads its data and seed network first: a bad data set or seed fails before any study is created
+        data = None if options.resume else _load_data(options.space)
+        self.seed_network = None if data is None else _seed_network(options.space, data, options.seed)
+        self.study, self.lease = self._open_study()
         attrs = self.study.user_attrs
         # the study keeps the flags it was started with; flags given again on resume change them
         self.space = _overridden(parse_space(_stored_space(attrs["space"]), f"study {self.study.study_name!r}"),
@@ -145,8 +144,7 @@ class Search:
         sel = self.space.selection
         self.selector = options.selector or BestLineages(sel.parents, sel.max_children_per_parent)
         self.inherit = bool(attrs.get("inherit", True))
-        if options.resume:
-            self.data = _load_data(self.space)
+        self.data = _load_data(self.space) if data is None else data  # a resumed study's own data set
         self.seed = int(attrs["seed"])
         self.trial_dir = Path(attrs["workdir"]) / "studies" / self.study.study_name / "trials"
         self.live: dict[int, optuna.Trial] = {}
@@ -164,9 +162,15 @@ class Search:
         self.epochs_done: dict[int, int] = {}  # epochs of a child's earlier rungs (successive halving)
         self.pace: float | None = None  # seconds of the machine per child-epoch and MAC, last measured
         self.signals: list[int] = []  # SIGINT and SIGTERM received while the search runs
+        # a resumed search goes on from the time its earlier drivers had spent when their last trial ended
+        self.started = self.created - float(self.study.user_attrs.get("seconds_spent", 0.0))
+        b = self.space.budget
+        final_share = b.final_share if self.space.final and len(self.space.objectives) == 1 else 0.0
+        self.plan = plan_budget(self.started, b.time_budget, b.seed_share, final_share)
 
     # study --------------------------------------------------------------------------------
-    def _open_study(self) -> optuna.Study:
+    def _open_study(self) -> tuple[optuna.Study, DriverLease]:
+        """The study to run, new or the one to resume, and its lease, taken."""
         o = self.options
         names = study_names(self.storage)
         objectives = o.space.objectives
@@ -177,10 +181,10 @@ class Search:
                 raise StudyError(f"cannot resume: no study named {o.study!r} in {shown_url(self.storage_url)}")
             study = optuna.load_study(study_name=o.study, storage=self.storage, sampler=o.sampler)
             trial_schema(study)  # a study written in a newer format is refused before anything is written
-            self.lease = DriverLease(study)
-            self.lease.acquire(force=o.force)  # before touching any trial: another driver may be running it
+            lease = DriverLease(study)
+            lease.acquire(force=o.force)  # before touching any trial: another driver may be running it
             study.sampler = self._sampler(int(study.user_attrs["seed"]), len(study.trials))
-            return study
+            return study, lease
         name = o.study or f"{o.space.name}-{datetime.now():%Y%m%d-%H%M%S}"
         if name in names:
             raise StudyError(f"study {name!r} already exists; pass --resume to continue it, or another --study")
@@ -195,9 +199,9 @@ class Search:
         study.set_user_attr("workdir", str(self.workdir))
         study.set_user_attr("inherit", o.inherit)
         study.set_user_attr(SCHEMA_KEY, TRIAL_SCHEMA)
-        self.lease = DriverLease(study)
-        self.lease.acquire()
-        return study
+        lease = DriverLease(study)
+        lease.acquire()
+        return study, lease
 
     def _sampler(self, seed: int, trials: int) -> optuna.samplers.BaseSampler:
         """The sampler passed in, else TPE seeded with the study's ``seed`` and, on a resume, the
@@ -263,30 +267,23 @@ class Search:
         return " ".join(words)
 
     def _run(self) -> SearchSummary:
-        # a resumed search goes on from the time its earlier drivers had spent when their last trial ended
-        started = self.created - float(self.study.user_attrs.get("seconds_spent", 0.0))
-        self.started = started
-        b = self.space.budget
-        final_share = b.final_share if self.space.final and len(self.space.objectives) == 1 else 0.0
-        plan = plan_budget(started, b.time_budget, b.seed_share, final_share)
-        self.plan = plan
-        self._train_seed(plan)
+        self._train_seed()
         # once the final phase has started, a resume goes on with it, not with more children;
         # otherwise with the last generation it had begun, so generations keep counting
         records = self._records()
         final_started = any(r.rule == "final" for r in records)
-        generations = 0 if final_started else b.generations
+        generations = 0 if final_started else self.space.budget.generations
         begun = max((r.generation or 0 for r in records), default=0)
         for generation in range(max(1, begun), generations + 1):
-            if not self._generation(generation, plan.generations_until):
+            if not self._generation(generation, self.plan.generations_until):
                 break
-        self._final_phase(plan)
-        return self._summary(time.monotonic() - started)
+        self._final_phase()
+        return self._summary(time.monotonic() - self.started)
 
-    def _train_seed(self, plan: BudgetPlan) -> None:
+    def _train_seed(self) -> None:
         if any(val_error(t) < math.inf for t in self._trials() if TrialRecord.from_trial(t).generation == 0):
             return
-        s = self.space.seed
+        s, plan = self.space.seed, self.plan
         graph, weights = self.seed_network or _seed_network(self.space, self.data, self.seed)  # or a resumed one's
         child_cost = cost(graph)
         trial = self._new_trial(generation=0, parent=None, rule="seed", morphs=[], params=child_cost["params"],
@@ -520,7 +517,7 @@ class Search:
             self.on_event("pruned", {"trial": trial.number, "reason": f"{REPEATS}{repeat}"})
         return None
 
-    def _final_phase(self, plan: BudgetPlan) -> None:
+    def _final_phase(self) -> None:
         """Train the best network on, from its own weights, with a cosine decay to zero; its
         trial (rule ``final``, parent the chosen network) becomes the search's result. Without
         weight inheritance it starts from fresh weights, like every child of such a search.
@@ -537,7 +534,7 @@ class Search:
         parent = min(done, key=lambda t: (self._score(t), t.number))
         chosen = TrialRecord.from_trial(parent)
         reserve = 1.5 * self.study.user_attrs.get("test_seconds_per_mac", 0.0) * chosen.macs
-        seconds = plan.final_seconds(time.monotonic(), reserve)
+        seconds = self.plan.final_seconds(time.monotonic(), reserve)
         if seconds is not None and seconds <= 0:
             self.on_event("budget", {"message": "time budget: no time left for the final phase"})
             return
