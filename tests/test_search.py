@@ -20,7 +20,7 @@ from morphnas.cli import app
 from morphnas.cli.search import make_executor
 from morphnas.errors import SearchInterrupted
 from morphnas.execute import LocalExecutor
-from morphnas.grammar.space import parse_space
+from morphnas.grammar.space import Overrides, parse_space
 from morphnas.ir import ArchGraph, compile_graph
 from morphnas.search import (
     ParentSelector,
@@ -243,7 +243,7 @@ def test_resume_after_a_failed_final_phase_redoes_it_without_more_children(tmp_p
     assert first.best_trial == fallback.number  # no final network: the best by the study's metric
     before = len(study.trials)
     again = run_search(SearchOptions(space=space, workdir=tmp_path, study="f", seed=3, resume=True,
-                                     budget_overrides={"generations": 3}))
+                                     overrides=Overrides(generations=3)))
     trials = load_study(open_storage(again.storage), "f").trials
     assert len(trials) == before + 1  # one more final attempt, no new generation
     assert [t.user_attrs["rule"] for t in trials[-2:]] == ["final", "final"]

@@ -19,7 +19,7 @@ from morphnas.cli.output import console as make_console
 from morphnas.cli.output import duration, plural
 from morphnas.cli.progress import Progress
 from morphnas.errors import ConfigError, SearchInterrupted
-from morphnas.grammar.space import load_space, parse_duration, parse_space
+from morphnas.grammar.space import Overrides, load_space, parse_duration
 
 if TYPE_CHECKING:
     from morphnas.execute.base import Executor
@@ -213,24 +213,19 @@ def search(
 
     if ray_address is not None:  # joining a cluster means running the children there
         executor = "ray"
-    for flag, value in (("--epochs", epochs), ("--seed-epochs", seed_epochs)):
+    seconds = None if time_budget is None else parse_duration(time_budget)
+    for flag, value in (("--epochs", epochs), ("--seed-epochs", seed_epochs), ("--time-budget", seconds)):
         if value is not None and value <= 0:
             raise ConfigError(f"{flag} must be > 0, got {value:g}")
     loaded = load_space(space)
-    overrides = {"objectives": [o.strip() for o in objectives.split(",")]} if objectives else {}
-    if seed_epochs is not None:
-        overrides["seed"] = {**loaded.seed.model_dump(), "epochs": seed_epochs}
-    if dataset or data_root:
-        data = loaded.dataset.model_dump()
-        data.update({k: v for k, v in (("name", dataset), ("data_root", data_root)) if v})
-        overrides["dataset"] = data
-    if overrides:
-        loaded = parse_space({**loaded.model_dump(mode="json"), **overrides}, space)
+    overrides = Overrides(
+        generations=generations, children=children, time_budget=seconds, finetune_epochs=epochs,
+        seed_epochs=seed_epochs, objectives=[o.strip() for o in objectives.split(",")] if objectives else None,
+        dataset=dataset or None, data_root=data_root or None,
+    )
     if download:
-        download_dataset(loaded.dataset.name, loaded.dataset.data_root)
-    budget = {k: v for k, v in (("generations", generations), ("children", children)) if v is not None}
-    if time_budget is not None:
-        budget["time_budget"] = parse_duration(time_budget)
+        data = overrides.apply(loaded, space).dataset
+        download_dataset(data.name, data.data_root)
     import torch
 
     console = make_console()
@@ -242,7 +237,7 @@ def search(
                            ray_address=ray_address) as runner:
             options = SearchOptions(
                 space=loaded, workdir=workdir, storage=storage, study=study, executor=runner, seed=seed,
-                resume=resume, force=force, budget_overrides=budget, finetune_epochs=epochs,
+                resume=resume, force=force, overrides=overrides,
             )
             if as_json:
                 summary = run_search(options)

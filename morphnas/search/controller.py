@@ -40,7 +40,7 @@ from morphnas.errors import CheckpointError, ConfigError, MorphnasError, SearchI
 from morphnas.execute import ChildJob, ChildResult, DatasetSpec, Executor, LocalExecutor, child_seed
 from morphnas.grammar.rules import Descriptor, get_rule
 from morphnas.grammar.sampling import suggest_descriptor, suggest_value
-from morphnas.grammar.space import Range, SearchSpace, parse_space
+from morphnas.grammar.space import Overrides, Range, SearchSpace, parse_space
 from morphnas.ir import ArchGraph, compile_graph, cost, init_weights
 from morphnas.morph import verify
 from morphnas.search.budget import MIN_EPOCH_SHARE, fit_generation, plan_budget
@@ -75,7 +75,8 @@ REPEATS = "repeats trial "  # the reason of a trial whose descriptor its parent 
 
 @dataclass
 class SearchOptions:
-    """How to run a search; ``space`` is ignored on ``resume`` (the study keeps its own)."""
+    """How to run a search; ``space`` is ignored on ``resume`` (the study keeps its own, changed
+    by the budget ``overrides`` given again)."""
 
     space: SearchSpace
     workdir: Path = Path("runs")
@@ -85,8 +86,7 @@ class SearchOptions:
     seed: int = 0
     resume: bool = False
     force: bool = False  # resume even while another driver's lease is fresh (a driver known to be gone)
-    budget_overrides: dict[str, Any] = field(default_factory=dict)  # generations, children, time_budget
-    finetune_epochs: float | None = None  # fixed fine-tuning epochs (the first rung's with halving)
+    overrides: Overrides = field(default_factory=Overrides)  # the command line's values over the space's
     device: str = "cpu"
     sampler: optuna.samplers.BaseSampler | None = None  # default: TPE seeded with ``seed``
     selector: ParentSelector | None = None  # default: BestLineages as the space's ``selection`` says
@@ -131,15 +131,16 @@ class Search:
                 self.workdir.mkdir(parents=True, exist_ok=True)
             except OSError as err:
                 raise ConfigError(f"--workdir {str(options.workdir)!r} cannot be created: {err.strerror}") from None
+        # a new search checks its space and loads its data and seed network first: bad ones fail before any study
+        # is created; a resumed study keeps the space it was started with, changed by budget flags given again
+        fresh = None if options.resume else options.overrides.apply(options.space, options.space.name)
         self.storage = open_storage(self.storage_url)
-        # a new search loads its data and seed network first: a bad data set or seed fails before any study is created
-        data = None if options.resume else _load_data(options.space)
-        self.seed_network = None if data is None else _seed_network(options.space, data, options.seed)
-        self.study, self.lease = self._open_study()
+        data = None if fresh is None else _load_data(fresh)
+        self.seed_network = None if fresh is None else _seed_network(fresh, data, options.seed)
+        self.study, self.lease = self._open_study(fresh)
         attrs = self.study.user_attrs
-        # the study keeps the flags it was started with; flags given again on resume change them
-        self.space = _overridden(parse_space(_stored_space(attrs["space"]), f"study {self.study.study_name!r}"),
-                                 options)
+        self.space = fresh if fresh is not None else options.overrides.apply(
+            parse_space(_stored_space(attrs["space"]), f"study {self.study.study_name!r}"), "the flags", resume=True)
         self.study.pruner = _pruner(self.space)
         sel = self.space.selection
         self.selector = options.selector or BestLineages(sel.parents, sel.max_children_per_parent)
@@ -169,12 +170,11 @@ class Search:
         self.plan = plan_budget(self.started, b.time_budget, b.seed_share, final_share)
 
     # study --------------------------------------------------------------------------------
-    def _open_study(self) -> tuple[optuna.Study, DriverLease]:
-        """The study to run, new or the one to resume, and its lease, taken."""
+    def _open_study(self, space: SearchSpace | None) -> tuple[optuna.Study, DriverLease]:
+        """The study to run, a new one of ``space`` or (None) the one to resume, and its lease, taken."""
         o = self.options
         names = study_names(self.storage)
-        objectives = o.space.objectives
-        if o.resume:
+        if space is None:
             if o.study is None:
                 raise StudyError("--resume needs --study NAME (see `morphnas studies list`)")
             if o.study not in names:
@@ -185,16 +185,16 @@ class Search:
             lease.acquire(force=o.force)  # before touching any trial: another driver may be running it
             study.sampler = self._sampler(int(study.user_attrs["seed"]), len(study.trials))
             return study, lease
-        name = o.study or f"{o.space.name}-{datetime.now():%Y%m%d-%H%M%S}"
+        name = o.study or f"{space.name}-{datetime.now():%Y%m%d-%H%M%S}"
         if name in names:
             raise StudyError(f"study {name!r} already exists; pass --resume to continue it, or another --study")
         study = optuna.create_study(
             study_name=name,
             storage=self.storage,
-            directions=["minimize"] * len(objectives),
+            directions=["minimize"] * len(space.objectives),
             sampler=self._sampler(o.seed, 0),
         )
-        study.set_user_attr("space", _overridden(o.space, o).model_dump(mode="json"))
+        study.set_user_attr("space", space.model_dump(mode="json"))
         study.set_user_attr("seed", o.seed)
         study.set_user_attr("workdir", str(self.workdir))
         study.set_user_attr("inherit", o.inherit)
@@ -758,15 +758,6 @@ def _load_data(space: SearchSpace) -> Dataset:
     ds = space.dataset
     return load_dataset(ds.name, data_root=ds.data_root, split_seed=ds.split_seed, augment=ds.augment,
                         image_size=ds.image_size)
-
-
-def _overridden(space: SearchSpace, options: SearchOptions) -> SearchSpace:
-    """``space`` with the budget flags and fixed fine-tuning epochs of ``options``."""
-    data = space.model_dump(mode="json")
-    data["budget"].update(options.budget_overrides)
-    if options.finetune_epochs is not None:
-        data["finetune"]["epochs"] = options.finetune_epochs
-    return parse_space(data, "the flags")
 
 
 def _stored_space(data: dict[str, Any]) -> dict[str, Any]:
