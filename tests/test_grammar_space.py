@@ -72,6 +72,18 @@ def test_non_scalar_choices_round_trip_through_optuna():
     assert suggest_descriptor(trial, space.rules).params["kernels"] in ([1, 3], [3, 3])
 
 
+def test_every_pruner_a_space_may_name_is_one_the_search_makes():
+    from typing import get_args
+
+    from morphnas.grammar.space import FineTune
+    from morphnas.search.controller import PRUNERS
+
+    assert set(get_args(FineTune.model_fields["pruner"].annotation)) == set(PRUNERS)
+    assert load_space().finetune.pruner == "median" and load_space().selection.selector == "best_lineages"
+    with pytest.raises(ConfigError, match="finetune.pruner: 'hyperband' is not one of 'median' or 'none'"):
+        parse_space({"rules": {"widen": {}}, "finetune": {"pruner": "hyperband"}})
+
+
 def test_overrides_replace_the_spaces_values_and_a_resume_takes_only_the_budgets():
     from morphnas.grammar.space import RESUMABLE, TARGETS, Overrides
 

@@ -24,6 +24,7 @@ from morphnas.grammar.space import Overrides, parse_space
 from morphnas.ir import ArchGraph, compile_graph
 from morphnas.search import (
     ParentSelector,
+    Search,
     SearchOptions,
     load_study,
     open_storage,
@@ -158,14 +159,33 @@ def test_with_the_lineage_schedule_seed_rungs_and_final_phase_make_one_cycle(tmp
     assert study.trials[summary.best_trial].user_attrs["parent"] in tips[2]
 
 
-def test_a_parent_selector_passed_in_chooses_every_parent(tmp_path):
-    class SeedOnly(ParentSelector):  # a new policy is one class and no other edit
-        def select(self, trials, slots, score, pareto):
-            return [t for t in trials if t.number == 0] * slots
+class SeedOnly(ParentSelector):  # a new policy is one class and no other edit; its name registers it
+    name = "seed_only"
+    offered: list[list[int]] = []  # the trials each call was given
 
-    summary = search(tmp_path, options={"selector": SeedOnly()})
-    study = load_study(open_storage(summary.storage), "t")
-    assert [t.user_attrs["parent"] for t in study.trials if t.user_attrs["rule"] != "final"] == [None, 0, 0, 0, 0]
+    def select(self, trials, slots, score, pareto):
+        SeedOnly.offered.append([t.number for t in trials])
+        return [t for t in trials if t.number == 0] * slots
+
+
+def test_the_selector_and_pruner_the_space_names_are_the_studys_and_a_resume_keeps_them(tmp_path):
+    finetune = {**tiny_space()["finetune"], "pruner": "none"}
+    space = parse_space(tiny_space(selection={"selector": "seed_only"}, finetune=finetune, final=None,
+                                   budget={"generations": 1, "children": 2}))
+    first = Search(SearchOptions(space=space, workdir=tmp_path, study="t", seed=3))
+    assert isinstance(first.selector, SeedOnly) and isinstance(first.study.pruner, optuna.pruners.NopPruner)
+    first.run()
+    SeedOnly.offered.clear()
+    # resumed with the default space passed (ignored: the study keeps its own) and one more generation
+    resumed = Search(SearchOptions(space=parse_space(tiny_space()), workdir=tmp_path, study="t", seed=3, resume=True,
+                                   overrides=Overrides(generations=2)))
+    assert isinstance(resumed.selector, SeedOnly) and isinstance(resumed.study.pruner, optuna.pruners.NopPruner)
+    resumed.run()
+    study = load_study(open_storage(resumed.storage_url), "t")
+    records = [TrialRecord.from_trial(t) for t in study.trials]
+    assert [(r.generation, r.parent) for r in records] == [(0, None), (1, 0), (1, 0), (2, 0), (2, 0)]
+    # generation 2's selector was offered only what may parent: completed trials with a checkpoint
+    assert SeedOnly.offered == [[r.number for r in records[:3] if r.state == "COMPLETE" and r.checkpoint]]
 
 
 def test_a_control_child_trains_its_parent_on_unmorphed_once_per_generation(tmp_path):

@@ -107,6 +107,11 @@ class FineTune(_Strict):
     weight_decay: float = Field(1e-4, ge=0)
     schedule: Literal["cosine", "step", "constant", "lineage"] = "cosine"
     halving: int | None = Field(None, ge=2)
+    pruner: Literal["median", "none"] = Field(
+        "median", description="median: a child whose validation error after an epoch is worse than the median of "
+        "the trials before it at that epoch stops (Optuna's MedianPruner, once four trials have finished); none: "
+        "never. Successive halving and several objectives prune by their own rules instead",
+    )
 
     @model_validator(mode="after")
     def _fixed_rung(self) -> FineTune:
@@ -150,6 +155,8 @@ class Budget(_Strict):
 
 
 class Selection(_Strict):
+    selector: str = Field("best_lineages", description="the parent-selection strategy, by the name of its "
+                          "ParentSelector (morphnas.search.lineages); the study keeps it for a resume")
     parents: int = Field(2, gt=0, description="how many of the best trials may parent a generation")
     max_children_per_parent: int | None = Field(None, gt=0)
     metric: Literal["loss", "error"] = Field(

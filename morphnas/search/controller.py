@@ -45,7 +45,7 @@ from morphnas.ir import ArchGraph, compile_graph, cost, init_weights
 from morphnas.morph import verify
 from morphnas.search.budget import MIN_EPOCH_SHARE, fit_generation, plan_budget
 from morphnas.search.lease import DriverLease
-from morphnas.search.lineages import BestLineages, ParentSelector
+from morphnas.search.lineages import make_selector, may_parent
 from morphnas.search.record import SCHEMA_KEY, TRIAL_SCHEMA, TrialRecord, record_on, trial_schema
 from morphnas.search.seeds import seed_network
 from morphnas.search.study import (
@@ -89,7 +89,6 @@ class SearchOptions:
     overrides: Overrides = field(default_factory=Overrides)  # the command line's values over the space's
     device: str = "cpu"
     sampler: optuna.samplers.BaseSampler | None = None  # default: TPE seeded with ``seed``
-    selector: ParentSelector | None = None  # default: BestLineages as the space's ``selection`` says
     inherit: bool = True  # False: every child starts from fresh random weights (learning from scratch)
 
 
@@ -134,6 +133,7 @@ class Search:
         # a new search checks its space and loads its data and seed network first: bad ones fail before any study
         # is created; a resumed study keeps the space it was started with, changed by budget flags given again
         fresh = None if options.resume else options.overrides.apply(options.space, options.space.name)
+        selector = None if fresh is None else make_selector(fresh.selection)
         self.storage = open_storage(self.storage_url)
         data = None if fresh is None else _load_data(fresh)
         self.seed_network = None if fresh is None else _seed_network(fresh, data, options.seed)
@@ -141,9 +141,9 @@ class Search:
         attrs = self.study.user_attrs
         self.space = fresh if fresh is not None else options.overrides.apply(
             parse_space(_stored_space(attrs["space"]), f"study {self.study.study_name!r}"), "the flags", resume=True)
+        # the strategies the space names (a resumed study's: the ones it was started with)
         self.study.pruner = _pruner(self.space)
-        sel = self.space.selection
-        self.selector = options.selector or BestLineages(sel.parents, sel.max_children_per_parent)
+        self.selector = selector or make_selector(self.space.selection)
         self.inherit = bool(attrs.get("inherit", True))
         self.data = _load_data(self.space) if data is None else data  # a resumed study's own data set
         self.seed = int(attrs["seed"])
@@ -321,7 +321,7 @@ class Search:
         if fit is None:
             return False
         slots, share = fit
-        parents = self.selector.select(candidates, slots, self._score, pareto)
+        parents = self.selector.select(may_parent(candidates), slots, self._score, pareto)
         control = self.space.selection.control and all(r.rule != CONTROL for r in done)
         self.on_event("generation", {"generation": generation, "children": len(parents)})
         jobs, pending = [], {}
@@ -528,7 +528,7 @@ class Search:
         f = self.space.final
         if f is None or is_multi_objective(self.study) or final_trial(self.study) is not None:
             return
-        done = [t for t in self._trials() if TrialRecord.from_trial(t).done]
+        done = may_parent(self._trials())
         if self._lineage_schedule:
             done = _frontier(done)
         parent = min(done, key=lambda t: (self._score(t), t.number))
@@ -856,11 +856,18 @@ def _joined(earlier: ChildResult | None, later: ChildResult) -> ChildResult:
     return dataclasses.replace(later, history=earlier.history + later.history, seconds=earlier.seconds + later.seconds)
 
 
+PRUNERS: dict[str, Callable[[], optuna.pruners.BasePruner]] = {  # by the name a space gives ``finetune.pruner``
+    "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=0),
+    "none": optuna.pruners.NopPruner,
+}
+
+
 def _pruner(space: SearchSpace) -> optuna.pruners.BasePruner:
-    """Median pruning of children within their epochs; none with successive halving (it decides)."""
+    """The pruner the space names, which stops children within their epochs; none with
+    successive halving (it decides) or several objectives."""
     if len(space.objectives) > 1 or space.finetune.halving is not None:
         return optuna.pruners.NopPruner()
-    return optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=0)
+    return PRUNERS[space.finetune.pruner]()
 
 
 def _seed_network(space: SearchSpace, data: Dataset, seed: int) -> tuple[ArchGraph, dict[str, torch.Tensor]]:
