@@ -27,6 +27,7 @@ from optuna.trial import FrozenTrial
 
 from morphnas.errors import ConfigError, MorphnasError
 from morphnas.ir import ArchGraph, Layer
+from morphnas.search.record import TrialRecord, morph_text
 from morphnas.search.study import best_trial, lineage, trial_checkpoint, trials_frame
 from morphnas.train import load_checkpoint
 
@@ -85,8 +86,8 @@ def pareto_mask(errors: list[float], costs: list[float]) -> list[bool]:
 
 def _hover(row: Any) -> str:
     lines = [f"trial {row.number} ({row.state.lower()})", f"generation {_int(row.generation)}, rule {row.rule}"]
-    if _present(row.morphs):
-        lines.append(f"morph {row.morphs}")
+    if morph_text(row.morphs):
+        lines.append(f"morph {morph_text(row.morphs)}")
     if _present(row.val_error):
         lines.append(f"val error {row.val_error:.2%}")
     if _present(row.params):
@@ -431,23 +432,23 @@ def architecture_section(study: optuna.Study, best: FrozenTrial, seed: FrozenTri
 
 
 def _morph_text(trial: FrozenTrial) -> str:
-    morphs = trial.user_attrs.get("morphs") or []
-    return " + ".join(f"{m['name']}@{m['site']}" for m in morphs) or str(trial.user_attrs.get("rule", "seed"))
+    record = TrialRecord.from_trial(trial)
+    return record.morph_text or record.rule or "seed"
 
 
 def _summary(study: optuna.Study, frame: pd.DataFrame, best: FrozenTrial, path: list[FrozenTrial]) -> str:
     counts = frame["state"].value_counts()
     space = study.user_attrs.get("space", {})
     test = study.user_attrs.get(f"test_error/{best.number}")
-    a = best.user_attrs
+    a = TrialRecord.from_trial(best)
     facts = [
         ("objectives", ", ".join(space.get("objectives", [])) or f"{len(study.directions)} objective(s)"),
         ("trials", ", ".join(f"{n} {state.lower()}" for state, n in counts.items())),
-        ("best trial", f"{best.number} (generation {a.get('generation')})"),
+        ("best trial", f"{best.number} (generation {a.generation})"),
         ("validation error", f"{best.values[0]:.2%}"
          + (f" (seed {path[0].values[0]:.2%})" if path[0].values else "")),
         ("test error", "not measured" if test is None else f"{test:.2%}"),
-        ("size", f"{a.get('params', 0):,} params, {a.get('macs', 0) / 1e6:.3f} M MACs"),
+        ("size", f"{a.params or 0:,} params, {(a.macs or 0) / 1e6:.3f} M MACs"),
         ("lineage", " → ".join(f"#{t.number} {_morph_text(t)}" for t in path)),
     ]
     items = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(str(v))}</dd>" for k, v in facts)

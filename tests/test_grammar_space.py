@@ -70,3 +70,34 @@ def test_non_scalar_choices_round_trip_through_optuna():
     space = parse_space({"rules": {"branch": {"params": {"kernels": [[1, 3], [3, 3]]}}}})
     trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1)).ask()
     assert suggest_descriptor(trial, space.rules).params["kernels"] in ([1, 3], [3, 3])
+
+
+def test_every_pruner_a_space_may_name_is_one_the_search_makes():
+    from typing import get_args
+
+    from morphnas.grammar.space import FineTune
+    from morphnas.search.controller import PRUNERS
+
+    assert set(get_args(FineTune.model_fields["pruner"].annotation)) == set(PRUNERS)
+    assert load_space().finetune.pruner == "median" and load_space().selection.selector == "best_lineages"
+    with pytest.raises(ConfigError, match="finetune.pruner: 'hyperband' is not one of 'median' or 'none'"):
+        parse_space({"rules": {"widen": {}}, "finetune": {"pruner": "hyperband"}})
+
+
+def test_overrides_replace_the_spaces_values_and_a_resume_takes_only_the_budgets():
+    from morphnas.grammar.space import RESUMABLE, TARGETS, Overrides
+
+    space = load_space()
+    every = Overrides(generations=7, children=3, time_budget=60.0, finetune_epochs=2.0, seed_epochs=1.5,
+                      objectives=["error", "macs"], dataset="digits", data_root="/data")
+    assert set(TARGETS) == set(Overrides.model_fields) and RESUMABLE < set(TARGETS)
+    new = every.apply(space, "the flags")
+    assert (new.budget.generations, new.budget.children, new.budget.time_budget) == (7, 3, 60.0)
+    assert (new.finetune.epochs, new.seed.epochs, new.objectives) == (2.0, 1.5, ["error", "macs"])
+    assert (new.dataset.name, new.dataset.data_root) == ("digits", "/data")
+    resumed = every.apply(space, "the flags", resume=True)
+    assert (resumed.budget.generations, resumed.budget.time_budget, resumed.finetune.epochs) == (7, 60.0, 2.0)
+    assert (resumed.seed, resumed.objectives, resumed.dataset) == (space.seed, space.objectives, space.dataset)
+    assert Overrides().apply(space, "the flags") == space
+    with pytest.raises(ConfigError, match="the flags: budget.children: Input should be greater than 0"):
+        Overrides(children=0).apply(space, "the flags")

@@ -20,10 +20,11 @@ from morphnas.cli import app
 from morphnas.cli.search import make_executor
 from morphnas.errors import SearchInterrupted
 from morphnas.execute import LocalExecutor
-from morphnas.grammar.space import parse_space
+from morphnas.grammar.space import Overrides, parse_space
 from morphnas.ir import ArchGraph, compile_graph
 from morphnas.search import (
     ParentSelector,
+    Search,
     SearchOptions,
     load_study,
     open_storage,
@@ -31,6 +32,7 @@ from morphnas.search import (
     trial_checkpoint,
     trials_frame,
 )
+from morphnas.search.record import TRIAL_SCHEMA, TrialRecord
 from morphnas.search.study import INTERRUPTED, failure_reason
 from morphnas.train import evaluate, load_checkpoint, load_dataset
 
@@ -64,6 +66,9 @@ def test_local_search_records_lineage_and_best_checkpoint_reproduces(tmp_path):
     study = load_study(open_storage(summary.storage), "t")
     trials = study.get_trials()
     assert summary.n_trials == len(trials) == 6  # seed + 2 generations x 2 children + the final phase
+    assert study.user_attrs["trial_schema"] == TRIAL_SCHEMA
+    for t in trials:  # every attribute the search writes is a field of the record, read back as written
+        assert TrialRecord.from_trial(t).to_attrs(*t.user_attrs) == t.user_attrs
     assert trials[0].user_attrs["generation"] == 0 and trials[0].user_attrs["parent"] is None
     for t in trials[1:-1]:
         assert t.user_attrs["parent"] < t.number
@@ -156,14 +161,33 @@ def test_with_the_lineage_schedule_seed_rungs_and_final_phase_make_one_cycle(tmp
     assert study.trials[summary.best_trial].user_attrs["parent"] in tips[2]
 
 
-def test_a_parent_selector_passed_in_chooses_every_parent(tmp_path):
-    class SeedOnly(ParentSelector):  # a new policy is one class and no other edit
-        def select(self, trials, slots, score, pareto):
-            return [t for t in trials if t.number == 0] * slots
+class SeedOnly(ParentSelector):  # a new policy is one class and no other edit; its name registers it
+    name = "seed_only"
+    offered: list[list[int]] = []  # the trials each call was given
 
-    summary = search(tmp_path, options={"selector": SeedOnly()})
-    study = load_study(open_storage(summary.storage), "t")
-    assert [t.user_attrs["parent"] for t in study.trials if t.user_attrs["rule"] != "final"] == [None, 0, 0, 0, 0]
+    def select(self, trials, slots, score, pareto):
+        SeedOnly.offered.append([t.number for t in trials])
+        return [t for t in trials if t.number == 0] * slots
+
+
+def test_the_selector_and_pruner_the_space_names_are_the_studys_and_a_resume_keeps_them(tmp_path):
+    finetune = {**tiny_space()["finetune"], "pruner": "none"}
+    space = parse_space(tiny_space(selection={"selector": "seed_only"}, finetune=finetune, final=None,
+                                   budget={"generations": 1, "children": 2}))
+    first = Search(SearchOptions(space=space, workdir=tmp_path, study="t", seed=3))
+    assert isinstance(first.selector, SeedOnly) and isinstance(first.study.pruner, optuna.pruners.NopPruner)
+    first.run()
+    SeedOnly.offered.clear()
+    # resumed with the default space passed (ignored: the study keeps its own) and one more generation
+    resumed = Search(SearchOptions(space=parse_space(tiny_space()), workdir=tmp_path, study="t", seed=3, resume=True,
+                                   overrides=Overrides(generations=2)))
+    assert isinstance(resumed.selector, SeedOnly) and isinstance(resumed.study.pruner, optuna.pruners.NopPruner)
+    resumed.run()
+    study = load_study(open_storage(resumed.storage_url), "t")
+    records = [TrialRecord.from_trial(t) for t in study.trials]
+    assert [(r.generation, r.parent) for r in records] == [(0, None), (1, 0), (1, 0), (2, 0), (2, 0)]
+    # generation 2's selector was offered only what may parent: completed trials with a checkpoint
+    assert SeedOnly.offered == [[r.number for r in records[:3] if r.state == "COMPLETE" and r.checkpoint]]
 
 
 def test_a_control_child_trains_its_parent_on_unmorphed_once_per_generation(tmp_path):
@@ -241,7 +265,7 @@ def test_resume_after_a_failed_final_phase_redoes_it_without_more_children(tmp_p
     assert first.best_trial == fallback.number  # no final network: the best by the study's metric
     before = len(study.trials)
     again = run_search(SearchOptions(space=space, workdir=tmp_path, study="f", seed=3, resume=True,
-                                     budget_overrides={"generations": 3}))
+                                     overrides=Overrides(generations=3)))
     trials = load_study(open_storage(again.storage), "f").trials
     assert len(trials) == before + 1  # one more final attempt, no new generation
     assert [t.user_attrs["rule"] for t in trials[-2:]] == ["final", "final"]

@@ -19,7 +19,7 @@ from morphnas.cli.output import console as make_console
 from morphnas.cli.output import duration, plural
 from morphnas.cli.progress import Progress
 from morphnas.errors import ConfigError, SearchInterrupted
-from morphnas.grammar.space import load_space, parse_duration, parse_space
+from morphnas.grammar.space import Overrides, load_space, parse_duration
 
 if TYPE_CHECKING:
     from morphnas.execute.base import Executor
@@ -157,9 +157,10 @@ def _length(info: dict[str, Any]) -> str:
 
 
 def _print_summary(console: Console, s: SearchSummary) -> None:
+    from morphnas.search.record import TrialRecord
     from morphnas.search.study import load_study, open_storage, shown_url
 
-    seed = load_study(open_storage(s.storage), s.study).trials[s.lineage[0]].user_attrs
+    seed = TrialRecord.from_trial(load_study(open_storage(s.storage), s.study).trials[s.lineage[0]])
     console.print(f"[bold]best trial {s.best_trial}[/] of study {s.study} ({plural(s.n_trials, 'trial')}, "
                   f"{s.n_failed} failed)")
     console.print(f"  params {s.params:,}, MACs {s.macs / 1e6:.2f} M, lineage {' -> '.join(map(str, s.lineage))}")
@@ -168,8 +169,8 @@ def _print_summary(console: Console, s: SearchSummary) -> None:
     console.print(f"[bold]test error {s.test_error:.2%}[/], validation error {s.val_error:.2%} "
                   f"({plural(len(s.lineage) - 1, 'step')} from the seed network)")
     # the seed had the seed phase's share of the budget, not the budget: a reference point, not a baseline
-    console.print(f"  the seed network after its seed phase ({plural(round(seed.get('epochs', 0), 2), 'epoch')}, "
-                  f"{duration(seed.get('seconds', 0))}): test error {s.seed_test_error:.2%}, "
+    console.print(f"  the seed network after its seed phase ({plural(round(seed.epochs or 0, 2), 'epoch')}, "
+                  f"{duration(seed.seconds or 0)}): test error {s.seed_test_error:.2%}, "
                   f"validation error {s.seed_val_error:.2%}")
     if s.pareto_front:
         console.print("Pareto front (validation error, params, MACs): " + "; ".join(
@@ -212,24 +213,19 @@ def search(
 
     if ray_address is not None:  # joining a cluster means running the children there
         executor = "ray"
-    for flag, value in (("--epochs", epochs), ("--seed-epochs", seed_epochs)):
+    seconds = None if time_budget is None else parse_duration(time_budget)
+    for flag, value in (("--epochs", epochs), ("--seed-epochs", seed_epochs), ("--time-budget", seconds)):
         if value is not None and value <= 0:
             raise ConfigError(f"{flag} must be > 0, got {value:g}")
     loaded = load_space(space)
-    overrides = {"objectives": [o.strip() for o in objectives.split(",")]} if objectives else {}
-    if seed_epochs is not None:
-        overrides["seed"] = {**loaded.seed.model_dump(), "epochs": seed_epochs}
-    if dataset or data_root:
-        data = loaded.dataset.model_dump()
-        data.update({k: v for k, v in (("name", dataset), ("data_root", data_root)) if v})
-        overrides["dataset"] = data
-    if overrides:
-        loaded = parse_space({**loaded.model_dump(mode="json"), **overrides}, space)
+    overrides = Overrides(
+        generations=generations, children=children, time_budget=seconds, finetune_epochs=epochs,
+        seed_epochs=seed_epochs, objectives=[o.strip() for o in objectives.split(",")] if objectives else None,
+        dataset=dataset or None, data_root=data_root or None,
+    )
     if download:
-        download_dataset(loaded.dataset.name, loaded.dataset.data_root)
-    budget = {k: v for k, v in (("generations", generations), ("children", children)) if v is not None}
-    if time_budget is not None:
-        budget["time_budget"] = parse_duration(time_budget)
+        data = overrides.apply(loaded, space).dataset
+        download_dataset(data.name, data.data_root)
     import torch
 
     console = make_console()
@@ -241,7 +237,7 @@ def search(
                            ray_address=ray_address) as runner:
             options = SearchOptions(
                 space=loaded, workdir=workdir, storage=storage, study=study, executor=runner, seed=seed,
-                resume=resume, force=force, budget_overrides=budget, finetune_epochs=epochs,
+                resume=resume, force=force, overrides=overrides,
             )
             if as_json:
                 summary = run_search(options)

@@ -21,11 +21,11 @@ from sqlalchemy.exc import ArgumentError
 
 from morphnas.cli.output import console as make_console
 from morphnas.errors import ConfigError, StudyError
+from morphnas.search.record import TrialRecord, morph_text
 from morphnas.search.study import (
     best_trial,
     default_storage,
     delete_study,
-    failure_reason,
     final_trial,
     find_trial,
     is_multi_objective,
@@ -44,7 +44,7 @@ studies_app = typer.Typer(no_args_is_help=True, help="List, inspect and delete s
 STORAGE = typer.Option(None, "--storage", help="SQLAlchemy URL (default: sqlite in the work dir).")
 WORKDIR = typer.Option(Path("runs"), "--workdir", help="Work directory holding the default database.")
 STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
-INT_COLUMNS = ("number", "generation", "parent", "params", "macs")
+INT_COLUMNS = ("number", "generation", "parent", "params", "macs", "rung")
 
 
 def resolve_storage(storage: str | None, workdir: Path) -> tuple[str, optuna.storages.BaseStorage]:
@@ -144,7 +144,8 @@ def print_table(console: Console, title: str, columns: list[str], rows: list[lis
 
 
 def trial_records(study: optuna.Study, top: int | None) -> list[dict[str, Any]]:
-    """The rows of ``trials_frame`` as JSON-ready dicts; with ``top``, the best completed trials first.
+    """The rows of ``trials_frame`` (each trial's :class:`~morphnas.search.record.TrialRecord` and its
+    test error) as JSON-ready dicts; with ``top``, the best completed trials first.
 
     A multi-objective study's rows carry ``pareto`` (on the study's Pareto front); others ``None``.
     """
@@ -196,7 +197,7 @@ def show(
     for r in records:
         cells = [
             f"{r['number']}" + (" *" if r["number"] == best else ""), r["state"].lower(), str(r["generation"]),
-            "-" if r["parent"] is None else str(r["parent"]), r["morphs"] or r["rule"] or "-",
+            "-" if r["parent"] is None else str(r["parent"]), morph_text(r["morphs"]) or r["rule"] or "-",
             _percent(r["val_error"]), _percent(r["test_error"]),
             "-" if r["params"] is None else f"{r['params']:,}",
             "-" if r["macs"] is None else f"{r['macs'] / 1e6:.3f} M",
@@ -219,9 +220,9 @@ def _best_rule(study: optuna.Study) -> str:
     return "lowest validation " + ("loss" if study_metric(study) == "loss" else "error")
 
 
-def _morphs(trial: FrozenTrial) -> str:
+def _morphs(record: TrialRecord) -> str:
     parts = []
-    for m in trial.user_attrs.get("morphs") or []:
+    for m in record.morphs or []:
         params = ", ".join(f"{k}={v}" for k, v in (m.get("params") or {}).items())
         parts.append(f"{m['name']}@{m['site']}" + (f" ({params})" if params else ""))
     return " + ".join(parts)
@@ -229,20 +230,20 @@ def _morphs(trial: FrozenTrial) -> str:
 
 def _step(study: optuna.Study, trial: FrozenTrial, before: float | None) -> str:
     """One line of the lineage tree: trial, morphs, val error after it (and its change), cost."""
-    a = trial.user_attrs
-    if a.get("parent") is None:
+    a = TrialRecord.from_trial(trial)
+    if a.parent is None:
         arch = study.user_attrs.get("space", {}).get("seed", {}).get("arch", "?")
         what = f"seed {arch}"
     else:
-        what = _morphs(trial) or str(a.get("rule", "?"))
+        what = _morphs(a) or str(a.rule or "?")
     if trial.state == TrialState.COMPLETE:
         error = trial.values[0]
         change = "" if before is None else f" ({(error - before) * 100:+.2f} pp)"
         result = f"val error [bold]{error:.2%}[/]{change}"
     else:
-        reason = failure_reason(trial)
-        result = f"[red]{trial.state.name.lower()}[/]" + (f": {escape(reason)}" if reason else "")
-    cost = f"  [dim]{a['params']:,} params, {a['macs'] / 1e6:.3f} M MACs[/]" if "params" in a and "macs" in a else ""
+        result = f"[red]{trial.state.name.lower()}[/]" + (f": {escape(a.reason)}" if a.reason else "")
+    cost = (f"  [dim]{a.params:,} params, {a.macs / 1e6:.3f} M MACs[/]"
+            if a.params is not None and a.macs is not None else "")
     return f"[bold]trial {trial.number}[/]  {escape(what)}  ->  {result}{cost}"
 
 
@@ -259,10 +260,10 @@ def lineage_cmd(
     s = load_study(store, study)
     chain = lineage(s, find_trial(s, trial).number)
     if as_json:
-        steps = [{"trial": t.number, "parent": t.user_attrs.get("parent"), "rule": t.user_attrs.get("rule"),
-                  "morphs": t.user_attrs.get("morphs", []), "state": t.state.name,
-                  "val_error": t.values[0] if t.state == TrialState.COMPLETE else None,
-                  "params": t.user_attrs.get("params"), "macs": t.user_attrs.get("macs")} for t in chain]
+        records = [TrialRecord.from_trial(t) for t in chain]
+        steps = [{"trial": r.number, "parent": r.parent, "rule": r.rule, "morphs": r.morphs or [], "state": r.state,
+                  "val_error": r.val_error if r.state == TrialState.COMPLETE.name else None,
+                  "params": r.params, "macs": r.macs} for r in records]
         typer.echo(json.dumps({"study": s.study_name, "trial": chain[-1].number, "lineage": steps}))
         return
     root = Tree(f"study {escape(s.study_name)}: lineage of trial {chain[-1].number}")

@@ -107,6 +107,11 @@ class FineTune(_Strict):
     weight_decay: float = Field(1e-4, ge=0)
     schedule: Literal["cosine", "step", "constant", "lineage"] = "cosine"
     halving: int | None = Field(None, ge=2)
+    pruner: Literal["median", "none"] = Field(
+        "median", description="median: a child whose validation error after an epoch is worse than the median of "
+        "the trials before it at that epoch stops (Optuna's MedianPruner, once four trials have finished); none: "
+        "never. Successive halving and several objectives prune by their own rules instead",
+    )
 
     @model_validator(mode="after")
     def _fixed_rung(self) -> FineTune:
@@ -150,6 +155,8 @@ class Budget(_Strict):
 
 
 class Selection(_Strict):
+    selector: str = Field("best_lineages", description="the parent-selection strategy, by the name of its "
+                          "ParentSelector (morphnas.search.lineages); the study keeps it for a resume")
     parents: int = Field(2, gt=0, description="how many of the best trials may parent a generation")
     max_children_per_parent: int | None = Field(None, gt=0)
     metric: Literal["loss", "error"] = Field(
@@ -194,6 +201,48 @@ class SearchSpace(_Strict):
             raise ValueError("objectives must start with 'error' and not repeat, e.g. [error, macs]")
         return objectives
 
+
+class Overrides(_Strict):
+    """Values that replace a search space's, as ``morphnas search``'s flags give them (None keeps
+    the space's own). :meth:`apply` is the one place a space is overridden. A resumed study keeps
+    the space it was started with, but for the budget flags given again (:data:`RESUMABLE`).
+
+    >>> space = parse_space({"rules": {"widen": {}}})
+    >>> Overrides(time_budget=600, generations=9).apply(space, "the flags").budget.time_budget
+    600.0
+    """
+
+    generations: int | None = None
+    children: int | None = None
+    time_budget: float | None = None  # seconds
+    finetune_epochs: float | None = None
+    seed_epochs: float | None = None
+    objectives: list[str] | None = None
+    dataset: str | None = None
+    data_root: str | None = None
+
+    def apply(self, space: SearchSpace, origin: str, resume: bool = False) -> SearchSpace:
+        """``space`` with these values (on a ``resume`` only those of :data:`RESUMABLE`), validated
+        as a whole: a bad value raises ConfigError naming ``origin`` and the space's field."""
+        data = space.model_dump(mode="json")
+        for name, (*sections, key) in TARGETS.items():
+            value = getattr(self, name)
+            if value is None or (resume and name not in RESUMABLE):
+                continue
+            target = data
+            for section in sections:
+                target = target[section]
+            target[key] = value
+        return parse_space(data, origin)
+
+
+TARGETS = {  # the field of a space each override replaces
+    "generations": ("budget", "generations"), "children": ("budget", "children"),
+    "time_budget": ("budget", "time_budget"), "finetune_epochs": ("finetune", "epochs"),
+    "seed_epochs": ("seed", "epochs"), "objectives": ("objectives",), "dataset": ("dataset", "name"),
+    "data_root": ("dataset", "data_root"),
+}
+RESUMABLE = frozenset({"generations", "children", "time_budget", "finetune_epochs"})
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*$")
 

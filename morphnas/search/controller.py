@@ -40,18 +40,18 @@ from morphnas.errors import CheckpointError, ConfigError, MorphnasError, SearchI
 from morphnas.execute import ChildJob, ChildResult, DatasetSpec, Executor, LocalExecutor, child_seed
 from morphnas.grammar.rules import Descriptor, get_rule
 from morphnas.grammar.sampling import suggest_descriptor, suggest_value
-from morphnas.grammar.space import Range, SearchSpace, parse_space
+from morphnas.grammar.space import Overrides, Range, SearchSpace, parse_space
 from morphnas.ir import ArchGraph, compile_graph, cost, init_weights
 from morphnas.morph import verify
-from morphnas.search.budget import MIN_EPOCH_SHARE, BudgetPlan, fit_generation, plan_budget
+from morphnas.search.budget import MIN_EPOCH_SHARE, fit_generation, plan_budget
 from morphnas.search.lease import DriverLease
-from morphnas.search.lineages import BestLineages, ParentSelector
+from morphnas.search.lineages import make_selector, may_parent
+from morphnas.search.record import SCHEMA_KEY, TRIAL_SCHEMA, TrialRecord, record_on, trial_schema
 from morphnas.search.seeds import seed_network
 from morphnas.search.study import (
     INTERRUPTED,
     best_trial,
     default_storage,
-    failure_reason,
     final_trial,
     is_multi_objective,
     lineage,
@@ -75,7 +75,8 @@ REPEATS = "repeats trial "  # the reason of a trial whose descriptor its parent 
 
 @dataclass
 class SearchOptions:
-    """How to run a search; ``space`` is ignored on ``resume`` (the study keeps its own)."""
+    """How to run a search; ``space`` is ignored on ``resume`` (the study keeps its own, changed
+    by the budget ``overrides`` given again)."""
 
     space: SearchSpace
     workdir: Path = Path("runs")
@@ -85,11 +86,9 @@ class SearchOptions:
     seed: int = 0
     resume: bool = False
     force: bool = False  # resume even while another driver's lease is fresh (a driver known to be gone)
-    budget_overrides: dict[str, Any] = field(default_factory=dict)  # generations, children, time_budget
-    finetune_epochs: float | None = None  # fixed fine-tuning epochs (the first rung's with halving)
+    overrides: Overrides = field(default_factory=Overrides)  # the command line's values over the space's
     device: str = "cpu"
     sampler: optuna.samplers.BaseSampler | None = None  # default: TPE seeded with ``seed``
-    selector: ParentSelector | None = None  # default: BestLineages as the space's ``selection`` says
     inherit: bool = True  # False: every child starts from fresh random weights (learning from scratch)
 
 
@@ -131,30 +130,29 @@ class Search:
                 self.workdir.mkdir(parents=True, exist_ok=True)
             except OSError as err:
                 raise ConfigError(f"--workdir {str(options.workdir)!r} cannot be created: {err.strerror}") from None
+        # a new search checks its space and loads its data and seed network first: bad ones fail before any study
+        # is created; a resumed study keeps the space it was started with, changed by budget flags given again
+        fresh = None if options.resume else options.overrides.apply(options.space, options.space.name)
+        selector = None if fresh is None else make_selector(fresh.selection)
         self.storage = open_storage(self.storage_url)
-        self.seed_network: tuple[ArchGraph, dict[str, torch.Tensor]] | None = None
-        if not options.resume:  # a bad data set or seed fails before any study is created
-            self.data = _load_data(options.space)
-            self.seed_network = _seed_network(options.space, self.data, options.seed)
-        self.study = self._open_study()
+        data = None if fresh is None else _load_data(fresh)
+        self.seed_network = None if fresh is None else _seed_network(fresh, data, options.seed)
+        self.study, self.lease = self._open_study(fresh)
         attrs = self.study.user_attrs
-        # the study keeps the flags it was started with; flags given again on resume change them
-        self.space = _overridden(parse_space(_stored_space(attrs["space"]), f"study {self.study.study_name!r}"),
-                                 options)
+        self.space = fresh if fresh is not None else options.overrides.apply(
+            parse_space(_stored_space(attrs["space"]), f"study {self.study.study_name!r}"), "the flags", resume=True)
+        # the strategies the space names (a resumed study's: the ones it was started with)
         self.study.pruner = _pruner(self.space)
-        sel = self.space.selection
-        self.selector = options.selector or BestLineages(sel.parents, sel.max_children_per_parent)
+        self.selector = selector or make_selector(self.space.selection)
         self.inherit = bool(attrs.get("inherit", True))
-        if options.resume:
-            self.data = _load_data(self.space)
+        self.data = _load_data(self.space) if data is None else data  # a resumed study's own data set
         self.seed = int(attrs["seed"])
         self.trial_dir = Path(attrs["workdir"]) / "studies" / self.study.study_name / "trials"
         self.live: dict[int, optuna.Trial] = {}
         self.unsaved: str | None = None  # a checkpoint write's error: the search stops after the rung
         if options.resume:
             self._recover()
-        missing = [t.number for t in self._trials() if t.state == TrialState.COMPLETE
-                   and t.user_attrs.get("checkpoint") and not self._checkpoint_dir(t.number).is_dir()]
+        missing = [r.number for r in self._records() if r.done and not self._checkpoint_dir(r.number).is_dir()]
         if missing:  # refuse up front rather than fail every child of a missing parent
             raise StudyError(f"cannot resume {self.study.study_name!r}: the checkpoints of trials {missing[:5]} are "
                              f"missing under {self.trial_dir} (was the work directory moved or deleted?)")
@@ -165,38 +163,45 @@ class Search:
         self.epochs_done: dict[int, int] = {}  # epochs of a child's earlier rungs (successive halving)
         self.pace: float | None = None  # seconds of the machine per child-epoch and MAC, last measured
         self.signals: list[int] = []  # SIGINT and SIGTERM received while the search runs
+        # a resumed search goes on from the time its earlier drivers had spent when their last trial ended
+        self.started = self.created - float(self.study.user_attrs.get("seconds_spent", 0.0))
+        b = self.space.budget
+        final_share = b.final_share if self.space.final and len(self.space.objectives) == 1 else 0.0
+        self.plan = plan_budget(self.started, b.time_budget, b.seed_share, final_share)
 
     # study --------------------------------------------------------------------------------
-    def _open_study(self) -> optuna.Study:
+    def _open_study(self, space: SearchSpace | None) -> tuple[optuna.Study, DriverLease]:
+        """The study to run, a new one of ``space`` or (None) the one to resume, and its lease, taken."""
         o = self.options
         names = study_names(self.storage)
-        objectives = o.space.objectives
-        if o.resume:
+        if space is None:
             if o.study is None:
                 raise StudyError("--resume needs --study NAME (see `morphnas studies list`)")
             if o.study not in names:
                 raise StudyError(f"cannot resume: no study named {o.study!r} in {shown_url(self.storage_url)}")
             study = optuna.load_study(study_name=o.study, storage=self.storage, sampler=o.sampler)
-            self.lease = DriverLease(study)
-            self.lease.acquire(force=o.force)  # before touching any trial: another driver may be running it
+            trial_schema(study)  # a study written in a newer format is refused before anything is written
+            lease = DriverLease(study)
+            lease.acquire(force=o.force)  # before touching any trial: another driver may be running it
             study.sampler = self._sampler(int(study.user_attrs["seed"]), len(study.trials))
-            return study
-        name = o.study or f"{o.space.name}-{datetime.now():%Y%m%d-%H%M%S}"
+            return study, lease
+        name = o.study or f"{space.name}-{datetime.now():%Y%m%d-%H%M%S}"
         if name in names:
             raise StudyError(f"study {name!r} already exists; pass --resume to continue it, or another --study")
         study = optuna.create_study(
             study_name=name,
             storage=self.storage,
-            directions=["minimize"] * len(objectives),
+            directions=["minimize"] * len(space.objectives),
             sampler=self._sampler(o.seed, 0),
         )
-        study.set_user_attr("space", _overridden(o.space, o).model_dump(mode="json"))
+        study.set_user_attr("space", space.model_dump(mode="json"))
         study.set_user_attr("seed", o.seed)
         study.set_user_attr("workdir", str(self.workdir))
         study.set_user_attr("inherit", o.inherit)
-        self.lease = DriverLease(study)
-        self.lease.acquire()
-        return study
+        study.set_user_attr(SCHEMA_KEY, TRIAL_SCHEMA)
+        lease = DriverLease(study)
+        lease.acquire()
+        return study, lease
 
     def _sampler(self, seed: int, trials: int) -> optuna.samplers.BaseSampler:
         """The sampler passed in, else TPE seeded with the study's ``seed`` and, on a resume, the
@@ -222,20 +227,21 @@ class Search:
         even when the driver died between writing a later rung's checkpoint and its attributes),
         else FAIL interrupted, with any checkpoint it was writing removed."""
         directory = self._checkpoint_dir(trial.number)
-        if "rung" in trial.user_attrs:
+        if TrialRecord.from_trial(trial).rung is not None:
             with contextlib.suppress(CheckpointError):
                 _, _, metrics = load_checkpoint(directory)
-                for key in ("val_error", "val_loss", "history"):
-                    trial.set_user_attr(key, metrics[key])
+                record_on(trial, val_error=metrics["val_error"], val_loss=metrics["val_loss"],
+                          history=metrics["history"])
                 self._complete(trial)
                 return
         for path in [directory, *directory.parent.glob(f".{directory.name}.*")]:
             shutil.rmtree(path, ignore_errors=True)
-        trial.set_user_attr("reason", INTERRUPTED)
+        record_on(trial, reason=INTERRUPTED)
         self.study.tell(trial, state=TrialState.FAIL)
 
-    def _objectives(self, error: float, child_cost: dict[str, Any]) -> list[float]:
-        return [error] + [float(child_cost[name]) for name in self.space.objectives[1:]]
+    def _objectives(self, record: TrialRecord) -> list[float]:
+        """A trial's objective values: its validation error, then its costs the space names."""
+        return [float(record.val_error)] + [float(getattr(record, name)) for name in self.space.objectives[1:]]
 
     # the search ---------------------------------------------------------------------------
     def run(self) -> SearchSummary:
@@ -261,49 +267,37 @@ class Search:
         return " ".join(words)
 
     def _run(self) -> SearchSummary:
-        # a resumed search goes on from the time its earlier drivers had spent when their last trial ended
-        started = self.created - float(self.study.user_attrs.get("seconds_spent", 0.0))
-        self.started = started
-        b = self.space.budget
-        final_share = b.final_share if self.space.final and len(self.space.objectives) == 1 else 0.0
-        plan = plan_budget(started, b.time_budget, b.seed_share, final_share)
-        self.plan = plan
-        self._train_seed(plan)
+        self._train_seed()
         # once the final phase has started, a resume goes on with it, not with more children;
         # otherwise with the last generation it had begun, so generations keep counting
-        trials = self._trials()
-        final_started = any(t.user_attrs.get("rule") == "final" for t in trials)
-        generations = 0 if final_started else b.generations
-        begun = max((int(t.user_attrs.get("generation", 0)) for t in trials), default=0)
+        records = self._records()
+        final_started = any(r.rule == "final" for r in records)
+        generations = 0 if final_started else self.space.budget.generations
+        begun = max((r.generation or 0 for r in records), default=0)
         for generation in range(max(1, begun), generations + 1):
-            if not self._generation(generation, plan.generations_until):
+            if not self._generation(generation, self.plan.generations_until):
                 break
-        self._final_phase(plan)
-        return self._summary(time.monotonic() - started)
+        self._final_phase()
+        return self._summary(time.monotonic() - self.started)
 
-    def _train_seed(self, plan: BudgetPlan) -> None:
-        if any(val_error(t) < math.inf for t in self._trials() if t.user_attrs.get("generation") == 0):
+    def _train_seed(self) -> None:
+        if any(val_error(t) < math.inf for t in self._trials() if TrialRecord.from_trial(t).generation == 0):
             return
-        s = self.space.seed
+        s, plan = self.space.seed, self.plan
         graph, weights = self.seed_network or _seed_network(self.space, self.data, self.seed)  # or a resumed one's
-        trial = self._ask()
         child_cost = cost(graph)
-        with _signals_deferred(self.signals):
-            for key, value in (("generation", 0), ("parent", None), ("rule", "seed"), ("morphs", []),
-                               ("params", child_cost["params"]), ("macs", child_cost["macs"])):
-                trial.set_user_attr(key, value)
+        trial = self._new_trial(generation=0, parent=None, rule="seed", morphs=[], params=child_cost["params"],
+                                macs=child_cost["macs"])
         config = TrainConfig(
             epochs=s.epochs, lr=s.lr, batch_size=s.batch_size, seed=self.seed, device=self.options.device,
             deadline=_wall(plan.seed_until), cycle=(0.0, plan.seed_share) if self._lineage_schedule else (0.0, 1.0),
         )
-        job = ChildJob(trial.number, graph.to_json(), weights, config, self.dataset_spec)
         self.on_event("seed", {"trial": trial.number, "arch": s.arch, "epochs": s.epochs,
                                "seconds": plan.seed_seconds})
-        for result in self.executor.run([job], on_epoch=self._never_pruned):
-            self._finish(trial, graph, child_cost, result)
-        self._stop_if_unsaved()
-        if self.study.trials[trial.number].state != TrialState.COMPLETE:
-            raise MorphnasError(f"the seed network failed to train: {self.study.trials[trial.number].user_attrs}")
+        self._train_alone(trial, graph, weights, child_cost, config)
+        seed = TrialRecord.from_trial(self.study.trials[trial.number])
+        if seed.state != TrialState.COMPLETE.name:
+            raise MorphnasError(f"the seed network failed to train: {seed.reason}")
         tested = time.monotonic()
         self._test_error(trial.number)  # now, so the summary's reserve can be sized by it
         with _signals_deferred(self.signals):
@@ -313,22 +307,22 @@ class Search:
         """Run generation ``generation`` in the size that ends by ``deadline`` (a monotonic
         time); False when not even a shortened one fits, which ends the generations."""
         trials = self._trials()
-        done = [t for t in trials if t.user_attrs.get("generation") == generation and not _redone(t)
-                and t.user_attrs.get("rule") != "final"]
+        records = {t.number: TrialRecord.from_trial(t) for t in trials}
+        done = [r for r in records.values() if r.generation == generation and not _redone(r) and r.rule != "final"]
         slots = self.space.budget.children - len(done)
         if slots <= 0:
             return True
         pareto = {t.number for t in self.study.best_trials} if is_multi_objective(self.study) else None
-        candidates = [t for t in trials if t.user_attrs.get("rule") != "final"
-                      and int(t.user_attrs.get("generation", 0)) < generation]  # parents come from before
+        candidates = [t for t in trials if records[t.number].rule != "final"
+                      and (records[t.number].generation or 0) < generation]  # parents come from before
         if self._lineage_schedule:
             candidates = _frontier(candidates)
         fit = self._fit(generation, slots, candidates, deadline)
         if fit is None:
             return False
         slots, share = fit
-        parents = self.selector.select(candidates, slots, self._score, pareto)
-        control = self.space.selection.control and all(t.user_attrs.get("rule") != CONTROL for t in done)
+        parents = self.selector.select(may_parent(candidates), slots, self._score, pareto)
+        control = self.space.selection.control and all(r.rule != CONTROL for r in done)
         self.on_event("generation", {"generation": generation, "children": len(parents)})
         jobs, pending = [], {}
         for slot, parent in enumerate(parents):
@@ -353,7 +347,7 @@ class Search:
         left = deadline - time.monotonic()
         if math.isinf(left) or not candidates:
             return slots, 1.0
-        macs = GROWTH * max(int(t.user_attrs.get("macs", 0)) for t in candidates)
+        macs = GROWTH * max(TrialRecord.from_trial(t).macs or 0 for t in candidates)
         fit = fit_generation(slots, epochs, ft.halving, self._pace() * macs, left)
         if fit is None:
             self.on_event("budget", {"message": f"time budget: the {left:.0f} s left before the final phase do not "
@@ -367,10 +361,9 @@ class Search:
     def _pace(self) -> float:
         """Seconds of the machine per child-epoch and MAC: the last rung's, else the seed's."""
         if self.pace is None:
-            seed = next(t for t in self._trials() if t.user_attrs.get("generation") == 0
-                        and t.state == TrialState.COMPLETE)
-            epochs = seed.user_attrs.get("epochs") or len(seed.user_attrs.get("history", [])) or 1
-            self.pace = float(seed.user_attrs.get("seconds", 0.0)) / epochs / max(1, seed.user_attrs["macs"])
+            seed = self._seed_record()
+            epochs = seed.epochs or len(seed.history or []) or 1
+            self.pace = float(seed.seconds or 0.0) / epochs / max(1, seed.macs)
         return self.pace
 
     def _rungs(self, jobs: list[ChildJob], pending: dict[int, tuple[ArchGraph, dict]], generation: int,
@@ -439,7 +432,7 @@ class Search:
         """A child ranked out after rung ``rung``: PRUNED, with the result and checkpoint :meth:`_save` recorded."""
         with _signals_deferred(self.signals):
             trial = self.live[result.key]
-            trial.set_user_attr("reason", f"halved out after rung {rung + 1}: not among the best {kept} of {ranked}")
+            record_on(trial, reason=f"halved out after rung {rung + 1}: not among the best {kept} of {ranked}")
             self._tell(trial, result, TrialState.PRUNED)
 
     def _make_child(self, generation: int, parent: FrozenTrial, deadline: float, share: float = 1.0,
@@ -457,38 +450,35 @@ class Search:
             lr = self.space.seed.lr if self._lineage_schedule else suggest_value(trial, "finetune.lr", ft.lr)
             epochs = suggest_value(trial, "finetune.epochs", ft.epochs) if isinstance(ft.epochs, Range) else ft.epochs
             rule = CONTROL if descriptor is None else descriptor.rule
-            trial.set_user_attr("rule", rule)
+            record_on(trial, rule=rule)
             arch, weights, _ = load_checkpoint(self._checkpoint_dir(parent.number))
             parent_graph = ArchGraph.from_json(arch)
             if descriptor is None:
                 graph, child_weights = parent_graph, weights
-                trial.set_user_attr("morphs", [])
+                record_on(trial, morphs=[])
             else:
-                trial.set_user_attr("descriptor", descriptor.to_json())
+                record_on(trial, descriptor=descriptor.to_json())
                 result = get_rule(rule).apply(
                     parent_graph, weights, descriptor, seed=child_seed(self.seed, number), calibration=self.calibration
                 )
                 graph, child_weights = result.graph, result.weights
-                trial.set_user_attr("morphs", [result.record.to_json()])
-                trial.set_user_attr("exact", result.exact)
+                record_on(trial, morphs=[result.record.to_json()], exact=result.exact)
             child_cost = cost(graph)
-            for key in ("params", "macs"):
-                trial.set_user_attr(key, child_cost[key])
+            record_on(trial, params=child_cost["params"], macs=child_cost["macs"])
             over = _over_limits(self.space, child_cost)
             if over:
-                trial.set_user_attr("reason", over)
+                record_on(trial, reason=over)
                 self.study.tell(self.live.pop(number), state=TrialState.PRUNED)
                 self.on_event("pruned", {"trial": number, "reason": over})
                 return None
             if not self.inherit:  # learning from scratch: the child's architecture, fresh weights
-                trial.set_user_attr("inherit", False)
+                record_on(trial, inherit=False)
                 child_weights = init_weights(graph, child_seed(self.seed, number))
             elif descriptor is not None:
                 check = verify(parent_graph, weights, graph, child_weights, inputs=[self.calibration[:64]])
-                trial.set_user_attr("preservation_error", check.max_rel_err)
-                trial.set_user_attr("train_preservation_error", check.train_max_rel_err)
+                record_on(trial, preservation_error=check.max_rel_err, train_preservation_error=check.train_max_rel_err)
         except MorphnasError as err:
-            trial.set_user_attr("reason", f"{type(err).__name__}: {err}")
+            record_on(trial, reason=f"{type(err).__name__}: {err}")
             self.study.tell(self.live.pop(number), state=TrialState.FAIL)
             self.on_event("failed", {"trial": number, "reason": str(err)})
             return None
@@ -512,24 +502,22 @@ class Search:
         whose slot is redone) is asked again on a new trial, up to ``REASKS`` times: each repeat
         is told PRUNED, untrained, with the trial it repeats as reason, and does not take a
         slot. None when every ask repeated one."""
-        trained = {_key(t.user_attrs["descriptor"]): t.number for t in self._trials()
-                   if t.user_attrs.get("parent") == parent.number and "descriptor" in t.user_attrs and not _redone(t)}
+        trained = {_key(r.descriptor): r.number for r in self._records()
+                   if r.parent == parent.number and r.descriptor is not None and not _redone(r)}
         for _ in range(REASKS):
-            trial = self._ask()
-            trial.set_user_attr("generation", generation)
-            trial.set_user_attr("parent", parent.number)
+            trial = self._new_trial(generation=generation, parent=parent.number)
             descriptor = None if control else suggest_descriptor(trial, self.space.rules)
             repeat = None if descriptor is None else trained.get(_key(descriptor.to_json()))
             if repeat is None:
                 return trial, descriptor
             with _signals_deferred(self.signals):
-                trial.set_user_attr("rule", descriptor.rule)
-                trial.set_user_attr("reason", f"{REPEATS}{repeat}: the same parent and descriptor; not trained")
+                record_on(trial, rule=descriptor.rule,
+                          reason=f"{REPEATS}{repeat}: the same parent and descriptor; not trained")
                 self.study.tell(self.live.pop(trial.number), state=TrialState.PRUNED)
             self.on_event("pruned", {"trial": trial.number, "reason": f"{REPEATS}{repeat}"})
         return None
 
-    def _final_phase(self, plan: BudgetPlan) -> None:
+    def _final_phase(self) -> None:
         """Train the best network on, from its own weights, with a cosine decay to zero; its
         trial (rule ``final``, parent the chosen network) becomes the search's result. Without
         weight inheritance it starts from fresh weights, like every child of such a search.
@@ -540,26 +528,23 @@ class Search:
         f = self.space.final
         if f is None or is_multi_objective(self.study) or final_trial(self.study) is not None:
             return
-        done = [t for t in self._trials() if t.state == TrialState.COMPLETE and t.user_attrs.get("checkpoint")]
+        done = may_parent(self._trials())
         if self._lineage_schedule:
             done = _frontier(done)
         parent = min(done, key=lambda t: (self._score(t), t.number))
-        reserve = 1.5 * self.study.user_attrs.get("test_seconds_per_mac", 0.0) * parent.user_attrs["macs"]
-        seconds = plan.final_seconds(time.monotonic(), reserve)
+        chosen = TrialRecord.from_trial(parent)
+        reserve = 1.5 * self.study.user_attrs.get("test_seconds_per_mac", 0.0) * chosen.macs
+        seconds = self.plan.final_seconds(time.monotonic(), reserve)
         if seconds is not None and seconds <= 0:
             self.on_event("budget", {"message": "time budget: no time left for the final phase"})
             return
         arch, weights, _ = load_checkpoint(self._checkpoint_dir(parent.number))
         graph = ArchGraph.from_json(arch)
-        trial = self._ask()
+        child_cost = cost(graph)
+        trial = self._new_trial(generation=chosen.generation + 1, parent=parent.number, rule="final", morphs=[],
+                                inherit=self.inherit, params=child_cost["params"], macs=child_cost["macs"])
         if not self.inherit:
             weights = init_weights(graph, child_seed(self.seed, trial.number))
-        child_cost = cost(graph)
-        with _signals_deferred(self.signals):
-            for key, value in (("generation", int(parent.user_attrs["generation"]) + 1), ("parent", parent.number),
-                               ("rule", "final"), ("morphs", []), ("inherit", self.inherit),
-                               ("params", child_cost["params"]), ("macs", child_cost["macs"])):
-                trial.set_user_attr(key, value)
         lr, cycle = f.lr, (0.0, 1.0)
         if self._lineage_schedule:  # the lineage's cycle to its end; a fresh network gets a whole one
             lr = self.space.seed.lr
@@ -571,7 +556,12 @@ class Search:
         )
         self.on_event("final", {"trial": trial.number, "parent": parent.number, "epochs": f.epochs,
                                 "seconds": seconds})
-        job = ChildJob(trial.number, arch, weights, config, self.dataset_spec)
+        self._train_alone(trial, graph, weights, child_cost, config)
+
+    def _train_alone(self, trial: optuna.Trial, graph: ArchGraph, weights: dict[str, torch.Tensor],
+                     child_cost: dict[str, Any], config: TrainConfig) -> None:
+        """Train the seed's or the final phase's ``trial`` (no pruner) and tell its result."""
+        job = ChildJob(trial.number, graph.to_json(), weights, config, self.dataset_spec)
         for result in self.executor.run([job], on_epoch=self._never_pruned):
             self._finish(trial, graph, child_cost, result)
         self._stop_if_unsaved()
@@ -625,6 +615,13 @@ class Search:
                                 "elapsed": time.monotonic() - self.started,
                                 "budget": None if math.isinf(total) else total})
 
+    def _new_trial(self, **fields: Any) -> optuna.Trial:
+        """A new trial (:meth:`_ask`) with ``fields`` of its :class:`TrialRecord` written on it."""
+        trial = self._ask()
+        with _signals_deferred(self.signals):
+            record_on(trial, **fields)
+        return trial
+
     def _ask(self) -> optuna.Trial:
         """A new trial, live (marked interrupted on Ctrl-C) until it is told. A Ctrl-C or SIGTERM
         during the ask itself waits until the trial is live, so no trial is left running unmarked.
@@ -647,16 +644,15 @@ class Search:
             self._record(trial, result)
             reason = result.reason if result.status == "failed" else (
                 f"pruned by the pruner after epoch {len(result.history)}")
-            trial.set_user_attr("reason", reason)
+            record_on(trial, reason=reason)
             self._tell(trial, result, TrialState.FAIL if result.status == "failed" else TrialState.PRUNED)
 
     def _record(self, trial: optuna.Trial, result: ChildResult) -> None:
         """Record how ``trial``'s child trained (``result``) on its trial."""
         if result.node is not None:
-            trial.set_user_attr("node", result.node)
-        trial.set_user_attr("history", result.history)
-        trial.set_user_attr("seconds", round(result.seconds, 3))
-        trial.set_user_attr("epochs", round(result.epochs_trained, 4))
+            record_on(trial, node=result.node)
+        record_on(trial, history=result.history, seconds=round(result.seconds, 3),
+                  epochs=round(result.epochs_trained, 4))
 
     def _save(self, trial: optuna.Trial, graph: ArchGraph, child_cost: dict, result: ChildResult, rung: int
               ) -> bool:
@@ -674,19 +670,17 @@ class Search:
         except CheckpointError as err:
             self.unsaved = str(err)
             self._record(trial, result)
-            trial.set_user_attr("reason", f"{UNSAVED}{err}")
+            record_on(trial, reason=f"{UNSAVED}{err}")
             self._tell(trial, result, TrialState.FAIL)
             return False
         self._record(trial, result)
-        for key, value in (("checkpoint", str(directory.relative_to(self.trial_dir.parents[2]))),
-                           ("val_error", result.val_error), ("val_loss", result.val_loss), ("rung", rung)):
-            trial.set_user_attr(key, value)
+        record_on(trial, checkpoint=str(directory.relative_to(self.trial_dir.parents[2])), val_error=result.val_error,
+                  val_loss=result.val_loss, rung=rung)  # rung last: see _settle
         return True
 
     def _complete(self, trial: optuna.Trial) -> None:
         """Tell ``trial``, whose result :meth:`_save` recorded, COMPLETE."""
-        attrs = trial.user_attrs
-        self.study.tell(trial, self._objectives(float(attrs["val_error"]), attrs))
+        self.study.tell(trial, self._objectives(TrialRecord.from_trial(trial)))
 
     def _tell(self, trial: optuna.Trial, result: ChildResult, state: TrialState) -> None:
         """Tell ``trial`` ``state`` (COMPLETE: with the result :meth:`_save` recorded) and note the time spent."""
@@ -709,6 +703,13 @@ class Search:
     def _trials(self) -> list[FrozenTrial]:
         return self.study.get_trials(deepcopy=False)
 
+    def _records(self) -> list[TrialRecord]:
+        return [TrialRecord.from_trial(t) for t in self._trials()]
+
+    def _seed_record(self) -> TrialRecord:
+        """The seed network's trial, completed."""
+        return next(r for r in self._records() if r.generation == 0 and r.state == TrialState.COMPLETE.name)
+
     def _checkpoint_dir(self, number: int) -> Path:
         return self.trial_dir / f"{number:05d}"
 
@@ -728,26 +729,26 @@ class Search:
     def _summary(self, seconds: float) -> SearchSummary:
         best = best_trial(self.study)
         test_error = self._test_error(best.number)
-        trials = self._trials()
-        seed = next(t for t in trials if t.user_attrs.get("generation") == 0 and t.state == TrialState.COMPLETE)
+        records = self._records()
+        seed, chosen = self._seed_record(), records[best.number]
         return SearchSummary(
             study=self.study.study_name,
             storage=self.storage_url,
             best_trial=best.number,
             val_error=val_error(best),
             test_error=test_error,
-            seed_val_error=val_error(seed),
+            seed_val_error=seed.val_error,
             seed_test_error=self._test_error(seed.number),
-            params=best.user_attrs["params"],
-            macs=best.user_attrs["macs"],
-            n_trials=len(trials),
-            n_failed=sum(t.state == TrialState.FAIL for t in trials),
+            params=chosen.params,
+            macs=chosen.macs,
+            n_trials=len(records),
+            n_failed=sum(r.state == TrialState.FAIL.name for r in records),
             lineage=[t.number for t in lineage(self.study, best.number)],
             checkpoint=str(self._checkpoint_dir(best.number)),
             seconds=round(seconds, 1),
             pareto_front=[
-                {"trial": t.number, "val_error": val_error(t), "params": t.user_attrs["params"],
-                 "macs": t.user_attrs["macs"]}
+                {"trial": t.number, "val_error": val_error(t), "params": records[t.number].params,
+                 "macs": records[t.number].macs}
                 for t in sorted(self.study.best_trials, key=lambda t: (val_error(t), t.number))
             ] if is_multi_objective(self.study) else None,
         )
@@ -757,15 +758,6 @@ def _load_data(space: SearchSpace) -> Dataset:
     ds = space.dataset
     return load_dataset(ds.name, data_root=ds.data_root, split_seed=ds.split_seed, augment=ds.augment,
                         image_size=ds.image_size)
-
-
-def _overridden(space: SearchSpace, options: SearchOptions) -> SearchSpace:
-    """``space`` with the budget flags and fixed fine-tuning epochs of ``options``."""
-    data = space.model_dump(mode="json")
-    data["budget"].update(options.budget_overrides)
-    if options.finetune_epochs is not None:
-        data["finetune"]["epochs"] = options.finetune_epochs
-    return parse_space(data, "the flags")
 
 
 def _stored_space(data: dict[str, Any]) -> dict[str, Any]:
@@ -828,10 +820,10 @@ def _signals_deferred(caught: list[int]) -> Iterator[None]:
     _raise_caught(caught)
 
 
-def _redone(trial: FrozenTrial) -> bool:
-    """Whether ``trial``'s slot is still to be filled: it was interrupted, its checkpoint could
+def _redone(record: TrialRecord) -> bool:
+    """Whether a trial's slot is still to be filled: it was interrupted, its checkpoint could
     not be written, or it repeated a descriptor and was never trained."""
-    reason = failure_reason(trial) or ""
+    reason = record.reason or ""
     return reason == INTERRUPTED or reason.startswith((UNSAVED, REPEATS))
 
 
@@ -852,8 +844,9 @@ def _frontier(trials: list[FrozenTrial]) -> list[FrozenTrial]:
     loss was measured at another rate, so it is no fair rival of the tips (it was the one
     before: training it on would redo what its children did). Siblings compare on equal terms."""
     done = [t for t in trials if t.state == TrialState.COMPLETE]
-    latest = max((int(t.user_attrs.get("generation", 0)) for t in done), default=0)
-    return [t for t in done if int(t.user_attrs.get("generation", 0)) == latest]
+    generation = {t.number: TrialRecord.from_trial(t).generation or 0 for t in done}
+    latest = max(generation.values(), default=0)
+    return [t for t in done if generation[t.number] == latest]
 
 
 def _joined(earlier: ChildResult | None, later: ChildResult) -> ChildResult:
@@ -864,11 +857,18 @@ def _joined(earlier: ChildResult | None, later: ChildResult) -> ChildResult:
                                epochs=earlier.epochs_trained + later.epochs_trained)
 
 
+PRUNERS: dict[str, Callable[[], optuna.pruners.BasePruner]] = {  # by the name a space gives ``finetune.pruner``
+    "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=0),
+    "none": optuna.pruners.NopPruner,
+}
+
+
 def _pruner(space: SearchSpace) -> optuna.pruners.BasePruner:
-    """Median pruning of children within their epochs; none with successive halving (it decides)."""
+    """The pruner the space names, which stops children within their epochs; none with
+    successive halving (it decides) or several objectives."""
     if len(space.objectives) > 1 or space.finetune.halving is not None:
         return optuna.pruners.NopPruner()
-    return optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=0)
+    return PRUNERS[space.finetune.pruner]()
 
 
 def _seed_network(space: SearchSpace, data: Dataset, seed: int) -> tuple[ArchGraph, dict[str, torch.Tensor]]:

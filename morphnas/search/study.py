@@ -1,13 +1,15 @@
-"""The Optuna study as the record of truth: opening studies, trial attributes, trial tables.
+"""The Optuna study as the record of truth: opening studies, reading trials, trial tables.
 
 Every child is a trial. Its user attributes hold what rebuilds and explains it (parent trial,
-morph records, rule descriptor, cost, preservation error, metrics, checkpoint path); the
-architecture JSON and the weights live in the trial's checkpoint directory, which keeps the
-attributes small enough for any SQL backend.
+morph records, rule descriptor, cost, preservation error, metrics, checkpoint path), read and
+written through :class:`~morphnas.search.record.TrialRecord`; the architecture JSON and the
+weights live in the trial's checkpoint directory, which keeps the attributes small enough for
+any SQL backend.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import shutil
 from pathlib import Path
@@ -18,6 +20,8 @@ from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.engine import make_url
 
 from morphnas.errors import StudyError
+from morphnas.search.record import FIELDS, TrialRecord, trial_schema
+from morphnas.search.record import INTERRUPTED as INTERRUPTED  # re-exported: what readers of reasons compare with
 
 if TYPE_CHECKING:
     import pandas
@@ -54,7 +58,9 @@ def load_study(storage: optuna.storages.BaseStorage, name: str, **kwargs: Any) -
     if name not in study_names(storage):
         known = ", ".join(study_names(storage)) or "none"
         raise StudyError(f"no study named {name!r} in this storage (studies: {known})")
-    return optuna.load_study(study_name=name, storage=storage, **kwargs)
+    study = optuna.load_study(study_name=name, storage=storage, **kwargs)
+    trial_schema(study)  # refuses a study written in a newer format
+    return study
 
 
 def study_dir(study: optuna.Study) -> Path | None:
@@ -104,7 +110,7 @@ def study_metric(study: optuna.Study) -> str:
 def selection_score(trial: FrozenTrial, metric: str = "error") -> tuple[int, float]:
     """The key that ranks ``trial`` as a parent or final network (lower is better): its
     :func:`ranking_key`; unfinished trials have no loss and rank last by their error (infinite)."""
-    loss = trial.user_attrs.get("val_loss") if trial.state == TrialState.COMPLETE else None
+    loss = TrialRecord.from_trial(trial).val_loss if trial.state == TrialState.COMPLETE else None
     return ranking_key(metric, val_error(trial), loss)
 
 
@@ -120,7 +126,7 @@ def ranking_key(metric: str, error: float, loss: float | None) -> tuple[int, flo
 def final_trial(study: optuna.Study) -> FrozenTrial | None:
     """The network the final phase trained (the completed trial of rule ``final``), or None."""
     done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if t.user_attrs.get("rule") == "final"]
+            if TrialRecord.from_trial(t).rule == "final"]
     return done[-1] if done else None
 
 
@@ -181,12 +187,9 @@ def lineage(study: optuna.Study, number: int) -> list[FrozenTrial]:
     """
     trials = study.get_trials(deepcopy=False)
     chain = [trials[number]]
-    while chain[-1].user_attrs.get("parent") is not None:
-        chain.append(trials[chain[-1].user_attrs["parent"]])
+    while (parent := TrialRecord.from_trial(chain[-1]).parent) is not None:
+        chain.append(trials[parent])
     return chain[::-1]
-
-
-INTERRUPTED = "interrupted: the search stopped while this child was running"
 
 
 def failure_reason(trial: FrozenTrial) -> str | None:
@@ -199,18 +202,15 @@ def failure_reason(trial: FrozenTrial) -> str | None:
     >>> failure_reason(create_trial(state=TrialState.FAIL))
     'interrupted: the search stopped while this child was running'
     """
-    reason = trial.user_attrs.get("reason")
-    return INTERRUPTED if reason is None and trial.state == TrialState.FAIL else reason
+    return TrialRecord.from_trial(trial).reason
 
 
-COLUMNS = [
-    "number", "state", "generation", "parent", "rule", "morphs", "val_error", "val_loss", "test_error", "params",
-    "macs", "preservation_error", "exact", "duration_s", "reason",
-]
+COLUMNS = [*FIELDS, "test_error"]
 
 
 def trials_frame(study: optuna.Study) -> pandas.DataFrame:
-    """One row per trial with the columns of :data:`COLUMNS`.
+    """One row per trial, one column per field of its :class:`~morphnas.search.record.TrialRecord`
+    and ``test_error`` (measured at the end of the search, for its best trials only).
 
     >>> import optuna
     >>> from optuna.trial import create_trial
@@ -221,30 +221,11 @@ def trials_frame(study: optuna.Study) -> pandas.DataFrame:
     >>> frame = trials_frame(study)
     >>> list(frame.columns) == COLUMNS, len(frame)
     (True, 2)
-    >>> frame.loc[1, ["rule", "morphs"]].tolist()
-    ['widen', 'widen@c1_relu']
+    >>> frame.loc[1, "rule"], frame.loc[1, "morphs"][0]["site"], frame["val_error"].tolist()
+    ('widen', 'c1_relu', [0.1, 0.08])
     """
-    rows = []
-    for t in study.get_trials(deepcopy=False):
-        a = t.user_attrs
-        duration = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete else None
-        rows.append({
-            "number": t.number,
-            "state": t.state.name,
-            "generation": a.get("generation"),
-            "parent": a.get("parent"),
-            "rule": a.get("rule"),
-            "morphs": " + ".join(f"{m['name']}@{m['site']}" for m in a.get("morphs", [])) or None,
-            "val_error": t.values[0] if t.values else a.get("val_error"),
-            "val_loss": a.get("val_loss"),
-            "test_error": test_error(study, t.number),
-            "params": a.get("params"),
-            "macs": a.get("macs"),
-            "preservation_error": a.get("preservation_error"),
-            "exact": a.get("exact"),
-            "duration_s": duration,
-            "reason": failure_reason(t),
-        })
+    rows = [{**dataclasses.asdict(TrialRecord.from_trial(t)), "test_error": test_error(study, t.number)}
+            for t in study.get_trials(deepcopy=False)]
     import pandas as pd  # only tables need it: `morphnas studies list` starts without it
 
     return pd.DataFrame(rows, columns=COLUMNS)
@@ -269,13 +250,13 @@ def load_trials(storage: str, study: str) -> pandas.DataFrame:
 
 def trial_checkpoint(study: optuna.Study, trial: FrozenTrial) -> Path:
     """The checkpoint directory of a completed trial; StudyError for a trial that has none."""
-    if trial.state != TrialState.COMPLETE or "checkpoint" not in trial.user_attrs:
-        reason = failure_reason(trial)
+    record = TrialRecord.from_trial(trial)
+    if trial.state != TrialState.COMPLETE or record.checkpoint is None:
         raise StudyError(
             f"trial {trial.number} of {study.study_name!r} is {trial.state.name} and has no checkpoint"
-            + (f" ({reason})" if reason else "")
+            + (f" ({record.reason})" if record.reason else "")
         )
-    return Path(study.user_attrs["workdir"]) / trial.user_attrs["checkpoint"]
+    return Path(study.user_attrs["workdir"]) / record.checkpoint
 
 
 def test_error(study: optuna.Study, number: int) -> float | None:
