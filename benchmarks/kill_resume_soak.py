@@ -40,6 +40,7 @@ from pathlib import Path
 
 from optuna.trial import TrialState
 
+from morphnas.search.record import TrialRecord
 from morphnas.search.study import load_study, open_storage
 
 SPACE = {
@@ -75,11 +76,10 @@ def report(workdir: Path, study_name: str, storage: str, budget: float) -> dict:
     kept = {t.number for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)}
     lost = sorted((on_disk - kept) | {t.number for t in trials if t.state == TrialState.COMPLETE
                                       and t.number not in on_disk})
-    pairs = Counter((t.user_attrs.get("parent"), json.dumps(t.user_attrs["descriptor"], sort_keys=True))
-                    for t in trials if "descriptor" in t.user_attrs and t.user_attrs.get("history"))
-    done = Counter(t.user_attrs.get("generation") for t in trials if t.state in (TrialState.COMPLETE,
-                   TrialState.PRUNED) and t.user_attrs.get("history") and t.user_attrs.get("rule") not in
-                   ("seed", "final"))
+    records = [TrialRecord.from_trial(t) for t in trials]
+    pairs = Counter((r.parent, json.dumps(r.descriptor, sort_keys=True)) for r in records if r.descriptor and r.history)
+    done = Counter(r.generation for r in records if r.state in ("COMPLETE", "PRUNED") and r.history
+                   and r.rule not in ("seed", "final"))
     last = max(done, default=0)
     shortened = {int(g) for g in re.findall(r"time budget: generation (\d+) shortened", (workdir / "log").read_text())}
     spent = float(study.user_attrs.get("seconds_spent", 0.0))
@@ -95,7 +95,7 @@ def report(workdir: Path, study_name: str, storage: str, budget: float) -> dict:
         "short, not by the budget": sorted(g for g, n in done.items()
                                            if n < SPACE["budget"]["children"] and g not in shortened),
         "generations": last,
-        "final": any(t.user_attrs.get("rule") == "final" and t.state == TrialState.COMPLETE for t in trials),
+        "final": any(r.rule == "final" and r.state == "COMPLETE" for r in records),
         "seconds spent": round(spent, 1),
         "budget kept": spent <= budget * 1.05,
     }

@@ -67,6 +67,7 @@ from morphnas.grammar.space import SearchSpace, load_space, parse_space
 from morphnas.ir import ArchGraph, compile_graph, cost, init_weights, load_arch, resnet
 from morphnas.search import SearchOptions, run_search
 from morphnas.search.grow import grow, resnet_schedule
+from morphnas.search.record import TrialRecord
 from morphnas.search.study import lineage, load_study, open_storage
 from morphnas.train import Split, TrainConfig, load_checkpoint, load_dataset, train
 
@@ -145,8 +146,9 @@ def run_search_arm(arm: str, space: SearchSpace, split: int) -> dict[str, Any]:
                                            executor=executor, **options))
         study = load_study(open_storage(summary.storage), "bench")
         line = lineage(study, summary.best_trial)
-        epochs = sum(t.user_attrs.get("epochs") or len(t.user_attrs.get("history", [])) for t in line)
-        val_loss = study.trials[summary.best_trial].user_attrs.get("val_loss")
+        records = [TrialRecord.from_trial(t) for t in line]
+        epochs = sum(r.epochs or len(r.history or []) for r in records)
+        val_loss = TrialRecord.from_trial(study.trials[summary.best_trial]).val_loss
         arch, weights, _ = load_checkpoint(summary.checkpoint)
         ds = space.dataset
         test = load_dataset(ds.name, data_root=ds.data_root, split_seed=split, augment=ds.augment).test
@@ -156,7 +158,7 @@ def run_search_arm(arm: str, space: SearchSpace, split: int) -> dict[str, Any]:
             "test_error": summary.test_error, "params": summary.params, "macs": summary.macs,
             "n_trials": summary.n_trials, "seed_test_error": summary.seed_test_error,
             # what the final network's lineage is made of: seed, each generation's winning rule, final
-            "lineage_rules": [t.user_attrs.get("rule") for t in line], "timeline": timeline(study, line),
+            "lineage_rules": [r.rule for r in records], "timeline": timeline(study, line),
             "test_correct": correct}
 
 
@@ -167,13 +169,13 @@ def timeline(study: optuna.Study, line: list[optuna.trial.FrozenTrial]) -> dict[
     start = study.trials[0].datetime_start
 
     def row(t: optuna.trial.FrozenTrial) -> list[Any]:
-        a = t.user_attrs
-        return [a.get("rule"), round((t.datetime_start - start).total_seconds(), 1), a.get("seconds"),
-                a.get("epochs"), a.get("macs")]
+        r = TrialRecord.from_trial(t)
+        return [r.rule, round((t.datetime_start - start).total_seconds(), 1), r.seconds, r.epochs, r.macs]
 
-    trained = sum(t.user_attrs.get("epochs") or 0.0 for t in study.trials)
-    return {"lineage": [row(t) for t in line], "epochs_trained": round(trained, 3),
-            "epochs_kept": round(sum(t.user_attrs.get("epochs") or 0.0 for t in line), 3)}
+    def epochs(trials: list[optuna.trial.FrozenTrial]) -> float:
+        return round(sum(TrialRecord.from_trial(t).epochs or 0.0 for t in trials), 3)
+
+    return {"lineage": [row(t) for t in line], "epochs_trained": epochs(study.trials), "epochs_kept": epochs(line)}
 
 
 def tested(model: torch.nn.Module, test: Split) -> dict[str, Any]:
