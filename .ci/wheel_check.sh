@@ -10,10 +10,13 @@ unset PYTHONPATH
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
-# Build from a copy, so that setuptools leaves no build/ in the work tree.
-mkdir "$work/src"
-cp -a pyproject.toml README.md morphnas search_spaces "$work/src/"
-"$PY" -m pip wheel "$work/src" --no-deps --quiet -w "$work/dist"
+# Built in the work tree, which it must leave as it was (no build/, no *.egg-info).
+before=$(git status --porcelain --ignored --untracked-files=all -- . ':!.venv' | grep -v __pycache__ || true)
+"$PY" -m pip wheel . --no-deps --quiet -w "$work/dist"
+after=$(git status --porcelain --ignored --untracked-files=all -- . ':!.venv' | grep -v __pycache__ || true)
+if [ "$before" != "$after" ]; then
+    echo "pip wheel . left files in the work tree:"; diff <(echo "$before") <(echo "$after") || true; exit 1
+fi
 
 "$PY" -m venv "$work/venv"
 venv_site=$("$work/venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')

@@ -61,6 +61,7 @@ import torch
 import yaml
 from scipy.stats import binomtest
 
+import morphnas
 from morphnas.errors import ConfigError
 from morphnas.execute import ProcessExecutor
 from morphnas.grammar.space import SearchSpace, load_space, parse_space
@@ -80,8 +81,14 @@ OUT = Path(__file__).resolve().parents[1] / "experiments" / "search_vs_baselines
 
 
 def commit() -> str:
-    """HEAD, with ``+dirty`` when the code differs from it (such rows belong to no commit)."""
+    """HEAD, with ``+dirty`` when the code differs from it (such rows belong to no commit). The
+    code must be this checkout's: a second checkout (a git worktree kept for benchmarks) run
+    with another checkout's editable install would label that one's code with this one's commit."""
     root = Path(__file__).resolve().parents[1]
+    imported = Path(morphnas.__file__).resolve().parents[1]
+    if imported != root:
+        raise SystemExit(f"morphnas is imported from {imported}, not from this checkout ({root}): "
+                         f"run with PYTHONPATH={root}")
     head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True, text=True)
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "morphnas", "search_spaces",
                             "benchmarks", "pyproject.toml"], cwd=root, capture_output=True, text=True)
