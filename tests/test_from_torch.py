@@ -306,6 +306,31 @@ def test_shufflenet_v2_imports_and_computes_torchvisions_outputs():
         assert rel_err(compile_graph(graph, float64(weights)).eval()(x), copy.deepcopy(net).double()(x)) <= 1e-10
 
 
+class _Cut(nn.Module):
+    """Channel slices, splits, views and shuffles as a user writes them by hand."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.shuffle = nn.ChannelShuffle(2)
+        self.fc = nn.Linear(5 * 4 * 4, 3)
+
+    def forward(self, x):
+        n = x.shape[0]
+        x = self.shuffle(torch.relu(self.conv(x)))
+        a, b = torch.split(x, [2, 6], dim=1)
+        x = torch.cat([x[:, 5:], b[:, :1], a], 1).reshape(x.size(0), 2, 3, 4, 4).transpose(1, 2).contiguous()
+        x = x.view(n, -1, 4, 4)[:, :5]  # a shuffle of the 6 channels, then 5 of them
+        return self.fc(x.view(-1, 5 * 4 * 4))
+
+
+def test_slices_splits_views_and_shuffles_written_by_hand_import():
+    graph, _, err = from_torch(_Cut(), (3, 4, 4))
+    assert err <= 1e-10
+    kinds = [e.layer.type for e in graph.edges()]
+    assert kinds.count("channel_shuffle") == 2 and kinds.count("channel_slice") == 5 and "flatten" in kinds
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name, options", [
     ("shufflenet_v2_x1_0", {}), ("shufflenet_v2_x1_5", {}), ("shufflenet_v2_x2_0", {}),

@@ -365,6 +365,8 @@ class _Importer:
         """A size of ``x.size()``, a piece of a chunk or split (a channel slice), or ``x[:, a:b]``."""
         source, index = node.args
         if source in self.sizes:
+            if not isinstance(self.sizes[source], tuple) or not isinstance(index, int):
+                raise _refuse(f"indexing a size with {index!r} is not in the IR")
             self.sizes[node] = self.sizes[source][index]
         elif source in self.pieces:
             blob, slices = self.pieces[source]
@@ -398,6 +400,9 @@ class _Importer:
         if dim not in (1, 1 - len(self.shape[blob]) - 1):
             raise _refuse(f"splitting along dim {dim} is not in the IR (channels only)")
         how = _arg(node, 1, "chunks" if chunk else "split_size_or_sections", None)
+        how = [self.sizes.get(n, n) for n in how] if isinstance(how, list | tuple) else self.sizes.get(how, how)
+        if not (isinstance(how, int) and how > 0 or isinstance(how, list) and all(isinstance(n, int) for n in how)):
+            raise _refuse(f"splitting by {how!r} is not in the IR")
         c = self.shape[blob][0]
         if chunk:
             how = -(-c // how)
@@ -415,6 +420,10 @@ class _Importer:
         if len(dims) == 1 and isinstance(dims[0], list | tuple):  # view((N, C)) or reshape(x, (N, C))
             dims = dims[0]
         dims = tuple(self.sizes.get(d, d) if isinstance(d, fx.Node) else d for d in dims)
+        blob_shape = self.shape.get(self.value.get(source), ())
+        if dims[:1] == (-1,) and all(isinstance(d, int) and d > 0 for d in dims[1:]) \
+                and math.prod(dims[1:]) == math.prod(blob_shape):
+            dims = (BATCH, *dims[1:])  # view(-1, C * H * W): the batch is what is left
         if dims[:1] != (BATCH,) or any(d is BATCH for d in dims[1:]):
             raise _refuse(f"a view to {dims} is not in the IR (the batch dim must stay first and alone)")
         rest = dims[1:]
