@@ -4,6 +4,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from morphnas.morph import SENSITIVITY_FLOOR, sensitivity
+from morphnas.morph import calibrate_bn as morph_calibrate_bn
+
 
 class Block(nn.Module):
     def __init__(self, cin: int, cout: int, stride: int, shortcut: str) -> None:
@@ -105,32 +108,14 @@ def translate(weights: dict, key_map: dict[str, str]) -> dict:
 
 def calibrate_bn(net: nn.Module, shape: tuple[int, ...], seed: int = 0, batch: int = 16) -> nn.Module:
     """``net`` in eval mode with the batch-norm statistics of one train-mode pass over a random batch
-    (that batch's own mean and variance, as in a trained network), not the 0 and 1 of a fresh one
-    nor random ones, which leave deep networks' outputs all but constant."""
-    norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    momenta = [m.momentum for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # a cumulative average: after one pass, exactly the batch's statistics
-    net.train()
-    with torch.no_grad():
-        net(torch.randn(batch, *shape, generator=torch.Generator().manual_seed(seed)))
-    for m, momentum in zip(norms, momenta, strict=True):
-        m.momentum = momentum
-    return net.eval()
-
-
-SENSITIVITY_FLOOR = 1e-3
+    (:func:`morphnas.morph.calibrate_bn`), not the 0 and 1 of a fresh one nor random ones."""
+    return morph_calibrate_bn(net, torch.randn(batch, *shape, generator=torch.Generator().manual_seed(seed)))
 
 
 def assert_sensitive(model, shape: tuple[int, ...], dtype: torch.dtype = torch.float32, seed: int = 0) -> float:
     """Assert that ``model``'s outputs depend on its input (relative change > SENSITIVITY_FLOOR
     between two random batches), so that an exactness check on it can fail: a network whose
     output is all but constant agrees with any wrong morph of itself. Returns the change."""
-    gen = torch.Generator().manual_seed(seed)
-    a, b = (torch.randn(4, *shape, generator=gen, dtype=dtype) for _ in range(2))
-    with torch.no_grad():
-        fa, fb = model(a), model(b)
-    change = ((fa - fb).abs().max() / fa.abs().max()).item()
+    change = sensitivity(model, shape, dtype, seed)
     assert change > SENSITIVITY_FLOOR, f"the outputs barely depend on the input (relative change {change:.2g})"
     return change

@@ -16,9 +16,12 @@ from morphnas.export import ExportMismatchError, export_bundle, export_onnx, exp
 from morphnas.ir import (
     LAYER_TYPES,
     Activation,
+    AdaptiveAvgPool2d,
     ArchGraph,
     BatchNorm1d,
     BatchNorm2d,
+    ChannelShuffle,
+    ChannelSlice,
     Conv2d,
     Dropout,
     Flatten,
@@ -60,14 +63,17 @@ def zoo_graph() -> ArchGraph:
     conv1 -> BN (random statistics) -> P-ReLU (8 learned slopes) -> a TYPE-II branch (3x3 and
     grouped 1x1 convs added) into a blob widened to 12 channels -> P-tanh -> an option-A shortcut
     with a scrambled (non-centred) channel map, added to a strided conv -> scaled identities -> a
-    concat blob -> pools, global pooling and flatten + linear added -> BN1d -> P-gelu -> dropout
-    -> every plain activation added to an identity -> the classifier.
+    concat blob -> a channel shuffle, cut into two channel slices concatenated the other way round ->
+    pools, global pooling and adaptive pooling to 3x3 + flatten + linear added -> BN1d -> P-gelu
+    -> dropout -> every plain activation added to an identity -> the classifier. A dilated
+    strided conv is added to the strided conv.
     """
     g = ArchGraph((3, 8, 8))
-    for blob in ("input", "c1", "n1", "p1", "wide", "t1", "sc", "s2", "e1", "mp", "ap", "fl", "feat", "featn",
-                 "g1", "dr", "mix", "out"):
+    for blob in ("input", "c1", "n1", "p1", "wide", "t1", "sc", "s2", "e1", "sh", "lo", "hi", "mp", "ap", "ad",
+                 "fl", "feat", "featn", "g1", "dr", "mix", "out"):
         g.add_blob(blob)
     g.add_blob("cat", merge="concat")
+    g.add_blob("swapped", merge="concat")
     g.add_layer("conv1", "input", "c1", Conv2d(3, 8, 3, 1, 1, bias=False))
     g.add_layer("bn1", "c1", "n1", BatchNorm2d(8))
     g.add_layer("prelu", "n1", "p1", ParametricActivation("relu", 8))
@@ -76,16 +82,23 @@ def zoo_graph() -> ArchGraph:
     g.add_layer("ptanh", "wide", "t1", ParametricActivation("tanh", 1))
     g.add_layer("shortcut", "t1", "sc", ShortcutA(12, 16, 2, (15, 0, 3, 7, 1, 9, 2, 4, 11, 5, 13, 6)))
     g.add_layer("conv2", "t1", "sc", Conv2d(12, 16, 3, 2, 1))
+    g.add_layer("conv_dilated", "t1", "sc", Conv2d(12, 16, 3, 2, 2, bias=False, dilation=2))
     g.add_layer("halve", "sc", "s2", Identity(0.5))
     g.add_layer("cat_conv", "s2", "cat", Conv2d(16, 4, 1))
     g.add_layer("cat_id", "s2", "cat", Identity(-1.5))
     g.reorder("cat", ["cat_id", "cat_conv"])  # not insertion order
     g.add_layer("elu", "cat", "e1", Activation("elu"))
-    g.add_layer("maxpool", "e1", "mp", Pool2d("max", 2, 2))
+    g.add_layer("shuffle", "e1", "sh", ChannelShuffle(4))
+    g.add_layer("first", "sh", "lo", ChannelSlice(0, 12))
+    g.add_layer("rest", "sh", "hi", ChannelSlice(12, 20))
+    g.add_layer("hi_id", "hi", "swapped", Identity())
+    g.add_layer("lo_id", "lo", "swapped", Identity())
+    g.add_layer("maxpool", "swapped", "mp", Pool2d("max", 2, 2))
     g.add_layer("avgpool", "mp", "ap", Pool2d("avg", 3, 1, 1))
     g.add_layer("gap", "ap", "feat", GlobalAvgPool())
-    g.add_layer("flat", "ap", "fl", Flatten())
-    g.add_layer("fc0", "fl", "feat", Linear(20 * 2 * 2, 20))
+    g.add_layer("adaptive", "ap", "ad", AdaptiveAvgPool2d(3))
+    g.add_layer("flat", "ad", "fl", Flatten())
+    g.add_layer("fc0", "fl", "feat", Linear(20 * 3 * 3, 20))
     g.add_layer("bn1d", "feat", "featn", BatchNorm1d(20))
     g.add_layer("pgelu", "featn", "g1", ParametricActivation("gelu", 20))
     g.add_layer("drop", "g1", "dr", Dropout(0.3))

@@ -12,7 +12,7 @@ from torch import nn
 from typer.testing import CliRunner
 
 from morphnas.cli import app
-from morphnas.errors import MorphnasError, TorchImportError
+from morphnas.errors import MorphError, MorphnasError, TorchImportError
 from morphnas.export import ONNX_TOLERANCE
 from morphnas.export.onnx import export_onnx
 from morphnas.ir import ArchGraph, Conv2d, compile_graph, from_torch, importer
@@ -81,10 +81,10 @@ class Sorting(nn.Module):
         return torch.sort(self.conv(x), dim=1).values.mean(dim=(2, 3))
 
 
-class Dilated(nn.Module):
+class Unevenly(nn.Module):
     def __init__(self) -> None:
         super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Conv2d(4, 4, 3, dilation=2))
+        self.body = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Conv2d(4, 4, 3, dilation=(1, 2)))
 
     def forward(self, x):
         return self.body(x).flatten(1)
@@ -97,8 +97,8 @@ class Scaled(nn.Module):
 
 @pytest.mark.parametrize("net, message", [
     (Sorting(), "cannot import node 'sort' (sort): sort is not in the IR"),
-    (Dilated(), "cannot import node 'body_1' (Conv2d(4, 4, kernel_size=(3, 3), stride=(1, 1), dilation=(2, 2))): "
-                "dilation=(2, 2) is not in the IR"),
+    (Unevenly(), "cannot import node 'body_1' (Conv2d(4, 4, kernel_size=(3, 3), stride=(1, 1), dilation=(1, 2))): "
+                 "non-square dilation (1, 2) is not in the IR"),
     (Scaled(), "cannot import node 'mul' (mul): only the product of two tensors is in the IR"),
     (nn.Sequential(nn.Conv2d(3, 4, 3), nn.LeakyReLU()),
      "cannot import node '_1' (LeakyReLU(negative_slope=0.01)): LeakyReLU is not in the IR yet"),
@@ -182,8 +182,13 @@ def test_every_morph_at_every_site_of_a_squeeze_and_excitation_block_is_exact():
     assert [b for b in graph.blobs() if graph.merge(b) == "mul"] == ["mul"]
     assert "mul" in MORPHS["widen"].sites(graph)  # the product's channels grow with both operands'
     assert {"mul_in0", "mul_in1"} <= set(MORPHS["split_identity"].sites(graph))
-    weights = float64(weights)
-    calibration = torch.randn(8, 3, 6, 6, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    assert every_site_exact(graph, float64(weights)) > 100
+
+
+def every_site_exact(graph: ArchGraph, weights: dict) -> int:
+    """Apply every exact morph at every one of its sites (float64 weights) and check each child with
+    the verifier (float64, borders included); returns how many were checked."""
+    calibration = torch.randn(8, *graph.input_shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     checked = 0
     for morph in sorted(MORPHS):
         if not MORPHS[morph].exact:
@@ -193,7 +198,46 @@ def test_every_morph_at_every_site_of_a_squeeze_and_excitation_block_is_exact():
             check = verify(graph, weights, child.graph, child.weights, dtype=torch.float64)
             assert child.exact and check.max_rel_err <= 1e-10, (morph, site, check)
             checked += 1
-    assert checked > 100
+    return checked
+
+
+class _Dilated(nn.Module):
+    """DeepLab-style dilated convolutions: dilation 2 in a residual block, a depthwise one at dilation 3,
+    and a strided one at dilation 2 whose taps overhang the border."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
+        self.a = nn.Sequential(nn.Conv2d(8, 8, 3, padding=2, dilation=2, bias=False), nn.BatchNorm2d(8), nn.ReLU())
+        self.dw = nn.Sequential(nn.Conv2d(8, 8, 3, padding=3, dilation=3, groups=8), nn.BatchNorm2d(8), nn.ReLU())
+        self.b = nn.Conv2d(8, 12, 3, stride=2, padding=1, dilation=2)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(12, 5))
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = x + self.dw(self.a(x))
+        return self.head(torch.relu(self.b(x)))
+
+
+def test_every_morph_at_every_site_of_a_dilated_network_is_exact():
+    """Kernel growth and TYPE-II branches pad a dilated kernel's padding by the dilation per tap, deepen's
+    identity init keeps G's dilation on the factor that carries G; what composes taps next to each other
+    refuses a dilated conv (morph_module does not list it, deepen's decompose says why)."""
+    torch.manual_seed(0)
+    net = calibrate_bn(_Dilated(), (3, 12, 12))
+    assert_sensitive(net, (3, 12, 12))
+    graph, weights, err = from_torch(net, (3, 12, 12))
+    assert err <= 1e-10
+    assert sorted(e.layer.dilation for e in graph.edges() if isinstance(e.layer, Conv2d)) == [1, 2, 2, 3]
+    x = torch.randn(2, 3, 12, 12, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    with torch.no_grad():
+        assert rel_err(compile_graph(graph, float64(weights)).eval()(x), copy.deepcopy(net).double()(x)) <= 1e-10
+    assert "a_0" in MORPHS["grow_kernel"].sites(graph) and "a_0" not in MORPHS["morph_module"].sites(graph)
+    assert every_site_exact(graph, float64(weights)) > 100
+    with pytest.raises(MorphError, match=r"deepen: init='decompose' .* G has dilation 2"):
+        apply_morph("deepen", graph, float64(weights), "a_0", {"init": "decompose"})
+    with pytest.raises(MorphError, match=r"morph_module: 'a_0' is dilated \(dilation=2\)"):
+        apply_morph("morph_module", graph, float64(weights), "a_0")
 
 
 class _Dense(nn.Module):
@@ -248,6 +292,75 @@ def test_every_morph_kind_on_an_imported_network_is_exact_and_the_result_exports
     assert export_onnx(graph, weights, tmp_path / f"{name}.onnx") <= ONNX_TOLERANCE  # onnxruntime agrees
 
 
+def test_shufflenet_v2_imports_and_computes_torchvisions_outputs():
+    """chunk(2, dim=1) is two channel slices, channel_shuffle's size, views and transpose one
+    channel_shuffle layer, x.mean([2, 3]) a global average pool; float64 agrees with torchvision."""
+    net = torchvision_net("shufflenet_v2_x0_5", num_classes=10)
+    graph, weights, err = from_torch(net, (3, 32, 32))
+    assert err <= 1e-10
+    kinds = [e.layer.type for e in graph.edges()]
+    assert kinds.count("channel_shuffle") == 16 and kinds.count("channel_slice") == 2 * 13  # 16 blocks, 13 stride 1
+    assert ArchGraph.loads(graph.dumps()).to_json() == graph.to_json()
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(5), dtype=torch.float64) * 2
+    with torch.no_grad():
+        assert rel_err(compile_graph(graph, float64(weights)).eval()(x), copy.deepcopy(net).double()(x)) <= 1e-10
+
+
+class _Cut(nn.Module):
+    """Channel slices, splits, views and shuffles as a user writes them by hand."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.shuffle = nn.ChannelShuffle(2)
+        self.fc = nn.Linear(5 * 4 * 4, 3)
+
+    def forward(self, x):
+        n = x.shape[0]
+        x = self.shuffle(torch.relu(self.conv(x)))
+        a, b = torch.split(x, [2, 6], dim=1)
+        x = torch.cat([x[:, 5:], b[:, :1], a], 1).reshape(x.size(0), 2, 3, 4, 4).transpose(1, 2).contiguous()
+        x = x.view(n, -1, 4, 4)[:, :5]  # a shuffle of the 6 channels, then 5 of them
+        return self.fc(x.view(-1, 5 * 4 * 4))
+
+
+def test_slices_splits_views_and_shuffles_written_by_hand_import():
+    graph, _, err = from_torch(_Cut(), (3, 4, 4))
+    assert err <= 1e-10
+    kinds = [e.layer.type for e in graph.edges()]
+    assert kinds.count("channel_shuffle") == 2 and kinds.count("channel_slice") == 5 and "flatten" in kinds
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, options", [
+    ("shufflenet_v2_x1_0", {}), ("shufflenet_v2_x1_5", {}), ("shufflenet_v2_x2_0", {}),
+    ("resnet50", {"replace_stride_with_dilation": [False, True, True]}),  # dilation 2 and 4 in its last stages
+])
+def test_every_shufflenet_width_and_a_dilated_resnet_import(name, options):
+    graph, _, err = from_torch(torchvision_net(name, num_classes=10, **options), (3, 32, 32))
+    assert err <= 1e-10
+    dilations = {e.layer.dilation for e in graph.edges() if isinstance(e.layer, Conv2d)}
+    assert dilations == ({1, 2, 4} if options else {1})
+
+
+def test_width_morphs_stop_at_a_channel_shuffle_and_widen_the_branches_between_exactly():
+    """A channel shuffle (and a channel slice) moves channels by the width: the blobs it reads or
+    writes, and everything tied or concatenated to them, are no widen or shrink site, and widen
+    there says why; the branch convolutions' inner blobs widen exactly."""
+    graph, weights, _ = from_torch(torchvision_net("shufflenet_v2_x0_5", num_classes=10), (3, 32, 32))
+    weights = float64(weights)
+    ends = {b for e in graph.edges() if e.layer.type in ("channel_shuffle", "channel_slice") for b in (e.src, e.dst)}
+    sites = widen_sites(graph)
+    assert sites and not ends & set(sites) and not ends & set(shrink_sites(graph))
+    shuffled = next(e.dst for e in graph.edges() if e.layer.type == "channel_shuffle")
+    with pytest.raises(MorphError, match=r"cannot widen .* a channel_(shuffle|slice) whose width cannot change"):
+        apply_morph("widen", graph, weights, shuffled)
+    for site in sites[::len(sites) // 4]:
+        child = apply_morph("widen", graph, weights, site, seed=0)
+        check = verify(graph, weights, child.graph, child.weights, dtype=torch.float64)
+        assert check.max_rel_err <= 1e-10, (site, check)
+
+
 def test_widen_refuses_blobs_tied_to_a_grouped_conv():
     """resnext's grouped 3x3 convs cannot be widened yet: their blobs are no widen site, and the others stay exact."""
     net = nn.Sequential(nn.Conv2d(3, 8, 1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1, groups=4), nn.ReLU(),
@@ -300,7 +413,7 @@ def test_cli_import_from_a_module_attribute(tmp_path, monkeypatch):
     (["mynets"], "must look like MODULE:ATTR or torchvision:NAME"),
     (["no_such_module_xyz:net"], "cannot import module 'no_such_module_xyz'"),
     (["torchvision:resnet9000"], "unknown torchvision classification model 'resnet9000'"),
-    (["torchvision:shufflenet_v2_x1_0", "--input", "3x32x32"], "cannot import node 'size' (.size())"),
+    (["torchvision:convnext_tiny", "--input", "3x32x32"], "cannot import node 'permute' (.permute())"),
     (["torchvision:resnet18", "--input", "3xabc"], "--input must look like 3x32x32"),
 ])
 def test_cli_import_errors_are_one_line_exit_2(tmp_path, args, message):
@@ -323,27 +436,35 @@ def test_shrink_leaves_a_grouped_conv_alone():
     compile_graph(child.graph, child.weights)
 
 
-REFERENCE_NETS = ("resnet18", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0", "squeezenet1_1")
+REFERENCE_NETS = ("resnet18", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0", "squeezenet1_1",
+                  "shufflenet_v2_x0_5")
 SITES_PER_MORPH = 6  # add_skip alone lists 9,379 site pairs in mobilenet_v3_small: the full product takes many minutes
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", REFERENCE_NETS)
-def test_every_listed_site_of_every_morph_applies(name):
+def test_every_listed_site_of_every_morph_applies_and_the_exact_ones_verify(name):
     """A morph's sites are where it applies: for each registered morph, up to SITES_PER_MORPH of its
-    listed sites (drawn with a fixed seed) apply to the imported network without an error."""
+    listed sites (drawn with a fixed seed) apply to the imported network without an error, and an
+    exact morph's child computes the network's outputs (float64, within 1e-10)."""
     graph, weights, _ = from_torch(torchvision_net(name, num_classes=10), (3, 32, 32))
-    calibration = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    weights = float64(weights)
+    calibration = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     gen = torch.Generator().manual_seed(2)
-    refused = []
+    refused, inexact = [], []
     for morph in sorted(MORPHS):
         sites = MORPHS[morph].sites(graph)
         for i in torch.randperm(len(sites), generator=gen)[:SITES_PER_MORPH].tolist():
             try:
-                apply_morph(morph, graph, weights, sites[i], seed=i, calibration=calibration)
+                child = apply_morph(morph, graph, weights, sites[i], seed=i, calibration=calibration)
             except MorphnasError as err:
                 refused.append(f"{morph} at {sites[i]!r}: {err}")
-    assert not refused, refused
+                continue
+            if MORPHS[morph].exact:
+                check = verify(graph, weights, child.graph, child.weights, dtype=torch.float64)
+                if not child.exact or check.max_rel_err > 1e-10:
+                    inexact.append(f"{morph} at {sites[i]!r}: {check.max_rel_err:.2g} ({child.note})")
+    assert not refused and not inexact, (refused, inexact)
 
 
 @pytest.mark.parametrize("name", ["mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0"])
@@ -383,6 +504,20 @@ def test_cli_import_fits_grey_input_and_another_class_count_and_says_so(tmp_path
     arch, weights, _ = load_checkpoint(tmp_path / "t")
     assert arch["input_shape"] == [1, 28, 28] and weights["fc.weight"].shape == (10, 512)
     assert torch.equal(weights["conv1.weight"], original.conv1.weight.sum(1, keepdim=True))
+
+
+def test_cli_import_json_prints_one_object_with_the_changes_as_notes(tmp_path):
+    result = runner.invoke(app, ["import", "torchvision:shufflenet_v2_x0_5", "--input", "1x32x32", "--classes", "10",
+                                 "--out", str(tmp_path / "s"), "--json"])
+    assert result.exit_code == 0, result.output
+    assert len(result.output.strip().splitlines()) == 1
+    info = json.loads(result.output)
+    assert info["notes"] == ["grey input: conv1.0's RGB kernels summed into one channel",
+                             "10 classes: head fc (1000 outputs) replaced by a fresh one (seed 0)"]
+    assert info["layers"] == 226 and info["input_shape"] == [1, 32, 32] and info["checkpoint"] == str(tmp_path / "s")
+    assert info["import_max_rel_err"] <= info["import_tolerance"] == 1e-10
+    _, _, metrics = load_checkpoint(tmp_path / "s")
+    assert {k: info[k] for k in metrics} == metrics and info["macs"] > 0
 
 
 def test_a_torchvision_seed_fits_the_data_sets_channels_and_classes():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -25,6 +26,8 @@ def import_command(
     seed: int = typer.Option(0, "--seed", min=0, max=2**32 - 1,
         help="Seed of the random weights (a torchvision network, a fresh head) and of the inputs the import is "
              "checked on."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object (the changes made to fit are its "
+                                                        "notes)."),
 ) -> None:
     """Import a PyTorch network as a checkpoint the other commands read (arch show, export).
 
@@ -36,8 +39,9 @@ def import_command(
     """
     shape = parse_shape(input)
     built = build_module(network, channels=shape[0], classes=classes, weights=weights_file, seed=seed)
-    for note in built.notes:
-        typer.echo(note)
+    if not as_json:
+        for note in built.notes:
+            typer.echo(note)
     started = time.perf_counter()
     imported = from_torch(built.module, shape, seed=seed)
     seconds = time.perf_counter() - started
@@ -52,6 +56,10 @@ def import_command(
     }
     save_checkpoint(out, arch=graph.to_json(), weights=weights, metrics=metrics)
     n_layers = sum(1 for _ in graph.edges())
+    if as_json:
+        typer.echo(json.dumps({**metrics, "import_tolerance": imported.tolerance, "layers": n_layers,
+                               "input_shape": list(shape), "notes": list(built.notes), "checkpoint": str(out)}))
+        return
     typer.echo(
         f"imported {network}: {n_layers} layers, {info['params']:,} params, {info['macs'] / 1e6:.1f} M MACs at "
         f"{input}; max relative error {imported.max_rel_err:.2g}; wrote {out}"

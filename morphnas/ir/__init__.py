@@ -6,8 +6,11 @@ from morphnas.ir.importer import Imported, from_torch
 from morphnas.ir.layers import (
     LAYER_TYPES,
     Activation,
+    AdaptiveAvgPool2d,
     BatchNorm1d,
     BatchNorm2d,
+    ChannelShuffle,
+    ChannelSlice,
     Conv2d,
     Dropout,
     Flatten,
@@ -24,8 +27,9 @@ from morphnas.ir.metrics import cost, count_macs, count_params, size_mb
 from morphnas.ir.seeds import RESNET_DEPTHS, SEEDS, arch_to_file, build_seed, check_fits, cnn, load_arch, mlp, resnet
 
 __all__ = [
-    "LAYER_TYPES", "RESNET_DEPTHS", "SEEDS", "Activation", "ArchGraph", "BatchNorm1d", "BatchNorm2d",
-    "Chain", "Conv2d", "Dropout", "Edge", "Flatten", "GlobalAvgPool", "Identity", "Imported", "Layer", "Linear",
+    "LAYER_TYPES", "RESNET_DEPTHS", "SEEDS", "Activation", "AdaptiveAvgPool2d", "ArchGraph", "BatchNorm1d",
+    "BatchNorm2d", "Chain", "ChannelShuffle", "ChannelSlice", "Conv2d", "Dropout", "Edge", "Flatten", "GlobalAvgPool",
+    "Identity", "Imported", "Layer", "Linear",
     "ParametricActivation", "Pool2d", "ShortcutA", "Weights", "arch_to_file", "build_seed", "cnn",
     "check_fits", "compile_graph", "cost", "count_macs", "count_params", "from_torch", "init_weights",
     "layer_from_dict", "load_arch",

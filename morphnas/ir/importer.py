@@ -38,8 +38,11 @@ from morphnas.ir.graph import _RESERVED, ArchGraph
 from morphnas.ir.layers import (
     ACTIVATIONS,
     Activation,
+    AdaptiveAvgPool2d,
     BatchNorm1d,
     BatchNorm2d,
+    ChannelShuffle,
+    ChannelSlice,
     Conv2d,
     Dropout,
     Flatten,
@@ -92,8 +95,7 @@ def _square(value: Any, what: str) -> int:
 def _conv(m: nn.Conv2d) -> Layer:
     if m.padding_mode != "zeros":
         raise _refuse(f"padding_mode={m.padding_mode!r} is not in the IR (zero padding only)")
-    if _square(m.dilation, "dilation") != 1:
-        raise _refuse(f"dilation={m.dilation} is not in the IR")
+    dilation = _square(m.dilation, "dilation")
     if isinstance(m.padding, str):
         if m.padding != "valid":
             raise _refuse(f"padding={m.padding!r} is not in the IR (give the padding as a number)")
@@ -101,7 +103,7 @@ def _conv(m: nn.Conv2d) -> Layer:
     else:
         padding = _square(m.padding, "padding")
     kernel, stride = _square(m.kernel_size, "kernel"), _square(m.stride, "stride")
-    return Conv2d(m.in_channels, m.out_channels, kernel, stride, padding, m.groups, m.bias is not None)
+    return Conv2d(m.in_channels, m.out_channels, kernel, stride, padding, m.groups, m.bias is not None, dilation)
 
 
 def _batchnorm(m: nn.modules.batchnorm._BatchNorm) -> Layer:
@@ -169,6 +171,7 @@ _MODULES: dict[type, Callable[[Any], Any]] = {
     nn.Dropout: lambda m: Dropout(float(m.p)),
     nn.Flatten: _flatten,
     nn.Identity: lambda m: "alias",
+    nn.ChannelShuffle: lambda m: ChannelShuffle(m.groups),
 }
 
 # An activation function or tensor method -> its kind; its other arguments are refused, so a
@@ -177,6 +180,35 @@ _ACTIVATION_FUNCTIONS = {spec.fn: kind for kind, spec in ACTIVATIONS.items()} | 
 _ACTIVATION_METHODS = {kind: kind for kind in ACTIVATIONS if hasattr(torch.Tensor, kind)} | {"relu_": "relu"}
 _ADDS = (operator.add, operator.iadd, torch.add)
 _MULS = (operator.mul, operator.imul, torch.mul)
+# Arithmetic on sizes read from a tensor (``C // groups``), evaluated at import: the shapes are fixed.
+_SIZE_ARITHMETIC = {operator.add: operator.add, operator.sub: operator.sub, operator.mul: operator.mul,
+                    operator.floordiv: operator.floordiv}
+_VIEWS = ("view", "reshape")
+
+
+class _Batch:
+    """The batch size in a traced ``x.size()``: unknown at import, so it may only be passed on."""
+
+    def __repr__(self) -> str:
+        return "N"
+
+
+BATCH = _Batch()
+
+
+@dataclass(frozen=True)
+class _Grouped:
+    """A 5-D view (N, groups, C / groups, H, W) of a blob, on the way to a channel shuffle; ``transposed``
+    once its dims 1 and 2 are swapped (then a view back to (N, C, H, W) is the shuffle)."""
+
+    blob: str
+    groups: int
+    transposed: bool = False
+
+    def shape(self, image: Shape) -> Shape:
+        c, h, w = image
+        dims = (self.groups, c // self.groups)
+        return (*(dims[::-1] if self.transposed else dims), h, w)
 
 
 # --- the mapping ---------------------------------------------------------------------------------
@@ -190,6 +222,9 @@ class _Importer:
         self.value: dict[fx.Node, str] = {}  # fx node -> IR blob
         self.shape: dict[str, Shape] = {}  # IR blob -> shape
         self.called: dict[str, str] = {}  # module target -> first node calling it
+        self.sizes: dict[fx.Node, Any] = {}  # fx node -> a size, or a tuple of sizes (BATCH for the batch)
+        self.pieces: dict[fx.Node, tuple[str, list[tuple[int, int]]]] = {}  # chunk / split -> (blob, slices)
+        self.grouped: dict[fx.Node, _Grouped] = {}  # a view on the way to a channel shuffle
 
     def run(self) -> None:
         for node in self.traced.graph.nodes:
@@ -250,7 +285,25 @@ class _Importer:
 
     def call_function(self, node: fx.Node) -> None:
         target = node.target
-        if node.op == "call_function" and target in _ADDS or (node.op == "call_method" and target in ("add", "add_")):
+        if node.op == "call_function" and target is operator.getitem:
+            self.getitem(node)
+        elif node.op == "call_function" and target in _SIZE_ARITHMETIC and any(a in self.sizes for a in node.args):
+            self.size_arithmetic(node)
+        elif (node.op == "call_method" and target == "size") or (
+                node.op == "call_function" and target is getattr and node.args[1:] == ("shape",)):
+            self.size(node)
+        elif self.tensor_op(node, _VIEWS, (torch.reshape,)):
+            self.view(node)
+        elif self.tensor_op(node, ("transpose",), (torch.transpose,)):
+            self.transpose(node)
+        elif node.op == "call_method" and target == "contiguous":
+            self.only_args(node, 1)
+            self.alias(node, node.args[0])
+        elif self.tensor_op(node, ("chunk", "split"), (torch.chunk, torch.split)):
+            self.split(node)
+        elif self.tensor_op(node, ("mean",), (torch.mean,)):
+            self.mean(node)
+        elif node.op == "call_function" and target in _ADDS or (node.op == "call_method" and target in ("add", "add_")):
             self.add(node)
         elif node.op == "call_function" and target in _MULS or (node.op == "call_method" and target in ("mul", "mul_")):
             self.mul(node)
@@ -291,6 +344,131 @@ class _Importer:
         if traced != self.shape[blob]:
             raise _refuse(f"output shape {traced} is not the IR's {self.shape[blob]}")
 
+    # sizes, views, slices and channel shuffles -------------------------------------------------
+    def tensor_op(self, node: fx.Node, methods: tuple[str, ...], functions: tuple[Any, ...]) -> bool:
+        return (node.op == "call_method" and node.target in methods) or (
+            node.op == "call_function" and node.target in functions)
+
+    def size(self, node: fx.Node) -> None:
+        """``x.size()`` (or ``x.size(d)``): the traced shapes are the IR's, so these are numbers."""
+        sizes = (BATCH, *self.shape[self.input_blob(node.args[0])])
+        dim = None if node.target is getattr else _arg(node, 1, "dim", None)
+        self.sizes[node] = sizes if dim is None else sizes[dim]
+
+    def size_arithmetic(self, node: fx.Node) -> None:
+        values = [self.sizes.get(a, a) if isinstance(a, fx.Node) else a for a in node.args]
+        if node.kwargs or not all(isinstance(v, int) for v in values):
+            raise _refuse("only +, -, * and // of sizes (not of the batch size) are in the IR")
+        self.sizes[node] = _SIZE_ARITHMETIC[node.target](*values)
+
+    def getitem(self, node: fx.Node) -> None:
+        """A size of ``x.size()``, a piece of a chunk or split (a channel slice), or ``x[:, a:b]``."""
+        source, index = node.args
+        if source in self.sizes:
+            if not isinstance(self.sizes[source], tuple) or not isinstance(index, int):
+                raise _refuse(f"indexing a size with {index!r} is not in the IR")
+            self.sizes[node] = self.sizes[source][index]
+        elif source in self.pieces:
+            blob, slices = self.pieces[source]
+            self.channel_slice(node, blob, *slices[index])
+        elif (isinstance(index, tuple) and len(index) == 2 and index[0] == slice(None)
+              and isinstance(index[1], slice) and index[1].step in (None, 1)):
+            blob = self.input_blob(source)
+            start, stop, _ = index[1].indices(self.shape[blob][0])
+            if stop <= start:
+                raise _refuse(f"an empty channel slice {start}:{stop} is not in the IR")
+            self.channel_slice(node, blob, start, stop)
+        else:
+            raise _refuse(f"indexing with {index!r} is not in the IR (x[:, a:b] along the channels only)")
+
+    def channel_slice(self, node: fx.Node, blob: str, start: int, stop: int) -> None:
+        if (start, stop) == (0, self.shape[blob][0]):
+            self.value[node] = blob
+            return
+        name = self.name(node.name)
+        dst = self.graph.add_blob(name)
+        layer = ChannelSlice(start, stop)
+        self.graph.add_layer(name, blob, dst, layer)
+        self.shape[dst] = layer.output_shape(self.shape[blob])
+        self.value[node] = dst
+
+    def split(self, node: fx.Node) -> None:
+        """``chunk(n, dim=1)`` and ``split(size or sizes, dim=1)`` as torch cuts the channels."""
+        chunk = node.target in ("chunk", torch.chunk)
+        dim = _arg(node, 2, "dim", 0)
+        blob = self.input_blob(node.args[0])
+        if dim not in (1, 1 - len(self.shape[blob]) - 1):
+            raise _refuse(f"splitting along dim {dim} is not in the IR (channels only)")
+        how = _arg(node, 1, "chunks" if chunk else "split_size_or_sections", None)
+        how = [self.sizes.get(n, n) for n in how] if isinstance(how, list | tuple) else self.sizes.get(how, how)
+        if not (isinstance(how, int) and how > 0 or isinstance(how, list) and all(isinstance(n, int) for n in how)):
+            raise _refuse(f"splitting by {how!r} is not in the IR")
+        c = self.shape[blob][0]
+        if chunk:
+            how = -(-c // how)
+        sizes = [how] * (c // how) + ([c % how] if c % how else []) if isinstance(how, int) else list(how)
+        if sum(sizes) != c:
+            raise _refuse(f"sizes {sizes} do not add up to the {c} channels")
+        starts = [sum(sizes[:i]) for i in range(len(sizes))]
+        self.pieces[node] = (blob, [(a, a + n) for a, n in zip(starts, sizes, strict=True)])
+
+    def view(self, node: fx.Node) -> None:
+        """The views of a channel shuffle (N, C, H, W) -> (N, g, C / g, H, W), transposed -> (N, C, H, W);
+        a view to (N, -1) flattens; a view to the same shape is the identity."""
+        source = node.args[0]
+        dims = node.args[1:] or (node.kwargs.get("shape", ()),)
+        if len(dims) == 1 and isinstance(dims[0], list | tuple):  # view((N, C)) or reshape(x, (N, C))
+            dims = dims[0]
+        dims = tuple(self.sizes.get(d, d) if isinstance(d, fx.Node) else d for d in dims)
+        blob_shape = self.shape.get(self.value.get(source), ())
+        if dims[:1] == (-1,) and all(isinstance(d, int) and d > 0 for d in dims[1:]) \
+                and math.prod(dims[1:]) == math.prod(blob_shape):
+            dims = (BATCH, *dims[1:])  # view(-1, C * H * W): the batch is what is left
+        if dims[:1] != (BATCH,) or any(d is BATCH for d in dims[1:]):
+            raise _refuse(f"a view to {dims} is not in the IR (the batch dim must stay first and alone)")
+        rest = dims[1:]
+        if source in self.grouped:
+            grouped = self.grouped[source]
+            shape = self.shape[grouped.blob]
+            if not grouped.transposed or not _fits(rest, shape):
+                raise _refuse(f"a view of {grouped.shape(shape)} to {rest} is not in the IR")
+            self.layer(node, source, ChannelShuffle(grouped.groups), src=grouped.blob)
+            return
+        blob = self.input_blob(source)
+        shape = self.shape[blob]
+        if _fits(rest, shape):
+            self.value[node] = blob
+        elif _fits(rest, (math.prod(shape),)):
+            self.flatten(node, source)
+        elif len(shape) == 3 and len(rest) == 4 and _fits(rest[2:], shape[1:]) and isinstance(rest[0], int) \
+                and rest[0] > 0 and shape[0] % rest[0] == 0 and _fits(rest[:2], (rest[0], shape[0] // rest[0])):
+            self.grouped[node] = _Grouped(blob, rest[0])
+        else:
+            raise _refuse(f"a view of {shape} to {rest} is not in the IR")
+
+    def transpose(self, node: fx.Node) -> None:
+        dims = {_arg(node, 1, "dim0"), _arg(node, 2, "dim1")}
+        grouped = self.grouped.get(node.args[0])
+        if grouped is None or grouped.transposed or dims not in ({1, 2}, {1, -3}):
+            raise _refuse("only the transpose of a channel shuffle's groups (dims 1 and 2) is in the IR")
+        self.grouped[node] = _Grouped(grouped.blob, grouped.groups, transposed=True)
+
+    def alias(self, node: fx.Node, arg: Any) -> None:
+        if arg in self.grouped:
+            self.grouped[node] = self.grouped[arg]
+        else:
+            self.value[node] = self.input_blob(arg)
+
+    def mean(self, node: fx.Node) -> None:
+        """``x.mean((2, 3))``: global average pooling."""
+        blob = self.input_blob(node.args[0])
+        dims = _arg(node, 1, "dim", None)
+        dims = set(dims) if isinstance(dims, list | tuple) else set()
+        if (len(self.shape[blob]) != 3 or _arg(node, 2, "keepdim", False) or dims not in ({2, 3}, {-2, -1})
+                or len(node.args) > 3 or set(node.kwargs) - {"dim", "keepdim"}):
+            raise _refuse("only the mean over height and width (dims 2 and 3, keepdim=False) is in the IR")
+        self.layer(node, node.args[0], GlobalAvgPool())
+
     # building blocks --------------------------------------------------------------------------
     def only_args(self, node: fx.Node, count: int, allowed: set[str] = frozenset()) -> None:
         extra = set(node.kwargs) - set(allowed)
@@ -313,8 +491,8 @@ class _Importer:
         if any((size + 2 * p - k) % s for size in (h, w)):
             raise _refuse(f"ceil_mode=True on a {h}x{w} input (a partial last window) is not in the IR")
 
-    def layer(self, node: fx.Node, arg: Any, spec: Layer) -> str:
-        src = self.input_blob(arg)
+    def layer(self, node: fx.Node, arg: Any, spec: Layer, src: str | None = None) -> str:
+        src = src or self.input_blob(arg)
         name = self.name(node.name)
         dst = self.graph.add_blob(name)
         self.graph.add_layer(name, src, dst, spec)
@@ -374,11 +552,21 @@ class _Importer:
         elif h % oh == 0 and w % ow == 0 and h // oh == w // ow:
             k = h // oh
             self.layer(node, arg, Pool2d("avg", k, k, 0))
+        elif oh == ow:
+            self.layer(node, arg, AdaptiveAvgPool2d(oh))
         else:
-            raise _refuse(f"adaptive pooling of {h}x{w} to {oh}x{ow} is not in the IR (it does not tile evenly)")
+            raise _refuse(f"adaptive pooling of {h}x{w} to {oh}x{ow} is not in the IR (square maps only)")
 
     def check_shape(self, node: fx.Node) -> None:
+        if node in self.sizes or node in self.pieces:  # numbers, or the slices a later getitem takes
+            return
         meta = node.meta.get("tensor_meta")
+        if node in self.grouped and meta is not None:
+            grouped = self.grouped[node]
+            if tuple(meta.shape[1:]) != grouped.shape(self.shape[grouped.blob]):
+                raise _refuse(f"it makes shape {tuple(meta.shape[1:])} where the IR makes "
+                              f"{grouped.shape(self.shape[grouped.blob])}")
+            return
         if node not in self.value or meta is None:
             raise _refuse("it does not compute one tensor")
         traced = tuple(meta.shape[1:])
@@ -398,6 +586,19 @@ class _Importer:
             end = args[2] if len(args) > 2 else node.kwargs.get("end_dim", -1)
             return start == 1 and end == -1
         return False
+
+
+def _arg(node: fx.Node, index: int, name: str, default: Any = None) -> Any:
+    """Argument ``index`` of a call (counting the tensor), given by position or as ``name``."""
+    return node.args[index] if len(node.args) > index else node.kwargs.get(name, default)
+
+
+def _fits(dims: tuple[Any, ...], shape: Shape) -> bool:
+    """Whether view dims (at most one -1) give ``shape``."""
+    if len(dims) != len(shape) or not all(isinstance(d, int) for d in dims) or sum(d == -1 for d in dims) > 1:
+        return False
+    known = math.prod(d for d in dims if d != -1)
+    return all(d in (s, -1) for d, s in zip(dims, shape, strict=True)) and (-1 not in dims or known > 0)
 
 
 def _stochastic_depth(target: Any) -> bool:

@@ -175,9 +175,10 @@ class Conv2d(Layer):
     padding: int = 0
     groups: int = 1
     bias: bool = True
+    dilation: int = 1  # the spacing of the kernel's taps: it spans dilation * (kernel_size - 1) + 1 pixels
 
     def __post_init__(self) -> None:
-        for name in ("in_channels", "out_channels", "kernel_size", "stride", "groups"):
+        for name in ("in_channels", "out_channels", "kernel_size", "stride", "groups", "dilation"):
             _positive(getattr(self, name), f"conv2d {name}")
         _non_negative(self.padding, "conv2d padding")
         if self.in_channels % self.groups or self.out_channels % self.groups:
@@ -189,27 +190,34 @@ class Conv2d(Layer):
         c, h, w = _image(shape, "conv2d")
         if c != self.in_channels:
             raise GraphError(f"conv2d expects {self.in_channels} input channels, got {c}")
-        k, s, p = self.kernel_size, self.stride, self.padding
+        k, s, p = self.span, self.stride, self.padding
         oh, ow = _pooled(h, k, s, p), _pooled(w, k, s, p)
         if oh <= 0 or ow <= 0:
-            raise GraphError(f"conv2d kernel {k} does not fit a {h}x{w} input")
+            dilated = f" at dilation {self.dilation}" if self.dilation > 1 else ""
+            raise GraphError(f"conv2d kernel {self.kernel_size}{dilated} does not fit a {h}x{w} input")
         return (self.out_channels, oh, ow)
 
     def build(self) -> nn.Module:
         return nn.Conv2d(
             self.in_channels, self.out_channels, self.kernel_size,
-            stride=self.stride, padding=self.padding, groups=self.groups, bias=self.bias,
+            stride=self.stride, padding=self.padding, dilation=self.dilation, groups=self.groups, bias=self.bias,
         )
 
     def macs(self, shape: Shape) -> int:
-        """Every output value: in_channels / groups x k x k products."""
+        """Every output value: in_channels / groups x k x k products (dilation spaces the taps, adds none)."""
         return math.prod(self.output_shape(shape)) * (self.in_channels // self.groups) * self.kernel_size**2
 
     def source_module(self) -> str:
+        dilation = f"dilation={self.dilation}, " if self.dilation > 1 else ""
         return (
             f"nn.Conv2d({self.in_channels}, {self.out_channels}, {self.kernel_size}, stride={self.stride}, "
-            f"padding={self.padding}, groups={self.groups}, bias={self.bias})"
+            f"padding={self.padding}, {dilation}groups={self.groups}, bias={self.bias})"
         )
+
+    @property
+    def span(self) -> int:
+        """The pixels the kernel spans along each axis: ``kernel_size`` spaced ``dilation`` apart."""
+        return self.dilation * (self.kernel_size - 1) + 1
 
     @property
     def depthwise(self) -> bool:
@@ -519,6 +527,82 @@ class ShortcutA(Layer):
 
 
 @dataclass(frozen=True)
+class ChannelShuffle(Layer):
+    """ShuffleNet's channel shuffle (Zhang et al. 2018): ``groups`` groups of ``C / groups``
+    channels, read as a (groups, C / groups) matrix and written transposed, so output channel
+    ``c * groups + g`` is input channel ``g * C / groups + c`` (``nn.ChannelShuffle``).
+
+    A permutation that depends on the width: widening or shrinking its input would move every
+    channel after the first group, so it states no channel rules and width changes stop at it
+    (its blobs are no widen or shrink site); the other morphs see a layer like any.
+    """
+
+    type: ClassVar[str] = "channel_shuffle"
+    groups: int
+
+    def __post_init__(self) -> None:
+        _positive(self.groups, "channel_shuffle groups")
+
+    def output_shape(self, shape: Shape) -> Shape:
+        c, _, _ = _image(shape, "channel_shuffle")
+        if c % self.groups:
+            raise GraphError(f"channel_shuffle groups={self.groups} must divide the {c} input channels")
+        return shape
+
+    def build(self) -> nn.Module:
+        return nn.ChannelShuffle(self.groups)
+
+    def source_module(self) -> str:
+        return f"nn.ChannelShuffle({self.groups})"
+
+
+class ChannelSliceModule(nn.Module):
+    """Channels ``start`` to ``stop - 1`` of a batch."""
+
+    def __init__(self, start: int, stop: int) -> None:
+        super().__init__()
+        self.start, self.stop = start, stop
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, self.start:self.stop]
+
+    def extra_repr(self) -> str:
+        return f"start={self.start}, stop={self.stop}"
+
+
+@dataclass(frozen=True)
+class ChannelSlice(Layer):
+    """Channels ``start`` to ``stop - 1`` of its input (``torch.chunk`` and ``torch.split`` along
+    the channels are one slice per piece).
+
+    Where it reads depends on the width before it, so it states no channel rules: width changes
+    stop at it.
+    """
+
+    type: ClassVar[str] = "channel_slice"
+    start: int
+    stop: int
+
+    def __post_init__(self) -> None:
+        _non_negative(self.start, "channel_slice start")
+        _positive(self.stop, "channel_slice stop")
+        if self.stop <= self.start:
+            raise GraphError(f"channel_slice stop {self.stop} must be above start {self.start}")
+
+    def output_shape(self, shape: Shape) -> Shape:
+        if not shape or shape[0] < self.stop:
+            raise GraphError(f"channel_slice {self.start}:{self.stop} needs at least {self.stop} channels, "
+                             f"got shape {shape}")
+        return (self.stop - self.start, *shape[1:])
+
+    def build(self) -> nn.Module:
+        return ChannelSliceModule(self.start, self.stop)
+
+    def source_inline(self, value: str) -> str:
+        return f"{value}[:, {self.start}:{self.stop}]"
+
+
+@dataclass(frozen=True)
 class Pool2d(_ChannelWise):
     type: ClassVar[str] = "pool2d"
     mode: str = "max"
@@ -547,6 +631,28 @@ class Pool2d(_ChannelWise):
     def source_inline(self, value: str) -> str:
         fn = "F.max_pool2d" if self.mode == "max" else "F.avg_pool2d"
         return f"{fn}({value}, {self.kernel_size}, {self.stride}, {self.padding})"
+
+
+@dataclass(frozen=True)
+class AdaptiveAvgPool2d(_ChannelWise):
+    """Average pooling to a ``size`` x ``size`` map whatever the input's (``nn.AdaptiveAvgPool2d``):
+    output cell i averages input rows ``floor(i H / size)`` to ``ceil((i + 1) H / size) - 1``, and
+    so repeats input pixels when the map grows (VGG's 7x7 pool on a small image)."""
+
+    type: ClassVar[str] = "adaptive_avg_pool2d"
+    size: int
+
+    def __post_init__(self) -> None:
+        _positive(self.size, "adaptive_avg_pool2d size")
+
+    def output_shape(self, shape: Shape) -> Shape:
+        return (_image(shape, "adaptive_avg_pool2d")[0], self.size, self.size)
+
+    def build(self) -> nn.Module:
+        return nn.AdaptiveAvgPool2d(self.size)
+
+    def source_inline(self, value: str) -> str:
+        return f"F.adaptive_avg_pool2d({value}, {self.size})"
 
 
 @dataclass(frozen=True)

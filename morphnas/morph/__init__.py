@@ -18,12 +18,22 @@ from morphnas.morph.base import (
     register,
     replay,
 )
-from morphnas.morph.verify import TOLERANCE, Verification, probe_inputs, randomise_bn, verify
+from morphnas.morph.verify import (
+    SENSITIVITY_FLOOR,
+    TOLERANCE,
+    Verification,
+    calibrate_bn,
+    probe_inputs,
+    randomise_bn,
+    sensitivity,
+    verify,
+)
 
 for _info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
     importlib.import_module(f"{__name__}.{_info.name}")
 
 __all__ = [
-    "MORPHS", "TOLERANCE", "MorphContext", "MorphRecord", "MorphResult", "MorphSpec", "Verification",
-    "apply_morph", "get_morph", "probe_inputs", "randomise_bn", "register", "replay", "verify",
+    "MORPHS", "SENSITIVITY_FLOOR", "TOLERANCE", "MorphContext", "MorphRecord", "MorphResult", "MorphSpec",
+    "Verification", "apply_morph", "calibrate_bn", "get_morph", "probe_inputs", "randomise_bn", "register",
+    "replay", "sensitivity", "verify",
 ]

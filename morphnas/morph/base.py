@@ -178,13 +178,29 @@ def apply_morph(
     spec = get_morph(name)
     generator = torch.Generator().manual_seed(seed)
     if site not in spec.sites(graph):
-        raise MorphError(f"morph {name!r} does not apply at {site!r}")
+        raise MorphError(f"morph {name!r} does not apply at {site!r}{_why_not(spec, graph, weights, site, params)}")
     if params is None:
         params = spec.default_params(graph, site, generator)
     ctx = MorphContext(generator, calibration)
     result = spec.fn(graph, weights, site, dict(params), ctx)
     result.record = MorphRecord(name, site, dict(params), seed)
     return result
+
+
+def _why_not(spec: MorphSpec, graph: ArchGraph, weights: Weights, site: str, params: dict[str, Any] | None) -> str:
+    """``": <the morph's own reason>"`` for a site it does not list (a blob tied to a channel shuffle,
+    a dilated convolution), or "" when it gives none (an unknown name, or a site it was not offered)."""
+    if site not in graph.blobs() and site not in {e.name for e in graph.edges()}:
+        return ""
+    try:
+        generator = torch.Generator().manual_seed(0)
+        spec.fn(graph, weights, site, dict(params or spec.default_params(graph, site, generator)),
+                MorphContext(generator))
+    except MorphError as err:
+        return f": {err}"
+    except Exception:  # noqa: BLE001 - a morph meets a site of the wrong kind in many ways; it only explains
+        return ""
+    return ""
 
 
 def replay(

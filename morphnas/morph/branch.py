@@ -36,10 +36,10 @@ def _branch_defaults(graph: ArchGraph, site: str, gen: torch.Generator) -> dict[
 
 
 def _branch_layer(conv: Conv2d, kernel: int) -> Conv2d:
-    """G with kernel ``kernel``: centred on G's taps (padding shifted), same stride and output grid."""
+    """G with kernel ``kernel``: centred on G's taps (padding shifted), same stride, dilation and output grid."""
     if (kernel - conv.kernel_size) % 2:
         raise MorphError(f"branch: kernel {kernel} and G's {conv.kernel_size} differ by an odd number: no centring")
-    padding = conv.padding + (kernel - conv.kernel_size) // 2
+    padding = conv.padding + conv.dilation * (kernel - conv.kernel_size) // 2
     if padding < 0:
         raise MorphError(f"branch: a {kernel}x{kernel} branch needs negative padding to keep G's output grid")
     return conv.replace(kernel_size=kernel, padding=padding)  # type: ignore[return-value]
@@ -96,7 +96,8 @@ def _grow_defaults(graph: ArchGraph, site: str, gen: torch.Generator) -> dict[st
 def grow_kernel(
     graph: ArchGraph, weights: Weights, site: str, params: dict[str, Any], ctx: MorphContext
 ) -> MorphResult:
-    """Kernel size (section 3.4): zero-pad conv ``site`` from k to ``kernel`` = k + 2m, padding + m.
+    """Kernel size (section 3.4): zero-pad conv ``site`` from k to ``kernel`` = k + 2m, padding + m
+    (+ m x dilation: a dilated conv's new taps are dilation pixels apart too).
 
     Exact at the borders (a zero tap reads padding or a pixel, both times zero) and for any
     stride (the output grid does not move). Params: ``kernel`` (default k + 2). The grown
@@ -110,7 +111,8 @@ def grow_kernel(
     if (kernel - conv.kernel_size) % 2:
         raise MorphError(f"grow_kernel: kernel must be {conv.kernel_size} plus an even number, got {kernel}")
     child = graph.copy()
-    child.set_layer(site, conv.replace(kernel_size=kernel, padding=conv.padding + (kernel - conv.kernel_size) // 2))
+    padding = conv.padding + conv.dilation * (kernel - conv.kernel_size) // 2
+    child.set_layer(site, conv.replace(kernel_size=kernel, padding=padding))
     key = f"{site}.weight"
     out = {**weights, key: pad_kernel(weights[key], kernel)}
     note = f"{conv.kernel_size}x{conv.kernel_size} -> {kernel}x{kernel}"

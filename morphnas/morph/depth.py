@@ -4,11 +4,12 @@
 network the pair becomes ``F1 -> BN (calibrated identity) -> P-act (a = 1, eq. 8) -> F2`` so that
 the child can learn a nonlinearity there (section 3.7). Two initialisations:
 
-- ``identity``: one factor carries G (zero-padded to its kernel), the other is a centred delta,
-  which with zero padding is exactly the identity: exact, borders included.
+- ``identity``: one factor carries G (zero-padded to its kernel, at G's dilation), the other is
+  a centred delta, which with zero padding is exactly the identity: exact, borders included.
 - ``decompose`` (NetMorph): the factor with fewer parameters is random, the other is solved by
   least squares. Exact when eq. 3 holds and one factor is 1x1; two stacked k > 1 convs with zero
   padding equal one conv only away from the borders, so such a result is marked approximate.
+  A dilated G is refused: eq. 2 composes taps that are next to each other.
 """
 
 from __future__ import annotations
@@ -46,21 +47,22 @@ EXACT_RESIDUAL = 1e-9  # relative residual of eq. 2 (solved in float64) below wh
 # factorisations --------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Geometry:
-    """G's kernel, stride and padding (a linear layer is a 1x1 conv on a 1x1 image)."""
+    """G's kernel, stride, padding and dilation (a linear layer is a 1x1 conv on a 1x1 image)."""
 
     kernel: int
     stride: int
     padding: int
+    dilation: int = 1
 
     @staticmethod
     def of(layer: Layer) -> Geometry:
         if isinstance(layer, Conv2d):
-            return Geometry(layer.kernel_size, layer.stride, layer.padding)
+            return Geometry(layer.kernel_size, layer.stride, layer.padding, layer.dilation)
         return Geometry(1, 1, 0)
 
     def padding_for(self, size: int) -> int:
-        """The padding that keeps G's output grid for G zero-padded to ``size``."""
-        return self.padding + (size - self.kernel) // 2
+        """The padding that keeps G's output grid for G zero-padded to ``size`` (taps ``dilation`` apart)."""
+        return self.padding + self.dilation * (size - self.kernel) // 2
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,7 @@ class Factors:
     paddings: tuple[int, int]
     exact: bool
     note: str
+    dilations: tuple[int, int] = (1, 1)
 
 
 def _check_pad(geo: Geometry, size: int, what: str) -> None:
@@ -87,12 +90,12 @@ def identity_factors(g: torch.Tensor, geo: Geometry, kernels: tuple[int, int], c
         if k2 % 2 == 0:
             raise MorphError(f"deepen: an identity factor needs an odd kernel, got {k2}")
         return Factors(pad_kernel(g, k1), delta(cj, cj, k2), (geo.stride, 1), (geo.padding_for(k1), k2 // 2), True,
-                       "F1 carries G, F2 is the identity")
+                       "F1 carries G, F2 is the identity", (geo.dilation, 1))
     _check_pad(geo, k2, "the second")
     if k1 % 2 == 0:
         raise MorphError(f"deepen: an identity factor needs an odd kernel, got {k1}")
     return Factors(delta(ci, ci, k1), pad_kernel(g, k2), (1, geo.stride), (k1 // 2, geo.padding_for(k2)), True,
-                   "F1 is the identity, F2 carries G")
+                   "F1 is the identity, F2 carries G", (1, geo.dilation))
 
 
 def random_factor(c_out: int, c_in: int, k: int, gen: torch.Generator) -> torch.Tensor:
@@ -113,6 +116,9 @@ def decompose_factors(
     """NetMorph: randomise the smaller factor, solve the larger by least squares (eqs. 2-3)."""
     k1, k2 = kernels
     size = k1 + k2 - 1
+    if geo.dilation > 1:
+        raise MorphError(f"deepen: init='decompose' composes kernels tap next to tap (eq. 2); G has dilation "
+                         f"{geo.dilation} (init='identity' keeps it)")
     _check_pad(geo, size, "the combined (K1 + K2 - 1)")
     cj, ci = g.shape[:2]
     target = pad_kernel(g, size)
@@ -185,8 +191,9 @@ def _factor_layers(edge: Edge, f: Factors) -> tuple[Layer, Layer]:
     (cl, ci), cj = f.f1.shape[:2], f.f2.shape[0]
     if isinstance(edge.layer, Linear):
         return Linear(ci, cl, bias=False), Linear(cl, cj, bias=edge.layer.bias)
-    (k1, k2), (s1, s2), (p1, p2) = (f.f1.shape[-1], f.f2.shape[-1]), f.strides, f.paddings
-    return Conv2d(ci, cl, k1, s1, p1, bias=False), Conv2d(cl, cj, k2, s2, p2, bias=edge.layer.bias)
+    (k1, k2), (s1, s2), (p1, p2), (d1, d2) = (f.f1.shape[-1], f.f2.shape[-1]), f.strides, f.paddings, f.dilations
+    return (Conv2d(ci, cl, k1, s1, p1, bias=False, dilation=d1),
+            Conv2d(cl, cj, k2, s2, p2, bias=edge.layer.bias, dilation=d2))
 
 
 def _middle(width: int, image: bool, p: dict[str, Any], name: str) -> Chain:

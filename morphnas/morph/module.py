@@ -45,11 +45,13 @@ DEFAULTS: dict[str, Any] = {"template": "A", "module": None, "width": None, "max
 
 
 def module_sites(graph: ArchGraph) -> list[str]:
-    """Stride-1 "same" convolutions up to 3x3 (what modules (A)-(D) carry)."""
+    """Stride-1 "same" undilated convolutions up to 3x3 (what modules (A)-(D) carry: their
+    convolutions compose as eq. 2 does, tap next to tap)."""
     out = []
     for name in conv_edges(graph):
         conv = graph.layer(name)
-        if conv.stride == 1 and conv.padding == conv.kernel_size // 2 and conv.kernel_size <= 3:
+        same = conv.stride == 1 and conv.dilation == 1 and conv.padding == conv.kernel_size // 2
+        if same and conv.kernel_size <= 3:
             out.append(name)
     return out
 
@@ -72,7 +74,10 @@ def morph_module(
     """Theorem 8: a convolution becomes a module (Algorithms 1 and 2, eq. 5)."""
     p = parse_params(params, DEFAULTS, "morph_module")
     if site not in module_sites(graph):
-        site_edge(graph, site, (Conv2d,))
+        conv = site_edge(graph, site, (Conv2d,)).layer
+        if conv.dilation > 1:
+            raise MorphError(f"morph_module: {site!r} is dilated (dilation={conv.dilation}); "
+                             "a module's convolutions compose undilated (eq. 2)")
         raise MorphError(f"morph_module: {site!r} is not a stride-1 'same' convolution")
     edge = graph.edge(site)
     conv: Conv2d = edge.layer

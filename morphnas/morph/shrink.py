@@ -222,7 +222,7 @@ def _compensate(
         x, w = seen[mix.name].index_select(1, gone), weights[f"{mix.name}.weight"].index_select(1, gone)
         with torch.no_grad():
             if isinstance(edge.layer, Conv2d):
-                y = F.conv2d(x, w, None, edge.layer.stride, edge.layer.padding)
+                y = F.conv2d(x, w, None, edge.layer.stride, edge.layer.padding, edge.layer.dilation)
                 delta = y.mean(dim=(0, 2, 3))
             else:
                 delta = (x @ w.T).mean(dim=0)

@@ -48,6 +48,38 @@ def randomise_bn(weights: Weights, seed: int = 0) -> Weights:
     return out
 
 
+def calibrate_bn(module: torch.nn.Module, batch: torch.Tensor) -> torch.nn.Module:
+    """``module`` in eval mode with the batch-norm statistics of one train-mode pass over ``batch``
+    (that batch's own mean and variance, as in a trained network). A fresh network's 0 and 1, or
+    :func:`randomise_bn`'s random statistics, leave a deep network's outputs all but constant in
+    its input, and a constant network agrees with any wrong morph of itself."""
+    norms = [m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average: after one pass, exactly the batch's statistics
+    module.train()
+    with torch.no_grad():
+        module(batch)
+    for m, momentum in zip(norms, momenta, strict=True):
+        m.momentum = momentum
+    return module.eval()
+
+
+SENSITIVITY_FLOOR = 1e-3
+
+
+def sensitivity(model: torch.nn.Module, shape: tuple[int, ...], dtype: torch.dtype = torch.float32,
+                seed: int = 0) -> float:
+    """How much ``model``'s outputs depend on its input: the relative change between two random
+    batches. Below :data:`SENSITIVITY_FLOOR` an exactness check on the model cannot fail."""
+    gen = torch.Generator().manual_seed(seed)
+    a, b = (torch.randn(4, *shape, generator=gen, dtype=dtype) for _ in range(2))
+    with torch.no_grad():
+        fa, fb = model(a), model(b)
+    return ((fa - fb).abs().max() / fa.abs().max()).item()
+
+
 def probe_inputs(shape: tuple[int, ...], dtype: torch.dtype, seed: int = 0, batches: int = 3) -> list[torch.Tensor]:
     """Random normal batches plus one constant batch (which exposes biases leaking into padding)."""
     gen = torch.Generator().manual_seed(seed)
