@@ -2,7 +2,9 @@
 
 Both runs train the same compiled network from the same initial weights on the same data with
 the same batch size, number of steps and SGD settings, and both evaluate the validation split
-after every epoch (as ``train`` does). They alternate ``--repeats`` times in one process; the
+after every epoch (as ``train`` does); the bare loop keeps PyTorch's default memory layout, so
+the ratio includes ``train``'s ``channels_last`` (and its augmentation, where the data set has
+one, which the bare loop skips). They alternate ``--repeats`` times in one process; the
 table shows the median images per wall second and per CPU second (steadier on a shared
 machine) and their ratios (target on CPU: >= 0.95x).
 

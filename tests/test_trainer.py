@@ -247,12 +247,13 @@ def test_evaluate_counts_wrong_predictions_in_eval_mode() -> None:
 
 def test_device_settings_choose_autocast_and_memory_format() -> None:
     cpu = device_settings("cpu")
-    assert cpu.autocast_dtype is None and cpu.memory_format == torch.contiguous_format
+    assert cpu.autocast_dtype is None and cpu.memory_format == torch.channels_last
     cuda = device_settings("cuda:1")
     assert cuda.device == torch.device("cuda:1")
     assert cuda.autocast_dtype == torch.bfloat16 and cuda.memory_format == torch.channels_last
-    images = cpu.put(torch.zeros(2, 3, 4, 4).contiguous(memory_format=torch.channels_last))
-    assert images.is_contiguous()
+    images = cpu.put(torch.zeros(2, 3, 4, 4))
+    assert images.is_contiguous(memory_format=torch.channels_last) and not images.is_contiguous()
+    assert cpu.put(torch.zeros(2, 3)).is_contiguous()  # only image batches change layout
     with pytest.raises(ConfigError, match="unknown device"):
         device_settings("gpu0")
 

@@ -5,8 +5,10 @@ The whole data set moves to the device once; each epoch draws a permutation from
 per-iteration schedule with linear warm-up. Weight decay applies to weights with two or more
 dimensions (convolution and linear kernels) only, never to biases, batch-norm or PReLU
 parameters, which are one-dimensional (common practice: decaying them only hurts).
-On CUDA the forward pass runs under bfloat16 autocast with the model and inputs in
-``channels_last``; on the CPU everything is float32 and deterministic for a given seed.
+Models and image batches are held in ``channels_last`` on every device (on two CPU cores a
+ResNet-8 step on 28 x 28 images takes 27 % less time than in the default layout, a ResNet-20
+step 9 % less: ``benchmarks/train_throughput.py``); on CUDA the forward pass also runs under
+bfloat16 autocast, on the CPU everything is float32 and deterministic for a given seed.
 """
 
 from __future__ import annotations
@@ -135,7 +137,7 @@ class DeviceSettings:
 
 
 def device_settings(device: str | torch.device) -> DeviceSettings:
-    """CUDA: bfloat16 autocast and ``channels_last``; anything else: float32, contiguous.
+    """CUDA: bfloat16 autocast and ``channels_last``; anything else: float32 and ``channels_last``.
 
     Pure: it does not check that the device exists (see :func:`train`).
     """
@@ -145,7 +147,7 @@ def device_settings(device: str | torch.device) -> DeviceSettings:
         raise ConfigError(f"unknown device {device!r}") from None
     if dev.type == "cuda":
         return DeviceSettings(dev, torch.bfloat16, torch.channels_last)
-    return DeviceSettings(dev, None, torch.contiguous_format)
+    return DeviceSettings(dev, None, torch.channels_last)
 
 
 def lr_at(step: int, total_steps: int, warmup_steps: int, config: TrainConfig) -> float:
