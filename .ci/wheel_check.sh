@@ -11,9 +11,10 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
 # Built in the work tree, which it must leave as it was (no build/, no *.egg-info).
-before=$(git status --porcelain --ignored --untracked-files=all -- . ':!.venv' | grep -v __pycache__ || true)
+tree_state() { git status --porcelain --ignored --untracked-files=all -- . ':!.venv' | grep -v __pycache__ || true; }
+before=$(tree_state)
 "$PY" -m pip wheel . --no-deps --quiet -w "$work/dist"
-after=$(git status --porcelain --ignored --untracked-files=all -- . ':!.venv' | grep -v __pycache__ || true)
+after=$(tree_state)
 if [ "$before" != "$after" ]; then
     echo "pip wheel . left files in the work tree:"; diff <(echo "$before") <(echo "$after") || true; exit 1
 fi

@@ -11,8 +11,11 @@ statistics left mobilenet_v2 at 2e-8). Reported per network: whether ``from_torc
 (float64), the seconds the import took, its sensitivity, and for every registered morph the
 number of sites and the worst verifier error (borders included), in float64 and in float32, over
 three sites spread over the network: the first, the middle and the last in program order. A
-morph that claims exactness must stay within 1e-10 (float64) and 1e-5 (float32) there;
-``shrink`` is approximate by design (it removes channels) and is reported, not judged.
+morph that claims exactness must stay within the verifier's float64 tolerance there (1e-10, or
+ten times the network's own rounding noise where that is larger, as on efficientnet_b0); the
+float32 error is reported beside the float32 rounding noise of the network, which on an
+ill-conditioned network exceeds any tolerance (docs/design.md#exactness). ``shrink`` is
+approximate by design (it removes channels) and is reported, not judged.
 
     .venv/bin/python benchmarks/import_torchvision.py                  # the eight networks at 3x64x64
     .venv/bin/python benchmarks/import_torchvision.py --nets vgg11_bn --input 3x224x224 --morphs   # import only
@@ -33,7 +36,6 @@ from morphnas.ir import from_torch
 from morphnas.morph import (
     MORPHS,
     SENSITIVITY_FLOOR,
-    TOLERANCE,
     apply_morph,
     calibrate_bn,
     probe_inputs,
@@ -57,7 +59,8 @@ def morph_row(name: str, graph, weights, calibration: torch.Tensor) -> dict:
     sites = spec.sites(graph)
     picked = spread(sites)
     worst = {torch.float64: 0.0, torch.float32: 0.0}
-    exact, seconds = True, 0.0
+    noise = dict(worst)
+    exact, within, tolerance, seconds = True, True, 0.0, 0.0
     for i, site in enumerate(picked):
         start = time.perf_counter()
         res = apply_morph(name, graph, weights, site, seed=i, calibration=calibration)
@@ -66,11 +69,14 @@ def morph_row(name: str, graph, weights, calibration: torch.Tensor) -> dict:
             check = verify(graph, weights, res.graph, res.weights, dtype=dtype,
                            inputs=probe_inputs(graph.input_shape, dtype, i))
             worst[dtype] = max(worst[dtype], check.max_rel_err)
+            noise[dtype] = max(noise[dtype], check.noise)
+            if dtype == torch.float64:
+                within, tolerance = within and check.preserved, max(tolerance, check.tolerance)
         exact = exact and res.exact
-    within = all(err <= TOLERANCE[dtype] for dtype, err in worst.items())
     return {"sites": len(sites), "checked": len(picked), "worst_rel_err": worst[torch.float64],
-            "worst_rel_err_float32": worst[torch.float32], "exact": exact, "claims_exact": spec.exact,
-            "within_tolerance": within, "morph_seconds": round(seconds, 2)}
+            "worst_rel_err_float32": worst[torch.float32], "noise": noise[torch.float64],
+            "noise_float32": noise[torch.float32], "tolerance": tolerance, "exact": exact,
+            "claims_exact": spec.exact, "within_tolerance": within, "morph_seconds": round(seconds, 2)}
 
 
 def measure(net_name: str, shape: tuple[int, ...], classes: int, morphs: list[str]) -> dict:
@@ -95,11 +101,12 @@ def measure(net_name: str, shape: tuple[int, ...], classes: int, morphs: list[st
 
 
 def table(rows: list[dict], names: list[str]) -> str:
-    lines = ["| network | imported | import error | import s | sensitivity |" + "".join(f" {n} |" for n in names),
-             "|---|---|---:|---:|---:|" + "---:|" * len(names)]
+    lines = ["| network | imported | import error | import s | sensitivity | rounding noise f64 / f32 | "
+             "f64 tolerance |" + "".join(f" {n} |" for n in names),
+             "|---|---|---:|---:|---:|---:|---:|" + "---:|" * len(names)]
     for r in rows:
         if not r["imported"]:
-            lines.append(f"| {r['net']} | no: {r['refusal']} | | | {r['sensitivity']:.2g} |" + " |" * len(names))
+            lines.append(f"| {r['net']} | no: {r['refusal']} | | | {r['sensitivity']:.2g} | | |" + " |" * len(names))
             continue
         cells = []
         for name in names:
@@ -109,8 +116,12 @@ def table(rows: list[dict], names: list[str]) -> str:
                 continue
             cells.append("0 sites" if not m["sites"] else f"{m['sites']}: {m['worst_rel_err']:.0e} / "
                          f"{m['worst_rel_err_float32']:.0e}" + ("" if m["exact"] else " (approx.)"))
+        checked = list(r["morphs"].values())
+        noise = (f"{max(m['noise'] for m in checked):.0e} / {max(m['noise_float32'] for m in checked):.0e} | "
+                 f"{max(m['tolerance'] for m in checked):.0e}") if checked else " |"
         lines.append(f"| {r['net']} | yes ({r['layers']} layers) | {r['import_max_rel_err']:.1e} | "
-                     f"{r['import_seconds']:.1f} | {r['sensitivity']:.2g} |" + "".join(f" {c} |" for c in cells))
+                     f"{r['import_seconds']:.1f} | {r['sensitivity']:.2g} | {noise} |"
+                     + "".join(f" {c} |" for c in cells))
     return "\n".join(lines)
 
 
@@ -140,7 +151,8 @@ def main() -> None:
     stayed = all(m["within_tolerance"] for r in rows for m in r.get("morphs", {}).values()
                  if m["claims_exact"] and m["exact"])
     print(f"{imported} of {len(rows)} families import; every exact morph "
-          + ("stays exact" if stayed else "does NOT stay exact") + " (float64 1e-10, float32 1e-5)")
+          + ("stays exact" if stayed else "does NOT stay exact")
+          + " in float64 (1e-10, or ten times the network's rounding noise where that is larger)")
     print("cells: sites: worst float64 / float32 verifier error over the first, middle and last site")
     print(table(rows, args.morphs))
     if args.out:
