@@ -4,11 +4,12 @@ import math
 
 import pytest
 import torch
+from reference_nets import trained_weights
 from test_morph_width import concat_graph
 
 from morphnas.errors import ConfigError, MorphError
 from morphnas.ir import cnn, compile_graph, cost, init_weights, mlp, resnet
-from morphnas.morph import MORPHS, apply_morph, randomise_bn, verify
+from morphnas.morph import MORPHS, apply_morph, verify
 from morphnas.morphnet import (
     ChannelMap,
     channel_costs,
@@ -31,7 +32,7 @@ def small_resnet(shortcut: str = "A"):
 
 
 def seeded(graph, seed: int = 1):
-    return graph, randomise_bn(init_weights(graph, seed=seed))
+    return graph, trained_weights(graph, seed)
 
 
 # cost weights ---------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from morphnas.morph.verify import (
     probe_inputs,
     randomise_bn,
     sensitivity,
+    trained_like,
     verify,
 )
 
@@ -34,6 +35,6 @@ for _info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
 
 __all__ = [
     "MORPHS", "SENSITIVITY_FLOOR", "TOLERANCE", "MorphContext", "MorphRecord", "MorphResult", "MorphSpec",
-    "Verification", "apply_morph", "calibrate_bn", "get_morph", "probe_inputs", "randomise_bn", "register",
-    "replay", "sensitivity", "verify",
+    "Verification", "apply_morph", "calibrate_bn", "get_morph", "probe_inputs", "randomise_bn", "register", "replay",
+    "sensitivity", "trained_like", "verify",
 ]
