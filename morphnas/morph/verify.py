@@ -33,21 +33,6 @@ class Verification:
         return self.max_rel_err <= self.tolerance
 
 
-def randomise_bn(weights: Weights, seed: int = 0) -> Weights:
-    """``weights`` with random batch-norm statistics, affine terms and biases (seeded), so that no
-    batch norm is the identity a fresh network starts with: probing only fresh networks would
-    miss a morph that mishandles a trained batch norm."""
-    gen = torch.Generator().manual_seed(seed)
-    out = {}
-    for key, value in weights.items():
-        if key.endswith("running_var"):
-            value = torch.rand(value.shape, generator=gen) + 0.5
-        elif key.endswith(("running_mean", "bias")) or (key.endswith("weight") and value.dim() == 1):
-            value = torch.randn(value.shape, generator=gen) * 0.3 + (1.0 if key.endswith("weight") else 0.0)
-        out[key] = value
-    return out
-
-
 def calibrate_bn(module: torch.nn.Module, batch: torch.Tensor) -> torch.nn.Module:
     """``module`` in eval mode with the batch-norm statistics of one train-mode pass over ``batch``
     (that batch's own mean and variance, as in a trained network). A fresh network's 0 and 1, or
