@@ -5,8 +5,8 @@ calibrated as a trained network's: one train-mode pass over a batch of normalise
 0, variance 1 per pixel, as a normalised data set has them), each batch norm taking that
 batch's own mean and variance. The network's sensitivity (the relative change of its outputs
 between two random batches) must then be above the verifier's floor: a network whose output
-barely depends on its input agrees with any wrong morph of itself (``randomise_bn``'s random
-statistics left mobilenet_v2 at 2e-8). Reported per network: whether ``from_torch`` imports it
+barely depends on its input agrees with any wrong morph of itself (random statistics, which the
+tests once used, left mobilenet_v2 at 2e-8). Reported per network: whether ``from_torch`` imports it
 (else its one-line refusal), the import's max relative error against the original module
 (float64), the seconds the import took, its sensitivity, and for every registered morph the
 number of sites and the worst verifier error (borders included), in float64 and in float32, over

@@ -1,10 +1,13 @@
-"""Independent hand-written PyTorch versions of the seed networks, to check the compiler against."""
+"""Independent hand-written PyTorch versions of the seed networks, to check the compiler against,
+and the weights every exactness test probes: calibrated as a trained network's, checked to be
+sensitive to the input."""
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from morphnas.morph import SENSITIVITY_FLOOR, sensitivity
+from morphnas.ir import ArchGraph, Weights, compile_graph, init_weights
+from morphnas.morph import SENSITIVITY_FLOOR, sensitivity, trained_like
 from morphnas.morph import calibrate_bn as morph_calibrate_bn
 
 
@@ -119,3 +122,13 @@ def assert_sensitive(model, shape: tuple[int, ...], dtype: torch.dtype = torch.f
     change = sensitivity(model, shape, dtype, seed)
     assert change > SENSITIVITY_FLOOR, f"the outputs barely depend on the input (relative change {change:.2g})"
     return change
+
+
+def trained_weights(graph: ArchGraph, seed: int = 1) -> Weights:
+    """``init_weights(graph, seed)`` made a trained network's (:func:`morphnas.morph.trained_like`:
+    random batch-norm affine terms and biases, statistics from a train-mode pass over a random
+    batch), asserted to be sensitive to the input: an exactness check on them can fail."""
+    batch = torch.randn(16, *graph.input_shape, generator=torch.Generator().manual_seed(seed))
+    weights = trained_like(graph, init_weights(graph, seed), batch, seed)
+    assert_sensitive(compile_graph(graph, weights).eval(), graph.input_shape)
+    return weights

@@ -7,7 +7,7 @@ import torch
 from typer.testing import CliRunner
 
 from morphnas.cli import app
-from morphnas.ir import cnn
+from morphnas.ir import ArchGraph, GlobalAvgPool, Identity, Linear, cnn
 from morphnas.morph import MORPHS, TOLERANCE, MorphRecord, MorphResult, MorphSpec
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny nets: a second thread only adds waiting
@@ -62,6 +62,23 @@ def test_exit_1_only_when_an_exact_morph_breaks_the_function(monkeypatch, exact,
     result = runner.invoke(app, ["verify", "--arch", "mlp", "--input", "3x4x4", "--morph", "fake", "--json"])
     assert result.exit_code == status, result.output
     assert json.loads(result.stdout)[0]["max_rel_err"] > 1e-3
+
+
+def test_a_network_whose_outputs_ignore_its_input_is_refused(tmp_path):
+    """input -> 0 x input -> pool -> fc: the outputs are fc's bias whatever the input, so any morph would verify."""
+    graph = ArchGraph((3, 8, 8))
+    for blob in ("input", "zero", "pool", "out"):
+        graph.add_blob(blob)
+    graph.add_layer("zero", "input", "zero", Identity(0.0))
+    graph.add_layer("gap", "zero", "pool", GlobalAvgPool())
+    graph.add_layer("fc", "pool", "out", Linear(3, 4))
+    path = tmp_path / "constant.json"
+    path.write_text(graph.validate().dumps())
+    for dtype in ("float32", "float64"):
+        result = runner.invoke(app, ["verify", "--arch", str(path), "--dtype", dtype])
+        assert result.exit_code == 2, result.output
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1 and "its outputs barely depend on its input (relative change 0 " in lines[0], lines
 
 
 @pytest.mark.parametrize(

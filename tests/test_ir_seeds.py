@@ -1,9 +1,8 @@
 import pytest
 import torch
-from reference_nets import CNN, CNN_KEYS, MLP, MLP_KEYS, ResNet, resnet_key_map, translate
+from reference_nets import CNN, CNN_KEYS, MLP, MLP_KEYS, ResNet, resnet_key_map, trained_weights, translate
 
 from morphnas.ir import ArchGraph, cnn, compile_graph, cost, init_weights, mlp, resnet
-from morphnas.morph import randomise_bn
 
 CASES = [
     ("resnet20-A-cifar", lambda: resnet(20), lambda: ResNet(20, 3, 10), resnet_key_map(20), (3, 32, 32)),
@@ -19,7 +18,7 @@ CASES = [
 @pytest.mark.parametrize("name,ours,theirs,keys,shape", CASES, ids=[c[0] for c in CASES])
 def test_compiled_seed_matches_hand_written_module(name, ours, theirs, keys, shape):
     graph = ours()
-    weights = randomise_bn(init_weights(graph, seed=1))
+    weights = trained_weights(graph, seed=1)
     model = compile_graph(graph, weights).eval().double()
     reference = theirs()
     reference.load_state_dict(translate(weights, keys))

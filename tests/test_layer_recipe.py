@@ -7,12 +7,13 @@ from typing import ClassVar
 
 import pytest
 import torch
+from reference_nets import trained_weights
 from torch import nn
 
 from morphnas.export import export_python
-from morphnas.ir import ArchGraph, BatchNorm2d, Conv2d, Flatten, Layer, Linear, compile_graph, cost, init_weights
+from morphnas.ir import ArchGraph, BatchNorm2d, Conv2d, Flatten, Layer, Linear, compile_graph, cost
 from morphnas.ir.layers import Shape
-from morphnas.morph import apply_morph, randomise_bn, verify
+from morphnas.morph import apply_morph, verify
 from morphnas.morphnet import shrink
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # a tiny net: a second thread only adds waiting
@@ -54,7 +55,7 @@ def recipe_graph() -> ArchGraph:
 @pytest.fixture()
 def net():
     graph = recipe_graph()
-    return graph, randomise_bn(init_weights(graph, seed=3))
+    return graph, trained_weights(graph, seed=3)
 
 
 def assert_exact(parent, weights, child, child_weights) -> None:

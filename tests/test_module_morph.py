@@ -2,13 +2,14 @@
 
 import pytest
 import torch
+from reference_nets import trained_weights
 from test_morph_depth import concat_net
 
 from morphnas.errors import MorphError
 from morphnas.grammar.rules import RULES
 from morphnas.ir import cnn, compile_graph, init_weights, resnet
 from morphnas.modules import MODULES, classify, module_to_json
-from morphnas.morph import MORPHS, apply_morph, randomise_bn, verify
+from morphnas.morph import MORPHS, apply_morph, verify
 
 
 def as_double(weights):
@@ -18,7 +19,7 @@ def as_double(weights):
 @pytest.fixture(scope="module")
 def net():
     graph = resnet(20, (3, 16, 16))
-    return graph, randomise_bn(init_weights(graph, 1))
+    return graph, trained_weights(graph, 1)
 
 
 def test_every_rule_names_a_registered_morph():
@@ -48,7 +49,7 @@ def test_module_morph_is_exact_in_float32_and_float64(net, template, site):
 
 def test_a_conv_into_a_concat_blob_becomes_a_module_in_its_slot():
     graph = concat_net()  # "ib", a 1x1 conv, is the second of two operands of concat blob "cat"
-    weights = as_double(randomise_bn(init_weights(graph, 3)))
+    weights = as_double(trained_weights(graph, 3))
     res = apply_morph("morph_module", graph, weights, "ib", {"template": "B"}, seed=1)
     assert res.exact, res.note
     join = res.graph.in_edges("cat")[1]

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from reference_nets import trained_weights
 from test_morph_depth import DTYPES, assert_exact, assert_learns, concat_net, morph, parent
 
 from morphnas.errors import MorphError
@@ -43,7 +44,7 @@ def test_branch_adds_two_learnable_nonzero_filters_at_the_add_blob():
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 def test_branch_into_a_concat_blob_sums_first_and_keeps_its_slot_and_bias(dtype):
     graph = concat_net()
-    weights = {k: v.to(dtype) for k, v in init_weights(graph, seed=4).items()}
+    weights = {k: v.to(dtype) for k, v in trained_weights(graph, seed=4).items()}
     res = apply_morph("branch", graph, weights, "ia", {"kernels": [3, 5]}, seed=1)
     assert [e.name for e in res.graph.in_edges("cat")][1] == "ib"
     assert res.weights["ia_b1.bias"].abs().min() > 0 and res.weights["ia_b2.bias"].abs().min() > 0
@@ -93,7 +94,7 @@ def test_grow_kernel_is_exact(net, site, params, dtype):
 
 def test_grow_kernel_on_valid_conv_with_bias_and_concat():
     graph = concat_net()
-    weights = {k: v.double() for k, v in init_weights(graph, seed=4).items()}
+    weights = {k: v.double() for k, v in trained_weights(graph, seed=4).items()}
     res = apply_morph("grow_kernel", graph, weights, "cb", {"kernel": 5})
     x = [torch.randn(4, 2, 7, 7, dtype=torch.float64)]
     assert verify(graph, weights, res.graph, res.weights, dtype=torch.float64, inputs=x).preserved

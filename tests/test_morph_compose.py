@@ -6,9 +6,10 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from reference_nets import trained_weights
 
-from morphnas.ir import ArchGraph, Weights, compile_graph, init_weights, mlp, resnet
-from morphnas.morph import MORPHS, apply_morph, probe_inputs, randomise_bn, verify
+from morphnas.ir import ArchGraph, Weights, compile_graph, mlp, resnet
+from morphnas.morph import MORPHS, apply_morph, probe_inputs, verify
 
 EXACT = sorted(name for name, spec in MORPHS.items() if spec.exact)
 HITS: Counter = Counter()  # morph name -> times applied, over all examples (for reports)
@@ -50,9 +51,9 @@ def check_child(parent: ArchGraph, parent_weights: Weights, child: ArchGraph, ch
 
 
 RESNET20 = resnet(20, (1, 16, 16))
-RESNET20_WEIGHTS = randomise_bn(init_weights(RESNET20, seed=1))
+RESNET20_WEIGHTS = trained_weights(RESNET20, seed=1)
 MLP = mlp((1, 8, 8), hidden=32)
-MLP_WEIGHTS = randomise_bn(init_weights(MLP, seed=1))
+MLP_WEIGHTS = trained_weights(MLP, seed=1)
 
 
 @pytest.mark.slow

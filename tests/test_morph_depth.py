@@ -1,20 +1,22 @@
 """TYPE-I morphs (eq. 2): deepen (identity and decompose), insert_pact, insert_bn.
 
-The helpers here (random parents with randomised BN statistics, the exactness check, the
-children-must-learn check) are shared by the other morph test files.
+The helpers here (random parents with batch-norm statistics calibrated as a trained network's
+and outputs checked to depend on the input, the exactness check, the children-must-learn check)
+are shared by the other morph test files.
 """
 
 from functools import cache
 
 import pytest
 import torch
+from reference_nets import assert_sensitive, trained_weights
 
 import morphnas.morph  # noqa: F401  (registers every morph)
 from morphnas.errors import MorphError
 from morphnas.ir import ArchGraph, Conv2d, GlobalAvgPool, cnn, compile_graph, init_weights, mlp, resnet
 from morphnas.modules.kernels import compose
 from morphnas.modules.solver import solve_factor
-from morphnas.morph import TOLERANCE, MorphResult, apply_morph, randomise_bn, verify
+from morphnas.morph import TOLERANCE, MorphResult, apply_morph, verify
 from morphnas.morph.depth import Geometry, decompose_factors
 
 NETS = {
@@ -32,10 +34,10 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tiny nets: a second thread
 
 @cache
 def parent(net: str, dtype: torch.dtype = torch.float32, plain: bool = False) -> tuple[ArchGraph, dict]:
-    """A seed with random weights and (unless ``plain``) randomised BN statistics, in ``dtype``."""
+    """A seed with random weights, unless ``plain`` made a trained network's (``trained_weights``:
+    calibrated batch norms, outputs that depend on the input), in ``dtype``."""
     graph = NETS[net]()
-    weights = init_weights(graph, seed=1)
-    weights = weights if plain else randomise_bn(weights)
+    weights = init_weights(graph, seed=1) if plain else trained_weights(graph, seed=1)
     return graph, {k: v.to(dtype) if v.is_floating_point() else v for k, v in weights.items()}
 
 
@@ -72,7 +74,7 @@ def assert_exact(res: MorphResult, net: str, dtype: torch.dtype) -> float:
 def assert_learns(res: MorphResult, steps: int = 2) -> None:
     """With weight decay 0, every element of every new parameter gets a non-zero gradient within ``steps``.
 
-    Use a parent with default initialisation (``parent(net, plain=True)``): randomised BN shifts
+    Use a parent with default initialisation (``parent(net, plain=True)``): random BN shifts
     leave some ReLU units dead in the parent itself, and their weights get no gradient either.
     """
     torch.manual_seed(0)
@@ -95,6 +97,18 @@ def assert_learns(res: MorphResult, steps: int = 2) -> None:
         opt.step()
     dead = {k: int((~r).sum()) for k, r in reached.items() if not r.all()}
     assert not dead, f"new parameters without gradient (count of dead elements): {dead}"
+
+
+def test_the_sensitivity_floor_refuses_a_network_whose_outputs_ignore_its_input():
+    """Batch norms with a huge running variance leave the outputs all but constant: a change that
+    breaks the function then passes the verifier, and the floor refuses the network."""
+    graph, weights = parent("cnn")
+    flat = {k: torch.full_like(v, 1e12) if k.endswith("running_var") else v for k, v in weights.items()}
+    with pytest.raises(AssertionError, match="barely depend on the input"):
+        assert_sensitive(compile_graph(graph, flat).eval(), graph.input_shape)
+    assert verify(graph, flat, graph, {**flat, "c2_conv.weight": 1.5 * flat["c2_conv.weight"]}).preserved
+    broken = {**weights, "c2_conv.weight": 1.5 * weights["c2_conv.weight"]}  # calibrated: the same change is seen
+    assert verify(graph, weights, graph, broken).max_rel_err > 1e-2
 
 
 # the algebra of eq. 2 --------------------------------------------------------------------------
@@ -260,7 +274,7 @@ def concat_net() -> ArchGraph:
 
 def test_insert_into_concat_blob_keeps_channel_order():
     graph = concat_net()
-    weights = init_weights(graph, seed=2)
+    weights = trained_weights(graph, seed=2)
     x = [torch.randn(3, 2, 7, 7, dtype=torch.float64)]
     for name in ("insert_bn", "insert_pact", "deepen"):
         res = apply_morph(name, graph, weights, "ia", calibration=x[0].float())

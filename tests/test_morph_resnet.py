@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from reference_nets import trained_weights
 from test_morph_depth import (
     DTYPES,
     assert_exact,
@@ -65,7 +66,7 @@ def test_identity_into_a_concat_blob_is_split_through_a_sum_in_its_slot():
     graph.add_layer("conv", "input", "a", Conv2d(3, 4, 3, padding=1))
     graph.add_layer("tail", "a", "cat", Identity())
     graph.add_layer("pool", "cat", "out", GlobalAvgPool())
-    weights = {k: v.double() for k, v in init_weights(graph.validate()).items()}
+    weights = {k: v.double() for k, v in trained_weights(graph.validate()).items()}
     x = [torch.randn(2, 3, 5, 5, dtype=torch.float64)]
     for name in ("split_identity", "identity_to_conv_path"):
         res = apply_morph(name, graph, weights, "id", calibration=x[0])

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from reference_nets import trained_weights
 
 from morphnas.errors import MorphError
 from morphnas.ir import (
@@ -16,11 +17,10 @@ from morphnas.ir import (
     ShortcutA,
     cnn,
     compile_graph,
-    init_weights,
     mlp,
     resnet,
 )
-from morphnas.morph import MORPHS, MorphContext, apply_morph, randomise_bn, verify
+from morphnas.morph import MORPHS, MorphContext, apply_morph, verify
 from morphnas.morph.tied import channel_groups
 from morphnas.morph.width import widen
 
@@ -35,7 +35,7 @@ def assert_exact(parent, weights, result) -> None:
 
 
 def seeded(graph, seed: int = 1):
-    return graph, randomise_bn(init_weights(graph, seed=seed))
+    return graph, trained_weights(graph, seed)
 
 
 RESNET_SITES = [

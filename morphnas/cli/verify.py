@@ -14,8 +14,18 @@ from rich.table import Table
 from morphnas.cli.arch import resolve
 from morphnas.cli.output import console as make_console
 from morphnas.errors import ConfigError, MorphError
-from morphnas.ir import ArchGraph, Weights, init_weights
-from morphnas.morph import MORPHS, TOLERANCE, apply_morph, get_morph, probe_inputs, randomise_bn, verify
+from morphnas.ir import ArchGraph, Weights, compile_graph, init_weights
+from morphnas.morph import (
+    MORPHS,
+    SENSITIVITY_FLOOR,
+    TOLERANCE,
+    apply_morph,
+    get_morph,
+    probe_inputs,
+    sensitivity,
+    trained_like,
+    verify,
+)
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -74,18 +84,22 @@ def verify_command(
 ) -> None:
     """Apply each morph at a seeded site of a randomly weighted network and check function preservation.
 
-    Exit status 1 when a morph that claims exactness exceeds the tolerance (1e-5 in float32,
-    1e-10 in float64); approximate morphs are reported, never failed.
+    The network's batch norms take the statistics of a train-mode pass over a random batch, as a
+    trained network's; a network whose outputs then barely depend on its input is refused (any
+    morph of it would pass). Exit status 1 when a morph that claims exactness exceeds the
+    tolerance (1e-5 in float32, 1e-10 in float64); approximate morphs are reported, never failed.
     """
     if dtype not in DTYPES:
         raise ConfigError(f"--dtype must be float32 or float64, got {dtype!r}")
     names = sorted(MORPHS) if morph == "all" else [get_morph(morph).name]
     graph = resolve(arch, input, classes, shortcut)
     torch_dtype = DTYPES[dtype]
-    gen = torch.Generator().manual_seed(seed)
-    weights = randomise_bn(init_weights(graph, seed), seed)
-    weights = {k: v.to(torch_dtype) if v.is_floating_point() else v for k, v in weights.items()}
-    calibration = torch.randn(16, *graph.input_shape, generator=gen).to(torch_dtype)
+    calibration = torch.randn(16, *graph.input_shape, generator=torch.Generator().manual_seed(seed)).to(torch_dtype)
+    weights = trained_like(graph, init_weights(graph, seed), calibration, seed)
+    change = sensitivity(compile_graph(graph, weights).eval(), graph.input_shape, torch_dtype, seed)
+    if change <= SENSITIVITY_FLOOR:
+        raise ConfigError(f"{arch!r}: its outputs barely depend on its input (relative change {change:.2g} between "
+                          f"two random batches, floor {SENSITIVITY_FLOOR:g}), so any morph of it would verify")
     rows, skipped = [], []
     for name in names:
         row = check_morph(name, graph, weights, seed, calibration, torch_dtype)

@@ -24,8 +24,8 @@ from morphnas.morph.verify import (
     Verification,
     calibrate_bn,
     probe_inputs,
-    randomise_bn,
     sensitivity,
+    trained_like,
     verify,
 )
 
@@ -34,6 +34,6 @@ for _info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
 
 __all__ = [
     "MORPHS", "SENSITIVITY_FLOOR", "TOLERANCE", "MorphContext", "MorphRecord", "MorphResult", "MorphSpec",
-    "Verification", "apply_morph", "calibrate_bn", "get_morph", "probe_inputs", "randomise_bn", "register",
-    "replay", "sensitivity", "verify",
+    "Verification", "apply_morph", "calibrate_bn", "get_morph", "probe_inputs", "register", "replay",
+    "sensitivity", "trained_like", "verify",
 ]

@@ -42,26 +42,11 @@ class Verification:
         return self.max_rel_err <= self.tolerance
 
 
-def randomise_bn(weights: Weights, seed: int = 0) -> Weights:
-    """``weights`` with random batch-norm statistics, affine terms and biases (seeded), so that no
-    batch norm is the identity a fresh network starts with: probing only fresh networks would
-    miss a morph that mishandles a trained batch norm."""
-    gen = torch.Generator().manual_seed(seed)
-    out = {}
-    for key, value in weights.items():
-        if key.endswith("running_var"):
-            value = torch.rand(value.shape, generator=gen) + 0.5
-        elif key.endswith(("running_mean", "bias")) or (key.endswith("weight") and value.dim() == 1):
-            value = torch.randn(value.shape, generator=gen) * 0.3 + (1.0 if key.endswith("weight") else 0.0)
-        out[key] = value
-    return out
-
-
 def calibrate_bn(module: torch.nn.Module, batch: torch.Tensor) -> torch.nn.Module:
     """``module`` in eval mode with the batch-norm statistics of one train-mode pass over ``batch``
     (that batch's own mean and variance, as in a trained network). A fresh network's 0 and 1, or
-    :func:`randomise_bn`'s random statistics, leave a deep network's outputs all but constant in
-    its input, and a constant network agrees with any wrong morph of itself."""
+    random statistics, leave a deep network's outputs all but constant in its input, and a
+    constant network agrees with any wrong morph of itself."""
     norms = [m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     momenta = [m.momentum for m in norms]
     for m in norms:
@@ -75,6 +60,22 @@ def calibrate_bn(module: torch.nn.Module, batch: torch.Tensor) -> torch.nn.Modul
     return module.eval()
 
 
+def trained_like(graph: ArchGraph, weights: Weights, batch: torch.Tensor, seed: int = 0) -> Weights:
+    """``weights`` as a trained network's, in ``batch``'s dtype: random batch-norm affine terms and
+    biases (seeded), so that no batch norm is the identity a fresh network starts with (probing only
+    fresh networks would miss a morph that mishandles a trained batch norm), then the batch-norm
+    statistics of one train-mode pass over ``batch`` (:func:`calibrate_bn`), so that the outputs
+    depend on the input (check with :func:`sensitivity`)."""
+    gen = torch.Generator().manual_seed(seed)
+    out = {}
+    for key, value in weights.items():
+        if key.endswith("bias") or (key.endswith("weight") and value.dim() == 1):
+            value = torch.randn(value.shape, generator=gen) * 0.3 + (1.0 if key.endswith("weight") else 0.0)
+        out[key] = value
+    model = calibrate_bn(compile_graph(graph, out).to(batch.dtype), batch)
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
 SENSITIVITY_FLOOR = 1e-3
 
 
@@ -85,8 +86,7 @@ def sensitivity(model: torch.nn.Module, shape: tuple[int, ...], dtype: torch.dty
     gen = torch.Generator().manual_seed(seed)
     a, b = (torch.randn(4, *shape, generator=gen, dtype=dtype) for _ in range(2))
     with torch.no_grad():
-        fa, fb = model(a), model(b)
-    return ((fa - fb).abs().max() / fa.abs().max()).item()
+        return rel_err(model(b), model(a))
 
 
 def probe_inputs(shape: tuple[int, ...], dtype: torch.dtype, seed: int = 0, batches: int = 3) -> list[torch.Tensor]:
