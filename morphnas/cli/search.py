@@ -118,6 +118,8 @@ class LiveView:
             self.last = f"trial {info['trial']} {info['status']}" + ("" if err is None else f", val error {err:.2%}")
         elif kind == "budget":
             self.last = info["message"]
+        elif kind == "note":  # said once, above the table, where it stays
+            self.live.console.print(info["message"], markup=False, highlight=False)
         self.live.refresh()
 
 

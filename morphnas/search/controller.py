@@ -136,7 +136,7 @@ class Search:
         selector = None if fresh is None else make_selector(fresh.selection)
         self.storage = open_storage(self.storage_url)
         data = None if fresh is None else _load_data(fresh)
-        self.seed_network = None if fresh is None else _seed_network(fresh, data, options.seed)
+        self.seed_network = None if fresh is None else self._seed_network(fresh, data, options.seed)
         self.study, self.lease = self._open_study(fresh)
         attrs = self.study.user_attrs
         self.space = fresh if fresh is not None else options.overrides.apply(
@@ -280,11 +280,23 @@ class Search:
         self._final_phase()
         return self._summary(time.monotonic() - self.started)
 
+    def _seed_network(self, space: SearchSpace, data: Dataset, seed: int
+                      ) -> tuple[ArchGraph, dict[str, torch.Tensor]]:
+        """The space's seed network and its first weights; each change made to fit it to the data
+        set (a torchvision network's grey input or head) is said in a ``note`` event."""
+        s = space.seed
+        options = {"shortcut": s.shortcut} if s.arch.startswith("resnet") else {}
+        built = seed_network(s.arch, data.input_shape, data.num_classes, dataset=data.name, seed=seed,
+                             weights=s.weights, **options)
+        for note in built.notes:
+            self.on_event("note", {"message": f"seed {s.arch}: {note}"})
+        return built.graph, built.weights
+
     def _train_seed(self) -> None:
         if any(val_error(t) < math.inf for t in self._trials() if TrialRecord.from_trial(t).generation == 0):
             return
         s, plan = self.space.seed, self.plan
-        graph, weights = self.seed_network or _seed_network(self.space, self.data, self.seed)  # or a resumed one's
+        graph, weights = self.seed_network or self._seed_network(self.space, self.data, self.seed)  # a resumed one's
         child_cost = cost(graph)
         trial = self._new_trial(generation=0, parent=None, rule="seed", morphs=[], params=child_cost["params"],
                                 macs=child_cost["macs"])
@@ -869,13 +881,6 @@ def _pruner(space: SearchSpace) -> optuna.pruners.BasePruner:
     if len(space.objectives) > 1 or space.finetune.halving is not None:
         return optuna.pruners.NopPruner()
     return PRUNERS[space.finetune.pruner]()
-
-
-def _seed_network(space: SearchSpace, data: Dataset, seed: int) -> tuple[ArchGraph, dict[str, torch.Tensor]]:
-    s = space.seed
-    options = {"shortcut": s.shortcut} if s.arch.startswith("resnet") else {}
-    return seed_network(s.arch, data.input_shape, data.num_classes, dataset=data.name, seed=seed, weights=s.weights,
-                        **options)
 
 
 def _over_limits(space: SearchSpace, child_cost: dict[str, Any]) -> str | None:
