@@ -29,9 +29,9 @@ def check_out(out: Path) -> None:
     ``out`` may be missing or a checkpoint directory (replaced). Its parent directory is created
     and a temporary directory made and removed in it, as :func:`save_checkpoint` will do.
     """
-    target = out.absolute()
     from morphnas.train.checkpoint import FILES
 
+    target = out.absolute()
     replaceable = target.is_dir() and not target.is_symlink() and all(c.name in FILES for c in target.iterdir())
     if target.exists() and not replaceable:
         raise ConfigError(f"refusing to overwrite --out {out}: it exists and is not a checkpoint directory")
