@@ -285,22 +285,27 @@ def error_vs_macs_figure(frame: pd.DataFrame, best: int, study_name: str) -> Fig
     return fig
 
 
+# every layer type of morphnas.ir.layers (tests/test_report.py checks): the same colour for a family
 LAYER_COLOURS = {
-    "conv2d": "#c6dbef", "batchnorm2d": "#e5e5e5", "batchnorm1d": "#e5e5e5", "activation": "#d9f0d3",
-    "pact": "#a6dba0", "pool2d": "#fdd0a2", "global_avg_pool": "#fdd0a2", "linear": "#dadaeb",
-    "identity": "#fff2ae", "shortcut_a": "#fff2ae",
+    "conv2d": "#c6dbef", "batchnorm2d": "#e5e5e5", "batchnorm1d": "#e5e5e5", "dropout": "#e5e5e5",
+    "activation": "#d9f0d3", "pact": "#a6dba0", "pool2d": "#fdd0a2", "adaptive_avg_pool2d": "#fdd0a2",
+    "global_avg_pool": "#fdd0a2", "linear": "#dadaeb", "identity": "#fff2ae", "shortcut_a": "#fff2ae",
+    "flatten": "#fff2ae", "channel_shuffle": "#fcbba1", "channel_slice": "#fcbba1",
 }
 CHANGE_STYLES = {"new": ("#d62728", 2.4), "changed": ("#ff7f0e", 2.4), "same": ("#555", 0.8)}
 
 
 def describe_layer(layer: Layer) -> str:
-    """A short human description of a layer spec, e.g. ``conv 3×3 16→32``."""
+    """A short human description of a layer spec, e.g. ``conv 3×3 16→32``, ``conv 3×3 64→64 g64 d2``
+    (grouped, dilated), ``channel shuffle g2``, ``channels 58:116``."""
     d = layer.to_dict()
     kind = d["type"]
     stride = f" /{d['stride']}" if d.get("stride", 1) != 1 else ""
     if kind == "conv2d":
         groups = f" g{d['groups']}" if d["groups"] != 1 else ""
-        return f"conv {d['kernel_size']}×{d['kernel_size']} {d['in_channels']}→{d['out_channels']}{stride}{groups}"
+        dilation = f" d{d['dilation']}" if d["dilation"] != 1 else ""
+        return (f"conv {d['kernel_size']}×{d['kernel_size']} {d['in_channels']}→{d['out_channels']}{stride}{groups}"
+                f"{dilation}")
     if kind.startswith("batchnorm"):
         return f"BN {d['num_features']}"
     if kind == "activation":
@@ -313,6 +318,12 @@ def describe_layer(layer: Layer) -> str:
         return f"shortcut A {d['in_channels']}→{d['out_channels']}{stride}"
     if kind == "pool2d":
         return f"{d['mode']} pool {d['kernel_size']}×{d['kernel_size']}{stride}"
+    if kind == "adaptive_avg_pool2d":
+        return f"adaptive avg pool to {d['size']}×{d['size']}"
+    if kind == "channel_shuffle":
+        return f"channel shuffle g{d['groups']}"
+    if kind == "channel_slice":
+        return f"channels {d['start']}:{d['stop']}"
     if kind == "linear":
         return f"linear {d['in_features']}→{d['out_features']}"
     if kind == "dropout":

@@ -49,11 +49,36 @@ def test_help_imports_neither_torch_nor_optuna():
     assert _imported_by(["--help"]) == set()
 
 
-@pytest.mark.parametrize("command", [["search"], ["arch", "show"], ["arch", "save"], ["grammar", "classify"],
-                                     ["grammar", "rules"]])
-def test_a_command_help_imports_neither_torch_nor_optuna(command):
-    """These commands load torch when they run, not to print their help."""
-    assert _imported_by([*command, "--help"]) == set()
+# morphnas/cli/verify.py was being edited elsewhere when the other commands' imports moved (#31): its
+# imports of torch and morphnas.morph move into verify_command and check_morph, DTYPES into verify_command
+_VERIFY_PENDING = pytest.mark.xfail(strict=True, reason="verify.py imports torch at the top (#31)")
+
+
+@pytest.mark.parametrize("command", [
+    *([name] if name != "verify" else pytest.param([name], marks=_VERIFY_PENDING) for name in COMMANDS),
+    ["arch", "show"], ["arch", "save"], ["grammar", "classify"], ["grammar", "rules"],
+    ["studies", "list"], ["studies", "show"], ["studies", "lineage"], ["studies", "delete"],
+])
+def test_a_command_help_imports_no_torch(command):
+    """Every command loads torch when it runs, not to print its help; nor optuna, but for the commands that
+    read studies (report, dashboard, studies), whose module is built on it."""
+    imported = _imported_by([*command, "--help"])
+    assert "torch" not in imported
+    if command[0] not in ("report", "dashboard", "studies"):
+        assert imported == set()
+
+
+def test_the_names_and_defaults_the_help_shows_are_the_library_s():
+    """morphnas.cli.options keeps, without torch, what the commands' help lists and defaults to."""
+    from morphnas.cli import options
+    from morphnas.export import FORMATS
+    from morphnas.morphnet import DEFAULT_STRENGTH, DEFAULT_THRESHOLD, TARGETS
+    from morphnas.train import AUGMENTS, DATASETS, TrainConfig
+
+    assert options.DATASETS == DATASETS and options.AUGMENTS == AUGMENTS
+    assert (options.LR, options.BATCH_SIZE) == (TrainConfig.lr, TrainConfig.batch_size)
+    assert options.FORMATS == tuple(FORMATS) and options.TARGETS == TARGETS
+    assert (options.DEFAULT_STRENGTH, options.DEFAULT_THRESHOLD) == (DEFAULT_STRENGTH, DEFAULT_THRESHOLD)
 
 
 def test_studies_list_imports_no_torch(tmp_path):
@@ -65,13 +90,13 @@ def test_studies_list_imports_no_torch(tmp_path):
 
 def test_the_command_table_matches_the_command_modules():
     """COMMANDS lists what registering every command module of morphnas.cli builds (the modules with
-    a ``register``; the others, output and progress, are the commands' helpers), in the same order and
+    a ``register``; the others, options, output and progress, are the commands' helpers), in the same order and
     with the same help, so the lazy ``morphnas --help`` shows what the commands say of themselves."""
     eager = typer.Typer()
     modules = [importlib.import_module(f"morphnas.cli.{info.name}")
                for info in sorted(pkgutil.iter_modules(morphnas.cli.__path__), key=lambda i: i.name)]
     helpers = [m.__name__ for m in modules if not hasattr(m, "register")]
-    assert helpers == ["morphnas.cli.output", "morphnas.cli.progress"]
+    assert helpers == ["morphnas.cli.options", "morphnas.cli.output", "morphnas.cli.progress"]
     for module in modules:
         if hasattr(module, "register"):
             module.register(eager)

@@ -523,9 +523,11 @@ def test_cli_import_json_prints_one_object_with_the_changes_as_notes(tmp_path):
 
 
 def test_a_torchvision_seed_fits_the_data_sets_channels_and_classes():
-    graph, weights = seed_network("torchvision:squeezenet1_1", (1, 32, 32), 7)  # its head is a 1x1 conv
+    graph, weights, notes = seed_network("torchvision:squeezenet1_1", (1, 32, 32), 7)  # its head is a 1x1 conv
     assert graph.input_shape == (1, 32, 32) and graph.shapes()[graph.sink] == (7,)
     assert weights["features_0.weight"].shape[1] == 1
+    assert notes == ("grey input: features.0's RGB kernels summed into one channel",
+                     "7 classes: head classifier.1 (1000 outputs) replaced by a fresh one (seed 0)")
 
 
 def trained_resnet18(steps: int = 3) -> nn.Module:

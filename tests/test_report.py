@@ -16,13 +16,25 @@ import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from test_cli_studies import assert_one_line_error, make_studies, run, with_failures
 
+import morphnas.ir.layers
 from morphnas.errors import ConfigError
-from morphnas.ir import load_arch
+from morphnas.ir import (
+    LAYER_TYPES,
+    AdaptiveAvgPool2d,
+    ChannelShuffle,
+    ChannelSlice,
+    Conv2d,
+    Flatten,
+    Pool2d,
+    load_arch,
+)
 from morphnas.report import (
+    LAYER_COLOURS,
     TITLES,
     _drawing_graph,
     architecture_figure,
     build_report,
+    describe_layer,
     error_vs_macs_figure,
     history_figure,
     pareto_figure,
@@ -211,6 +223,21 @@ def test_architecture_drawing_shows_merges_of_a_residual_network():
     assert drawn.number_of_nodes() == sum(1 for _ in graph.edges()) + 2 + 9
     fig = architecture_figure(graph, {"s1b0_1_conv": "changed", "s3b2_2_bn": "new"})
     assert fig.get_figheight() > 20 and np.isfinite(fig.get_figwidth())
+
+
+def test_every_layer_type_has_a_colour_and_says_its_dilation_groups_and_slice():
+    """The drawing colours each layer type of morphnas.ir.layers (no colour is left for a type that is gone),
+    and a layer's label shows what sets its output apart: a conv's dilation and groups, a shuffle's groups,
+    a slice's channels, an adaptive pool's size."""
+    own = {kind for kind, cls in LAYER_TYPES.items() if cls.__module__ == morphnas.ir.layers.__name__}
+    assert set(LAYER_COLOURS) == own
+    assert describe_layer(Conv2d(64, 64, 3, padding=2, groups=64, dilation=2)) == "conv 3×3 64→64 g64 d2"
+    assert describe_layer(Conv2d(16, 32, 3, stride=2, padding=1)) == "conv 3×3 16→32 /2"
+    assert describe_layer(ChannelShuffle(groups=2)) == "channel shuffle g2"
+    assert describe_layer(ChannelSlice(start=58, stop=116)) == "channels 58:116"
+    assert describe_layer(AdaptiveAvgPool2d(size=7)) == "adaptive avg pool to 7×7"
+    assert describe_layer(Pool2d("avg", 3, 2, 1)) == "avg pool 3×3 /2"
+    assert describe_layer(Flatten()) == "flatten"
 
 
 def frame_of(*trials: tuple[str, float | None, int]) -> pd.DataFrame:

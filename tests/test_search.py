@@ -576,3 +576,9 @@ def test_every_trained_trial_reports_its_epochs_as_events(tmp_path):
     assert all(info["budget"] is None for info in epochs)  # tiny_space has no time budget
     seed_epochs = [info["epoch"] for info in epochs if info["trial"] == 0]
     assert seed_epochs == [1, 2, 3]
+    # each epoch says of how many: the seed's 3, a child's and the final phase's 1
+    assert {info["epochs"] for info in epochs} == {3, 1} and all(info["epoch"] <= info["epochs"] for info in epochs)
+    # a generation says its children's epochs and the seconds it is planned to take, at the seed's pace
+    generations = [info for kind, info in events if kind == "generation"]
+    assert [(g["generation"], g["children"], g["epochs"]) for g in generations] == [(1, 2, 1), (2, 2, 1)]
+    assert all(0 < g["seconds"] < summary.seconds for g in generations)

@@ -115,6 +115,24 @@ def test_a_seed_that_does_not_fit_is_one_line_before_any_study(tmp_path, nets, a
     assert not study_names(open_storage(default_storage(tmp_path / "w")))
 
 
+def test_a_torchvision_seed_fitted_to_grey_digits_says_how_once(tmp_path):
+    """resnet18 on digits (grey 8x8 images, 10 classes): the search says, before the seed trains, in one line
+    each and once, that the first convolution's RGB kernels were summed and the head replaced."""
+    space = tiny_space(seed={"arch": "torchvision:resnet18", "epochs": 1, "lr": 0.02, "batch_size": 64},
+                       budget={"generations": 1, "children": 1})
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
+    result = runner.invoke(app, ["search", "--space", str(tmp_path / "space.yaml"), "--workdir", str(tmp_path / "w"),
+                                 "--study", "grey", "--seed", "3", "--executor", "local"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    notes = [n for n, line in enumerate(lines) if "torchvision:resnet18:" in line]
+    assert [lines[n] for n in notes] == [
+        "seed torchvision:resnet18: grey input: conv1's RGB kernels summed into one channel",
+        "seed torchvision:resnet18: 10 classes: head fc (1000 outputs) replaced by a fresh one (seed 3)",
+    ]
+    assert lines[notes[-1] + 1].startswith("training seed torchvision:resnet18 ")
+
+
 def test_a_search_from_torchvision_resnet18_on_an_image_folder_ends_with_an_export(tmp_path):
     """Issue #14's end to end: your network (torchvision's resnet18), your images, a search, an ONNX file."""
     write_images(tmp_path / "pets", n=12, size=(24, 20))  # two classes of 12 RGB PNGs

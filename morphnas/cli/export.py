@@ -3,22 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
+from morphnas.cli.options import FORMATS
 from morphnas.errors import ConfigError, StudyError
-from morphnas.export import FORMATS, ExportMismatchError, export, infer_format, read_bundle
-from morphnas.ir import ArchGraph, Weights
-from morphnas.search.study import (
-    default_storage,
-    find_trial,
-    load_study,
-    open_storage,
-    test_error,
-    trial_checkpoint,
-)
-from morphnas.train.checkpoint import load_checkpoint
+
+if TYPE_CHECKING:
+    from morphnas.ir import ArchGraph, Weights
 
 _LOADING = {
     "onnx": "run it with onnxruntime (input 'input', dynamic batch)",
@@ -44,6 +37,17 @@ def parse_trial(text: str) -> int | None:
 def _from_study(
     study_name: str, trial_text: str, storage: str | None, workdir: Path
 ) -> tuple[ArchGraph, Weights, dict[str, Any], str]:
+    from morphnas.ir import ArchGraph
+    from morphnas.search.study import (
+        default_storage,
+        find_trial,
+        load_study,
+        open_storage,
+        test_error,
+        trial_checkpoint,
+    )
+    from morphnas.train.checkpoint import load_checkpoint
+
     if storage is None:
         database = Path(workdir).resolve() / "morphnas.db"
         if not database.is_file():
@@ -80,6 +84,9 @@ def export_command(
     Exits 1 when the export differs from PyTorch beyond tolerance, 2 on a user error (bad flag, unknown study or
     trial, failed trial, unwritable output).
     """
+    # torch and optuna load here, when a network is exported, not for --help (tests/test_cli_startup_and_wheel.py)
+    from morphnas.export import ExportMismatchError, export, infer_format, read_bundle
+
     if (study is None) == (checkpoint is None):
         raise ConfigError("pass either a STUDY name or --checkpoint DIR (exactly one)")
     fmt = fmt or infer_format(out)

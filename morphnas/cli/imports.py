@@ -9,9 +9,6 @@ from pathlib import Path
 import typer
 
 from morphnas.cli.arch import parse_shape
-from morphnas.ir import cost
-from morphnas.ir.importer import build_module, from_torch
-from morphnas.train.checkpoint import save_checkpoint
 
 
 def import_command(
@@ -37,6 +34,11 @@ def import_command(
     fits --input and --classes: grey input sums the first convolution's RGB kernels into one channel, another
     class count replaces the head with a fresh one; each change is said in one line.
     """
+    # torch loads here, when a network is imported, not for --help (tests/test_cli_startup_and_wheel.py)
+    from morphnas.ir import cost
+    from morphnas.ir.importer import build_module, from_torch
+    from morphnas.train.checkpoint import save_checkpoint
+
     shape = parse_shape(input)
     built = build_module(network, channels=shape[0], classes=classes, weights=weights_file, seed=seed)
     if not as_json:

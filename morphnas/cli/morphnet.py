@@ -10,13 +10,18 @@ from typing import Any
 import typer
 from rich.table import Table
 
+from morphnas.cli.options import (
+    AUGMENT_HELP,
+    DATASETS,
+    DEFAULT_STRENGTH,
+    DEFAULT_THRESHOLD,
+    TARGETS,
+    AugmentKind,
+    augment_kind,
+)
 from morphnas.cli.output import console as make_console
-from morphnas.cli.train import AUGMENT_HELP, AugmentKind, augment_kind, check_out
+from morphnas.cli.train import check_out
 from morphnas.errors import ConfigError
-from morphnas.ir import check_fits, cost, load_arch
-from morphnas.morphnet import DEFAULT_STRENGTH, DEFAULT_THRESHOLD, TARGETS, CycleConfig
-from morphnas.morphnet.cycle import morphnet_from_scratch, parse_budget
-from morphnas.train import DATASETS, load_dataset, save_checkpoint
 
 
 def _width_table(before: dict[str, int], after: dict[str, int]) -> Table:
@@ -45,6 +50,12 @@ def morphnet_command(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
 ) -> None:
     """Shrink a network with MorphNet's cost-weighted regulariser, then expand it to a budget."""
+    # torch loads here, when a network trains, not for --help (tests/test_cli_startup_and_wheel.py)
+    from morphnas.ir import check_fits, cost, load_arch
+    from morphnas.morphnet import CycleConfig
+    from morphnas.morphnet.cycle import morphnet_from_scratch, parse_budget
+    from morphnas.train import load_dataset, save_checkpoint
+
     if target not in TARGETS:
         raise ConfigError(f"--target must be one of {', '.join(TARGETS)}, got {target!r}")
     if iterations < 1:

@@ -3,8 +3,11 @@ its epoch, and how long the phase and the time budget have left. ``morphnas sear
 (``LiveView`` in a terminal, ``EventLog`` in a pipe; see :mod:`morphnas.cli.search`).
 
 The ``epoch`` event, sent after every finished epoch of every child, carries ``trial``,
-``epoch``, ``val_error``, ``elapsed`` (seconds since the search started, a resumed search's
-earlier drivers included) and ``budget`` (the time budget in seconds, or None).
+``epoch``, ``epochs`` (the most its run, or its rung of successive halving, trains; None when
+unknown), ``val_error``, ``elapsed`` (seconds since the search started, a resumed search's
+earlier drivers included) and ``budget`` (the time budget in seconds, or None). The
+``seed``, ``final`` and ``generation`` events start a phase; their ``seconds`` is its planned
+length (None when unknown: no time budget for the seed and final phase).
 """
 
 from __future__ import annotations
@@ -20,10 +23,11 @@ from morphnas.cli.output import duration
 
 @dataclass
 class Child:
-    """A running child: when it started (on the progress clock), its last epoch and error."""
+    """A running child: when it started (on the progress clock), its last epoch of how many and its error."""
 
     started: float
     epoch: int = 0
+    epochs: float | None = None
     val_error: float | None = None
 
 
@@ -37,7 +41,7 @@ class Progress:
         self.clock = clock
         self.phase = ""  # "seed", "generation 2", "final phase"
         self.phase_started = clock()
-        self.phase_seconds: float | None = None  # the phase's wall-clock length, when the budget sets one
+        self.phase_seconds: float | None = None  # the phase's planned wall-clock length, when known
         self.phase_epochs: float | None = None  # the epochs of the one network of the seed or final phase
         self.children: dict[int, Child] = {}
         self.elapsed: tuple[float, float] | None = None  # (seconds since the search's start, clock) at the last epoch
@@ -48,22 +52,23 @@ class Progress:
         if kind in ("seed", "final", "generation"):
             self.phase = {"seed": "seed", "final": "final phase"}.get(kind, f"generation {info.get('generation')}")
             self.phase_started, self.children = now, {}
-            self.phase_seconds, self.phase_epochs = info.get("seconds"), info.get("epochs")
-            if kind != "generation":
+            self.phase_seconds, self.phase_epochs = info.get("seconds"), None
+            if kind != "generation":  # a generation's epochs are each child's, not the phase's
+                self.phase_epochs = info["epochs"]
                 self.children[info["trial"]] = Child(now)
         elif kind == "child":
             self.children[info["trial"]] = Child(now)
         elif kind == "epoch":
             child = self.children.setdefault(info["trial"], Child(self.phase_started))
-            child.epoch, child.val_error = info["epoch"], info["val_error"]
+            child.epoch, child.epochs, child.val_error = info["epoch"], info.get("epochs"), info["val_error"]
             self.elapsed, self.budget = (info["elapsed"], now), info["budget"]
         elif kind in ("done", "failed", "pruned"):
             self.children.pop(info["trial"], None)
 
     def phase_left(self) -> float | None:
-        """Seconds the phase has left: the shorter of what its wall-clock length leaves and what
-        its one network's remaining epochs take at their pace so far; None when neither is known
-        (a generation, whose children's epochs the events do not carry)."""
+        """Seconds the phase has left: the shorter of what its planned wall-clock length leaves
+        and what the seed's or final phase's one network's remaining epochs take at their pace so
+        far; None when neither is known."""
         now = self.clock()
         estimates = []
         if self.phase_seconds is not None:
@@ -99,9 +104,11 @@ class Progress:
         return [self.child_line(trial, child) for trial, child in list(self.children.items())]
 
     def child_line(self, trial: int, child: Child | None = None) -> str:
-        """``"trial 7: epoch 3, val error 1.20%, 1 min 02 s in"``: a running child's progress."""
+        """``"trial 7: epoch 3 of 4, val error 1.20%, 1 min 02 s in"``: a running child's progress
+        (``of N`` when its run's epochs are known; a fractional last epoch counts as one)."""
         child = child or self.children[trial]
         if child.epoch == 0:
             return f"trial {trial}: first epoch, {duration(self.clock() - child.started)} in"
+        of = "" if child.epochs is None else f" of {math.ceil(child.epochs)}"
         error = "" if child.val_error is None else f", val error {child.val_error:.2%}"
-        return f"trial {trial}: epoch {child.epoch}{error}, {duration(self.clock() - child.started)} in"
+        return f"trial {trial}: epoch {child.epoch}{of}{error}, {duration(self.clock() - child.started)} in"

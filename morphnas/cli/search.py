@@ -105,7 +105,7 @@ class LiveView:
             self.last = f"final phase: trial {info['trial']} trains trial {info['parent']} on ({_length(info)})"
         elif kind == "generation":
             s["generation"] = info["generation"]
-            self.last = f"generation {info['generation']}: {plural(info['children'], 'child', 'children')}"
+            self.last = _generation(info)
         elif kind == "child":
             self.last = f"trial {info['trial']}: {info['rule']} of trial {info['parent']}"
         elif kind in ("failed", "pruned"):
@@ -118,6 +118,8 @@ class LiveView:
             self.last = f"trial {info['trial']} {info['status']}" + ("" if err is None else f", val error {err:.2%}")
         elif kind == "budget":
             self.last = info["message"]
+        elif kind == "note":  # said once, above the table, where it stays
+            self.live.console.print(info["message"], markup=False, highlight=False)
         self.live.refresh()
 
 
@@ -135,7 +137,7 @@ class EventLog:
         elif kind == "final":
             line = f"final phase: trial {info['trial']} trains trial {info['parent']} on ({_length(info)})"
         elif kind == "generation":
-            line = f"generation {info['generation']}: {plural(info['children'], 'child', 'children')}"
+            line = _generation(info)
         elif kind == "child":
             line = f"  trial {info['trial']}: {info['rule']} of trial {info['parent']}"
         elif kind == "epoch":
@@ -148,6 +150,13 @@ class EventLog:
         else:
             line = info["message"]
         typer.echo(line)
+
+
+def _generation(info: dict[str, Any]) -> str:
+    """``"generation 2: 4 children, 2 epochs each, ~3 min 10 s planned"``."""
+    line = (f"generation {info['generation']}: {plural(info['children'], 'child', 'children')}, "
+            f"{plural(round(info['epochs'], 2), 'epoch')} each")
+    return line if info.get("seconds") is None else f"{line}, ~{duration(info['seconds'])} planned"
 
 
 def _length(info: dict[str, Any]) -> str:

@@ -9,35 +9,18 @@ import math
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING
 
-import torch
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from morphnas.cli.options import AUGMENT_HELP, BATCH_SIZE, DATASETS, LR, AugmentKind, augment_kind
 from morphnas.cli.output import console as make_console
 from morphnas.errors import ConfigError
-from morphnas.ir import check_fits, compile_graph, load_arch
-from morphnas.train import (
-    AUGMENTS,
-    DATASETS,
-    EpochReport,
-    TrainConfig,
-    download_dataset,
-    load_dataset,
-    save_checkpoint,
-    train,
-)
-from morphnas.train.checkpoint import FILES
 
-AugmentKind = Literal[("default", *AUGMENTS)]  # typer checks --augment's value against these
-AUGMENT_HELP = f"Training augmentation: default (the data set's own) or one of {', '.join(AUGMENTS)}."
-
-
-def augment_kind(kind: AugmentKind) -> bool | str:
-    """``--augment KIND`` as :func:`~morphnas.train.load_dataset` takes it (``default``: the data set's own)."""
-    return True if kind == "default" else kind
+if TYPE_CHECKING:
+    from morphnas.train import EpochReport
 
 
 def check_out(out: Path) -> None:
@@ -46,6 +29,8 @@ def check_out(out: Path) -> None:
     ``out`` may be missing or a checkpoint directory (replaced). Its parent directory is created
     and a temporary directory made and removed in it, as :func:`save_checkpoint` will do.
     """
+    from morphnas.train.checkpoint import FILES
+
     target = out.absolute()
     replaceable = target.is_dir() and not target.is_symlink() and all(c.name in FILES for c in target.iterdir())
     if target.exists() and not replaceable:
@@ -102,14 +87,20 @@ def train_command(
                                           help="Where CIFAR or Fashion-MNIST lives (default ./data)."),
     download: bool = typer.Option(False, "--download", help="Fetch fashion-mnist into --data-root first."),
     epochs: float = typer.Option(10.0, "--epochs", help="Epochs to train (may be fractional)."),
-    lr: float = typer.Option(TrainConfig.lr, "--lr", help="Peak learning rate (cosine schedule)."),
-    batch_size: int = typer.Option(TrainConfig.batch_size, "--batch-size", help="Batch size."),
+    lr: float = typer.Option(LR, "--lr", help="Peak learning rate (cosine schedule)."),
+    batch_size: int = typer.Option(BATCH_SIZE, "--batch-size", help="Batch size."),
     seed: int = typer.Option(0, "--seed", min=0, max=2**32 - 1,
         help="Seeds the initial weights, shuffling and augmentation."),
     out: Path = typer.Option(..., "--out", help="Checkpoint directory to write (replaced if it is one)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a summary."),
 ) -> None:
     """Train a network on a data set, write its checkpoint and report its errors."""
+    # torch loads here, when a network trains, not for --help (tests/test_cli_startup_and_wheel.py)
+    import torch
+
+    from morphnas.ir import check_fits, compile_graph, load_arch
+    from morphnas.train import TrainConfig, download_dataset, load_dataset, save_checkpoint, train
+
     check_out(out)
     if download:
         download_dataset(dataset, data_root)

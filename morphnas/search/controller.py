@@ -43,7 +43,7 @@ from morphnas.grammar.sampling import suggest_descriptor, suggest_value
 from morphnas.grammar.space import Overrides, Range, SearchSpace, parse_space
 from morphnas.ir import ArchGraph, compile_graph, cost, init_weights
 from morphnas.morph import verify
-from morphnas.search.budget import MIN_EPOCH_SHARE, fit_generation, plan_budget
+from morphnas.search.budget import MIN_EPOCH_SHARE, fit_generation, generation_work, plan_budget
 from morphnas.search.lease import DriverLease
 from morphnas.search.lineages import make_selector, may_parent
 from morphnas.search.record import SCHEMA_KEY, TRIAL_SCHEMA, TrialRecord, record_on, trial_schema
@@ -136,7 +136,7 @@ class Search:
         selector = None if fresh is None else make_selector(fresh.selection)
         self.storage = open_storage(self.storage_url)
         data = None if fresh is None else _load_data(fresh)
-        self.seed_network = None if fresh is None else _seed_network(fresh, data, options.seed)
+        self.seed_network = None if fresh is None else self._seed_network(fresh, data, options.seed)
         self.study, self.lease = self._open_study(fresh)
         attrs = self.study.user_attrs
         self.space = fresh if fresh is not None else options.overrides.apply(
@@ -161,6 +161,7 @@ class Search:
         self.calibration = self.data.train.x[:CALIBRATION_IMAGES]
         self.executor = options.executor or LocalExecutor(cpus_per_child=torch.get_num_threads())
         self.epochs_done: dict[int, int] = {}  # epochs of a child's earlier rungs (successive halving)
+        self.epochs_planned: dict[int, float] = {}  # the epochs of a network's run (its rung), for its epoch events
         self.pace: float | None = None  # seconds of the machine per child-epoch and MAC, last measured
         self.signals: list[int] = []  # SIGINT and SIGTERM received while the search runs
         # a resumed search goes on from the time its earlier drivers had spent when their last trial ended
@@ -280,11 +281,23 @@ class Search:
         self._final_phase()
         return self._summary(time.monotonic() - self.started)
 
+    def _seed_network(self, space: SearchSpace, data: Dataset, seed: int
+                      ) -> tuple[ArchGraph, dict[str, torch.Tensor]]:
+        """The space's seed network and its first weights; each change made to fit it to the data
+        set (a torchvision network's grey input or head) is said in a ``note`` event."""
+        s = space.seed
+        options = {"shortcut": s.shortcut} if s.arch.startswith("resnet") else {}
+        built = seed_network(s.arch, data.input_shape, data.num_classes, dataset=data.name, seed=seed,
+                             weights=s.weights, **options)
+        for note in built.notes:
+            self.on_event("note", {"message": f"seed {s.arch}: {note}"})
+        return built.graph, built.weights
+
     def _train_seed(self) -> None:
         if any(val_error(t) < math.inf for t in self._trials() if TrialRecord.from_trial(t).generation == 0):
             return
         s, plan = self.space.seed, self.plan
-        graph, weights = self.seed_network or _seed_network(self.space, self.data, self.seed)  # or a resumed one's
+        graph, weights = self.seed_network or self._seed_network(self.space, self.data, self.seed)  # a resumed one's
         child_cost = cost(graph)
         trial = self._new_trial(generation=0, parent=None, rule="seed", morphs=[], params=child_cost["params"],
                                 macs=child_cost["macs"])
@@ -320,10 +333,11 @@ class Search:
         fit = self._fit(generation, slots, candidates, deadline)
         if fit is None:
             return False
-        slots, share = fit
+        slots, share, seconds = fit
         parents = self.selector.select(may_parent(candidates), slots, self._score, pareto)
         control = self.space.selection.control and all(r.rule != CONTROL for r in done)
-        self.on_event("generation", {"generation": generation, "children": len(parents)})
+        self.on_event("generation", {"generation": generation, "children": len(parents),
+                                     "epochs": self._finetune_epochs() * share, "seconds": seconds})
         jobs, pending = [], {}
         for slot, parent in enumerate(parents):
             if time.monotonic() >= deadline:
@@ -337,26 +351,33 @@ class Search:
         self._rungs(jobs, pending, generation, deadline)
         return True
 
+    def _finetune_epochs(self) -> float:
+        """A child's fine-tuning epochs (the most a range allows), before any share of them."""
+        epochs = self.space.finetune.epochs
+        return epochs.high if isinstance(epochs, Range) else epochs
+
     def _fit(self, generation: int, slots: int, candidates: list[FrozenTrial], deadline: float
-             ) -> tuple[int, float] | None:
+             ) -> tuple[int, float, float | None] | None:
         """The children and the share of their epochs that fit before ``deadline``
         (:func:`~morphnas.search.budget.fit_generation`), said in one line when that is less
-        than the space asks for; None, also said, when nothing fits."""
-        ft = self.space.finetune
-        epochs = ft.epochs.high if isinstance(ft.epochs, Range) else ft.epochs
+        than the space asks for, and the seconds the generation is planned to take, every rung,
+        at the pace measured so far (None without parents); None, also said, when nothing fits."""
+        eta, epochs = self.space.finetune.halving, self._finetune_epochs()
         left = deadline - time.monotonic()
-        if math.isinf(left) or not candidates:
-            return slots, 1.0
-        macs = GROWTH * max(TrialRecord.from_trial(t).macs or 0 for t in candidates)
-        fit = fit_generation(slots, epochs, ft.halving, self._pace() * macs, left)
+        if not candidates:
+            return slots, 1.0, None
+        epoch_seconds = self._pace() * GROWTH * max(TrialRecord.from_trial(t).macs or 0 for t in candidates)
+        fit = (slots, 1.0) if math.isinf(left) else fit_generation(slots, epochs, eta, epoch_seconds, left)
         if fit is None:
             self.on_event("budget", {"message": f"time budget: the {left:.0f} s left before the final phase do not "
                                                 f"fit generation {generation}; the final phase starts"})
-        elif fit != (slots, 1.0):
+            return None
+        children, share = fit
+        if (children, share) != (slots, 1.0):
             self.on_event("budget", {"message": f"time budget: generation {generation} shortened to fit the "
-                                                f"{left:.0f} s left: {fit[0]} children at {fit[1]:.0%} of their "
+                                                f"{left:.0f} s left: {children} children at {share:.0%} of their "
                                                 f"epochs"})
-        return fit
+        return children, share, generation_work(children, epochs, eta) * share * epoch_seconds
 
     def _pace(self) -> float:
         """Seconds of the machine per child-epoch and MAC: the last rung's, else the seed's."""
@@ -387,6 +408,7 @@ class Search:
         runs: dict[int, ChildResult] = {}  # each child's rungs so far, joined
         for rung in itertools.count():
             started, work = time.monotonic(), 0.0
+            self.epochs_planned.update((job.key, job.train.epochs) for job in jobs)
             for result in self.executor.run(jobs, on_epoch=self._on_epoch):
                 joined = runs[result.key] = _joined(runs.get(result.key), result)
                 work += result.epochs_trained * pending[result.key][1]["macs"]
@@ -562,6 +584,7 @@ class Search:
                      child_cost: dict[str, Any], config: TrainConfig) -> None:
         """Train the seed's or the final phase's ``trial`` (no pruner) and tell its result."""
         job = ChildJob(trial.number, graph.to_json(), weights, config, self.dataset_spec)
+        self.epochs_planned[job.key] = config.epochs
         for result in self.executor.run([job], on_epoch=self._never_pruned):
             self._finish(trial, graph, child_cost, result)
         self._stop_if_unsaved()
@@ -608,11 +631,12 @@ class Search:
         return not trial.should_prune()
 
     def _epoch_event(self, key: int, epoch: int, error: float) -> None:
-        """The ``epoch`` event: a child's finished epoch, the seconds since the search's start and
-        the budget (None without one), for the progress lines."""
+        """The ``epoch`` event: a child's finished epoch of the epochs its run (its rung) trains at
+        most, the seconds since the search's start and the budget (None without one), for the
+        progress lines."""
         total = self.plan.end - self.plan.start
-        self.on_event("epoch", {"trial": key, "epoch": epoch, "val_error": error,
-                                "elapsed": time.monotonic() - self.started,
+        self.on_event("epoch", {"trial": key, "epoch": epoch, "epochs": self.epochs_planned.get(key),
+                                "val_error": error, "elapsed": time.monotonic() - self.started,
                                 "budget": None if math.isinf(total) else total})
 
     def _new_trial(self, **fields: Any) -> optuna.Trial:
@@ -869,13 +893,6 @@ def _pruner(space: SearchSpace) -> optuna.pruners.BasePruner:
     if len(space.objectives) > 1 or space.finetune.halving is not None:
         return optuna.pruners.NopPruner()
     return PRUNERS[space.finetune.pruner]()
-
-
-def _seed_network(space: SearchSpace, data: Dataset, seed: int) -> tuple[ArchGraph, dict[str, torch.Tensor]]:
-    s = space.seed
-    options = {"shortcut": s.shortcut} if s.arch.startswith("resnet") else {}
-    return seed_network(s.arch, data.input_shape, data.num_classes, dataset=data.name, seed=seed, weights=s.weights,
-                        **options)
 
 
 def _over_limits(space: SearchSpace, child_cost: dict[str, Any]) -> str | None:

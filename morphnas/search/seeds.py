@@ -20,6 +20,7 @@ else is refused with one line before a study is created.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -29,12 +30,20 @@ from morphnas.ir.importer import build_module
 from morphnas.train import load_checkpoint, read_weights
 
 
+class Seed(NamedTuple):
+    """A seed network, its first weights and what was changed to fit it to the data set (one line
+    each, as ``morphnas import`` says them; empty unless a torchvision network was adapted)."""
+
+    graph: ArchGraph
+    weights: dict[str, torch.Tensor]
+    notes: tuple[str, ...] = ()
+
+
 def seed_network(arch: str, input_shape: tuple[int, ...], num_classes: int, *, dataset: str = "the data set",
-                 seed: int = 0, weights: str | None = None,
-                 **options) -> tuple[ArchGraph, dict[str, torch.Tensor]]:
-    """The seed ``arch`` names (see the module docstring) and its first weights; ``options`` go to
-    the built-in seeds (e.g. ``shortcut`` for the ResNets), ``seed`` seeds fresh weights, and
-    ``weights`` (a safetensors file) replaces them."""
+                 seed: int = 0, weights: str | None = None, **options) -> Seed:
+    """The seed ``arch`` names (see the module docstring), its first weights and the changes made
+    to fit it; ``options`` go to the built-in seeds (e.g. ``shortcut`` for the ResNets), ``seed``
+    seeds fresh weights, and ``weights`` (a safetensors file) replaces them."""
     path = Path(arch)
     if weights is not None:
         if path.is_dir() or (":" in arch and not path.exists()):
@@ -44,13 +53,14 @@ def seed_network(arch: str, input_shape: tuple[int, ...], num_classes: int, *, d
             given = read_weights(weights)
         except CheckpointError as err:
             raise ConfigError(f"seed.weights {weights!r}: {err}") from None
-        graph, given = _fitting(arch, load_arch(arch, input_shape, num_classes, **options), given, input_shape,
-                                num_classes, dataset)
+        graph = _fitting(arch, load_arch(arch, input_shape, num_classes, **options), input_shape, num_classes,
+                         dataset)
         try:
             compile_graph(graph, given)
         except GraphError as err:
             raise ConfigError(f"seed weights {weights!r} do not fit {arch!r}: {err}") from None
-        return graph, given
+        return Seed(graph, given)
+    notes: tuple[str, ...] = ()
     if path.is_dir():
         if not (path / "arch.json").is_file():
             raise ConfigError(f"seed {arch!r} is a directory without an arch.json: not a checkpoint")
@@ -60,21 +70,20 @@ def seed_network(arch: str, input_shape: tuple[int, ...], num_classes: int, *, d
         classes = num_classes if arch.startswith("torchvision:") else None  # a user's module is not adapted
         built = build_module(arch, channels=input_shape[0], classes=classes, seed=seed)
         imported = from_torch(built.module, input_shape, seed=seed)
-        graph, weights = imported.graph, imported.weights
+        graph, weights, notes = imported.graph, imported.weights, built.notes
     else:
         try:
             graph = load_arch(arch, input_shape, num_classes, **options)
         except ConfigError as err:  # name the field, as a space's other errors do
             raise ConfigError(f"seed.arch {arch!r}: {err}") from None
         weights = init_weights(graph, seed)
-    return _fitting(arch, graph, weights, input_shape, num_classes, dataset)
+    return Seed(_fitting(arch, graph, input_shape, num_classes, dataset), weights, notes)
 
 
-def _fitting(arch: str, graph: ArchGraph, weights: dict[str, torch.Tensor], input_shape: tuple[int, ...],
-             num_classes: int, dataset: str) -> tuple[ArchGraph, dict[str, torch.Tensor]]:
+def _fitting(arch: str, graph: ArchGraph, input_shape: tuple[int, ...], num_classes: int, dataset: str) -> ArchGraph:
     try:
         check_fits(graph, input_shape, num_classes, dataset)
     except ConfigError as err:
         raise ConfigError(f"seed {arch!r}: {err}") from None
-    return graph, weights
+    return graph
 
