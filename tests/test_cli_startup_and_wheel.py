@@ -49,13 +49,8 @@ def test_help_imports_neither_torch_nor_optuna():
     assert _imported_by(["--help"]) == set()
 
 
-# morphnas/cli/verify.py was being edited elsewhere when the other commands' imports moved (#31): its
-# imports of torch and morphnas.morph move into verify_command and check_morph, DTYPES into verify_command
-_VERIFY_PENDING = pytest.mark.xfail(strict=True, reason="verify.py imports torch at the top (#31)")
-
-
 @pytest.mark.parametrize("command", [
-    *([name] if name != "verify" else pytest.param([name], marks=_VERIFY_PENDING) for name in COMMANDS),
+    *([name] for name in COMMANDS),
     ["arch", "show"], ["arch", "save"], ["grammar", "classify"], ["grammar", "rules"],
     ["studies", "list"], ["studies", "show"], ["studies", "lineage"], ["studies", "delete"],
 ])

@@ -13,7 +13,7 @@ from morphnas.morph import MORPHS, TOLERANCE, MorphRecord, MorphResult, MorphSpe
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny nets: a second thread only adds waiting
 
 runner = CliRunner()
-KEYS = {"morph", "site", "exact", "max_rel_err", "train_max_rel_err", "ms"}
+KEYS = {"morph", "site", "exact", "max_rel_err", "train_max_rel_err", "tolerance", "ms"}
 
 
 def run_json(*args: str) -> list[dict]:
@@ -28,7 +28,7 @@ def test_all_morphs_on_cnn_are_exact_and_cover_the_registry():
     assert {r["morph"] for r in rows} == applicable  # other engineers' morphs included
     assert {"deepen", "branch", "grow_kernel", "insert_bn", "insert_pact", "add_skip", "concat_skip"} <= applicable
     for r in rows:
-        assert set(r) == KEYS and r["ms"] >= 0
+        assert set(r) == KEYS and r["ms"] >= 0 and r["tolerance"] == TOLERANCE[torch.float32]
         assert not r["exact"] or r["max_rel_err"] <= TOLERANCE[torch.float32], r
 
 

@@ -54,11 +54,11 @@ def tiny_space(**overrides) -> dict:
     return space
 
 
-def search(tmp_path, executor="local", options=None, **overrides):
+def search(tmp_path, executor="local", options=None, on_event=None, **overrides):
     with make_executor(executor, cpus_per_child=1) as runner:
         options = SearchOptions(space=parse_space(tiny_space(**overrides)), workdir=tmp_path, study="t",
                                 executor=runner, seed=3, **(options or {}))
-        return run_search(options)
+        return run_search(options, on_event)
 
 
 def test_local_search_records_lineage_and_best_checkpoint_reproduces(tmp_path):
@@ -242,9 +242,11 @@ def test_without_inheritance_children_start_from_fresh_weights(tmp_path):
 def test_time_budgeted_search_on_digits_ends_within_five_percent(tmp_path):
     budget = 30.0
     started = time.monotonic()
+    events = []
     summary = search(tmp_path, seed={"arch": "cnn", "epochs": 1000, "lr": 0.1, "batch_size": 64},
                      final={"lr": 0.05, "epochs": 1000, "batch_size": 64},
-                     budget={"generations": 100, "children": 2, "time_budget": budget})
+                     budget={"generations": 100, "children": 2, "time_budget": budget},
+                     on_event=lambda kind, info: events.append((kind, info)))
     wall = time.monotonic() - started
     study = load_study(open_storage(summary.storage), "t")
     assert 0.95 * budget <= summary.seconds <= 1.05 * budget, summary.seconds
@@ -252,6 +254,11 @@ def test_time_budgeted_search_on_digits_ends_within_five_percent(tmp_path):
     seed, final = study.trials[0], study.trials[summary.best_trial]
     assert len(seed.user_attrs["history"]) > 3 and final.user_attrs["rule"] == "final"
     assert summary.test_error < 0.1
+    # the budget, not the 1000 epochs asked for, decides how many the seed and final phase train:
+    # their epoch events leave the count out, a child's (its rung's) keep it
+    counts = {info["trial"]: info["epochs"] for kind, info in events if kind == "epoch"}
+    assert counts[0] is None and counts[summary.best_trial] is None
+    assert all(c is not None for n, c in counts.items() if n not in (0, summary.best_trial))
 
 
 def test_resume_after_a_failed_final_phase_redoes_it_without_more_children(tmp_path):

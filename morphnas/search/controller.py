@@ -161,7 +161,7 @@ class Search:
         self.calibration = self.data.train.x[:CALIBRATION_IMAGES]
         self.executor = options.executor or LocalExecutor(cpus_per_child=torch.get_num_threads())
         self.epochs_done: dict[int, int] = {}  # epochs of a child's earlier rungs (successive halving)
-        self.epochs_planned: dict[int, float] = {}  # the epochs of a network's run (its rung), for its epoch events
+        self.epochs_planned: dict[int, float | None] = {}  # the epochs of a network's run (its rung), if known
         self.pace: float | None = None  # seconds of the machine per child-epoch and MAC, last measured
         self.signals: list[int] = []  # SIGINT and SIGTERM received while the search runs
         # a resumed search goes on from the time its earlier drivers had spent when their last trial ended
@@ -584,7 +584,7 @@ class Search:
                      child_cost: dict[str, Any], config: TrainConfig) -> None:
         """Train the seed's or the final phase's ``trial`` (no pruner) and tell its result."""
         job = ChildJob(trial.number, graph.to_json(), weights, config, self.dataset_spec)
-        self.epochs_planned[job.key] = config.epochs
+        self.epochs_planned[job.key] = config.epochs if config.deadline is None else None  # the budget decides
         for result in self.executor.run([job], on_epoch=self._never_pruned):
             self._finish(trial, graph, child_cost, result)
         self._stop_if_unsaved()
