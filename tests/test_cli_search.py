@@ -30,7 +30,7 @@ def test_a_piped_search_summary_names_the_seed_phase_and_never_wraps(tmp_path):
                                  "a-study-name-that-makes-the-summary-lines-longer-than-eighty-columns"])
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
-    assert "generation 1: 1 child" in lines
+    assert any(line.startswith("generation 1: 1 child, 1 epoch each, ~") for line in lines), lines
     summary = lines[lines.index(next(line for line in lines if line.startswith("best trial"))):]
     assert summary[0].startswith("best trial ") and summary[0].endswith(
         "of study a-study-name-that-makes-the-summary-lines-longer-than-eighty-columns (3 trials, 0 failed)")
