@@ -75,7 +75,7 @@ def no_loading(*args, **kwargs):
 
 
 def test_train_checks_out_before_loading_or_training(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(morphnas.train, "load_dataset", no_loading)  # the command imports it when it runs
+    monkeypatch.setattr(sys.modules["morphnas.train"], "load_dataset", no_loading)  # imported when it runs
     for out, named in unwritable_targets(tmp_path):
         result = runner.invoke(app, ["train", "--arch", "mlp", "--dataset", "digits", "--out", str(out)])
         assert_one_line_error(result, f"cannot write --out {out}", named)
@@ -85,7 +85,7 @@ def test_train_checks_out_before_loading_or_training(tmp_path: Path, monkeypatch
 
 
 def test_morphnet_checks_out_before_loading_or_training(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(morphnas.train, "load_dataset", no_loading)
+    monkeypatch.setattr(sys.modules["morphnas.train"], "load_dataset", no_loading)
     for out, named in unwritable_targets(tmp_path):
         args = ["morphnet", "--arch", "mlp", "--dataset", "digits", "--budget", "0.5x", "--out", str(out)]
         assert_one_line_error(runner.invoke(app, args), f"cannot write --out {out}", named)
