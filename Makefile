@@ -26,7 +26,7 @@ run: $(STAMP)
 
 test: $(STAMP) $(FASHION)
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -q -n 2 --dist loadfile
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=15
 
 # The wheel installed (not editable) in a fresh venv runs a short search: .ci/wheel_check.sh.
 wheel-check: $(STAMP)

@@ -1,7 +1,7 @@
 """Per-child cost of every executor against in-process execution, on the same children.
 
-Runs N identical-size children (the ``cnn`` seed, distinct trial numbers, so distinct seeds)
-five ways in one process and prints a table:
+Runs N identical-size children (the ``--arch`` seed, ``cnn`` by default; distinct trial numbers,
+so distinct seeds) five ways in one process and prints a table:
 
 - in-process: :class:`LocalExecutor`, one after another, ``--cpus`` threads each;
 - ray 1-at-a-time: :class:`RayExecutor` with ``max_concurrent=1`` and the same threads, so the
@@ -28,6 +28,12 @@ start-up (``ray.init``) is reported separately. The children's validation errors
 across the three runs (same seed -> same result on the CPU).
 
     .venv/bin/python benchmarks/executor_overhead.py --children 8 --dataset mnist5k --epochs 1
+
+With ``--children 1`` the one child gets every core in each executor, as a search's seed and
+final phase do: the rows then compare training in a worker process with training in-process::
+
+    .venv/bin/python benchmarks/executor_overhead.py --children 1 --arch resnet8 --dataset fashion-mnist \
+        --epochs 1 --cpus 2 --repeats 3
 """
 
 from __future__ import annotations
@@ -39,13 +45,13 @@ import time
 
 from morphnas.execute import ChildJob, ChildResult, DatasetSpec, LocalExecutor, ProcessExecutor
 from morphnas.execute.child import cached_dataset
-from morphnas.ir import cnn, init_weights
+from morphnas.ir import init_weights, load_arch
 from morphnas.train import TrainConfig
 
 
-def make_jobs(n: int, dataset: str, epochs: float) -> list[ChildJob]:
+def make_jobs(n: int, dataset: str, epochs: float, arch: str = "cnn") -> list[ChildJob]:
     data = cached_dataset(DatasetSpec(dataset))
-    graph = cnn(data.input_shape, data.num_classes)
+    graph = load_arch(arch, data.input_shape, data.num_classes)
     weights = init_weights(graph, seed=0)
     config = TrainConfig(epochs=epochs, lr=0.02, batch_size=128, warmup_epochs=0, seed=0)
     return [ChildJob(key, graph.to_json(), weights, config, DatasetSpec(dataset)) for key in range(1, n + 1)]
@@ -69,13 +75,14 @@ def _timed_once(executor, jobs: list[ChildJob]) -> tuple[float, float, dict[int,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--children", type=int, default=8)
-    parser.add_argument("--dataset", default="mnist5k", choices=["digits", "mnist5k", "synthetic"])
+    parser.add_argument("--dataset", default="mnist5k", choices=["digits", "mnist5k", "fashion-mnist", "synthetic"])
+    parser.add_argument("--arch", default="cnn", help="the children's network: a seed name (cnn, resnet8, ...)")
     parser.add_argument("--epochs", type=float, default=1.0)
     parser.add_argument("--cpus", type=int, default=1, help="CPUs (= torch threads) per child")
     parser.add_argument("--repeats", type=int, default=2, help="runs per executor; the fastest is shown")
     args = parser.parse_args()
 
-    jobs = make_jobs(args.children, args.dataset, args.epochs)
+    jobs = make_jobs(args.children, args.dataset, args.epochs, args.arch)
     rows: list[tuple[str, float, float, dict[int, ChildResult]]] = []
 
     local_wall, local_first, local = timed(LocalExecutor(cpus_per_child=args.cpus), jobs, args.repeats)
@@ -99,7 +106,7 @@ def main() -> None:
     n = len(jobs)
     base = local_wall / n
     print(
-        f"\n{n} children: cnn on {args.dataset}, {args.epochs:g} epoch(s), {args.cpus} CPU(s) each, "
+        f"\n{n} children: {args.arch} on {args.dataset}, {args.epochs:g} epoch(s), {args.cpus} CPU(s) each, "
         f"{os.cpu_count()} CPUs; fastest of {args.repeats} runs each; ray.init {ray_init:.1f} s (once, not in "
         "the table)\n"
     )
