@@ -116,9 +116,12 @@ def main() -> None:
     for name, wall, first, results in rows:
         train = statistics.mean(r.seconds for r in results.values())
         following = (wall - first) / max(1, n - 1)
+        # one child has no "next" child: those columns are left empty
+        after = f"{following:>12.2f}" if n > 1 else f"{'-':>12}"
+        after_ratio = f"{following / base_next:>12.2f}" if n > 1 else f"{'-':>12}"
         print(
-            f"{name:<26}{wall:>8.2f}{first:>9.2f}{wall / n:>12.2f}{following:>12.2f}{train:>13.2f}"
-            f"{wall / n - base:>+16.2f}{wall / n / base:>7.2f}{following / base_next:>12.2f}{3600 * n / wall:>12.0f}"
+            f"{name:<26}{wall:>8.2f}{first:>9.2f}{wall / n:>12.2f}{after}{train:>13.2f}"
+            f"{wall / n - base:>+16.2f}{wall / n / base:>7.2f}{after_ratio}{3600 * n / wall:>12.0f}"
         )
     for name, _, _, results in rows[1:]:
         mismatched = [k for k in local if results[k].history != local[k].history or results[k].status != "ok"]
