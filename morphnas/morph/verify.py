@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from morphnas.ir import ArchGraph, Weights, compile_graph
+from morphnas.ir.compile import rel_err
 
 TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-10}
 CONDITIONING = 10.0  # headroom of a morph's error over the parent's own rounding noise
@@ -95,11 +96,6 @@ def probe_inputs(shape: tuple[int, ...], dtype: torch.dtype, seed: int = 0, batc
     inputs = [torch.randn(4, *shape, generator=gen, dtype=dtype) * (1 + i) for i in range(batches)]
     inputs.append(torch.ones(2, *shape, dtype=dtype))
     return inputs
-
-
-def rel_err(child: torch.Tensor, parent: torch.Tensor) -> float:
-    scale = parent.abs().max().item()
-    return (child - parent).abs().max().item() / (scale if scale > 0 else 1.0)
 
 
 def rounding_noise(graph: ArchGraph, weights: Weights, inputs: list[torch.Tensor], dtype: torch.dtype,
