@@ -44,12 +44,12 @@ def test_verify_compiles_each_network_once_and_measures_what_fresh_copies_measur
     inputs = probe_inputs(graph.input_shape, dtype)
     expected = fresh_verification(graph, weights, child.graph, child.weights, dtype, inputs)
 
-    compiled = []
+    compiled = []  # per network compiled so far, its parameters and buffers
 
     def compile_one_at_a_time(*args):
-        assert all(ref() is None for ref in compiled), "a compiled network is still held"
+        assert all(ref() is None for refs in compiled for ref in refs), "an earlier network's weights are held"
         model = compile_graph(*args)
-        compiled.append(weakref.ref(model))
+        compiled.append([weakref.ref(t) for t in [*model.parameters(), *model.buffers()]])
         return model
 
     monkeypatch.setattr(verifier, "compile_graph", compile_one_at_a_time)

@@ -13,7 +13,6 @@ real activations keeps it small, one with statistics 0 and 1 does not.
 
 from __future__ import annotations
 
-import gc
 from dataclasses import dataclass
 
 import torch
@@ -141,8 +140,9 @@ def _run(graph: ArchGraph, weights: Weights, inputs: list[torch.Tensor], dtype: 
             outputs[mode] = [model.train(mode == "train")(x) for x in inputs]
             if mode == "eval" and seed is not None:
                 noise = _noise(model, weights, inputs, outputs[mode], dtype, seed)
-    del model
-    gc.collect()  # a compiled fx.GraphModule is in a reference cycle (its graph's owning module)
+    # free its weights now: a compiled fx.GraphModule is in a reference cycle (its graph's owning
+    # module), which would hold them until the next collection
+    model.to_empty(device="meta")
     return outputs, noise
 
 
