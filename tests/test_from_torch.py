@@ -16,6 +16,7 @@ from morphnas.errors import MorphError, MorphnasError, TorchImportError
 from morphnas.export import ONNX_TOLERANCE
 from morphnas.export.onnx import export_onnx
 from morphnas.ir import ArchGraph, Conv2d, compile_graph, from_torch, importer
+from morphnas.ir.compile import rel_err
 from morphnas.morph import MORPHS, apply_morph, verify
 from morphnas.morph.shrink import shrink_sites
 from morphnas.morph.width import widen_sites
@@ -35,10 +36,6 @@ def torchvision_net(name: str, shape: tuple[int, ...] = (3, 32, 32), seed: int =
     net = calibrate_bn(torchvision.models.get_model(name, weights=None, **options), shape, seed)
     assert_sensitive(net, shape)
     return net
-
-
-def rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
-    return ((got - want).abs().max() / want.abs().max()).item()
 
 
 def test_resnet18_imports_and_computes_the_same_outputs():

@@ -92,3 +92,11 @@ def init_weights(graph: ArchGraph, seed: int = 0) -> Weights:
         torch.manual_seed(seed)
         module = compile_graph(graph)
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
+    """``max |got - want| / max |want|`` (over all elements; a ``want`` of all zeros divides by 1):
+    how far a compiled network's outputs are from a reference's, the import's and the verifier's
+    measure."""
+    scale = want.abs().max().item()
+    return (got - want).abs().max().item() / (scale if scale > 0 else 1.0)

@@ -33,7 +33,7 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from morphnas.errors import ConfigError, GraphError, TorchImportError
-from morphnas.ir.compile import Weights, compile_graph
+from morphnas.ir.compile import Weights, compile_graph, rel_err
 from morphnas.ir.graph import _RESERVED, ArchGraph
 from morphnas.ir.layers import (
     ACTIVATIONS,
@@ -713,14 +713,9 @@ def _check(module: nn.Module, graph: ArchGraph, weights: Weights, example: torch
             want, got = reference(x.double()), compiled(x.double())
             if not isinstance(want, torch.Tensor) or want.shape != got.shape:
                 return math.inf, TOLERANCE
-            worst = max(worst, _rel_err(got, want))
-            own = max(own, _rel_err(module(x).double(), want))
+            worst = max(worst, rel_err(got, want))
+            own = max(own, rel_err(module(x).double(), want))
     return worst, max(TOLERANCE, CONDITIONING * ROUNDOFF_RATIO * own)
-
-
-def _rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
-    scale = want.abs().max().item()
-    return (got - want).abs().max().item() / (scale if scale > 0 else 1.0)
 
 
 @dataclass(frozen=True)

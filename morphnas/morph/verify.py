@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from morphnas.ir import ArchGraph, Weights, compile_graph
+from morphnas.ir.compile import rel_err
 
 TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-10}
 CONDITIONING = 10.0  # headroom of a morph's error over the parent's own rounding noise
@@ -97,11 +98,6 @@ def probe_inputs(shape: tuple[int, ...], dtype: torch.dtype, seed: int = 0, batc
     return inputs
 
 
-def rel_err(child: torch.Tensor, parent: torch.Tensor) -> float:
-    scale = parent.abs().max().item()
-    return (child - parent).abs().max().item() / (scale if scale > 0 else 1.0)
-
-
 def rounding_noise(graph: ArchGraph, weights: Weights, inputs: list[torch.Tensor], dtype: torch.dtype,
                    seed: int = 0) -> float:
     """How far ``graph``'s eval-mode outputs move, relative to their largest, when every weight
@@ -109,19 +105,7 @@ def rounding_noise(graph: ArchGraph, weights: Weights, inputs: list[torch.Tensor
     reimplementation of the network carries. About 1e-15 in float64 for the built-in seeds and
     the torchvision ResNets; about 1e-9 for an EfficientNet-B0 whose batch norms saw one batch
     (channels with a running variance near 0 divide by sqrt(eps) at every stage)."""
-    gen = torch.Generator().manual_seed(seed)
-    eps = torch.finfo(dtype).eps
-    moved = {}
-    for key, value in weights.items():
-        value = value.to(dtype) if value.is_floating_point() else value
-        if value.is_floating_point():
-            sign = torch.randint(0, 2, value.shape, generator=gen).to(dtype) * 2 - 1
-            value = value * (1 + eps * sign)
-        moved[key] = value
-    a = compile_graph(graph, weights).to(dtype).eval()
-    b = compile_graph(graph, moved).to(dtype).eval()
-    with torch.no_grad():
-        return max(rel_err(b(x.to(dtype)), a(x.to(dtype))) for x in inputs)
+    return _run(graph, weights, [x.to(dtype) for x in inputs], dtype, seed)[1]
 
 
 def verify(
@@ -135,16 +119,47 @@ def verify(
     inputs: list[torch.Tensor] | None = None,
 ) -> Verification:
     """Compare parent and child in eval mode and in train mode on the same inputs, and measure
-    the parent's own rounding noise on them (which sets the tolerance of an ill-conditioned one)."""
-    inputs = inputs or probe_inputs(parent.input_shape, dtype, seed)
-    errors = {}
-    for mode in ("eval", "train"):
-        a = compile_graph(parent, parent_weights).to(dtype).train(mode == "train")
-        b = compile_graph(child, child_weights).to(dtype).train(mode == "train")
-        worst = 0.0
-        with torch.no_grad():
-            for x in inputs:
-                worst = max(worst, rel_err(b(x.to(dtype)), a(x.to(dtype))))
-        errors[mode] = worst
-    noise = rounding_noise(parent, parent_weights, inputs, dtype, seed)
+    the parent's own rounding noise on them (which sets the tolerance of an ill-conditioned one).
+    One network is held at a time: the parent is compiled once, for its outputs and its noise, and
+    freed before the child is compiled (a float64 VGG's classifier alone is 0.8 GB)."""
+    inputs = [x.to(dtype) for x in inputs or probe_inputs(parent.input_shape, dtype, seed)]
+    want, noise = _run(parent, parent_weights, inputs, dtype, seed)
+    got, _ = _run(child, child_weights, inputs, dtype)
+    errors = {mode: max(rel_err(g, w) for g, w in zip(got[mode], want[mode], strict=True)) for mode in want}
     return Verification(errors["eval"], errors["train"], str(dtype).removeprefix("torch."), noise)
+
+
+def _run(graph: ArchGraph, weights: Weights, inputs: list[torch.Tensor], dtype: torch.dtype,
+         seed: int | None = None) -> tuple[dict[str, list[torch.Tensor]], float]:
+    """``graph``'s outputs on ``inputs`` (already in ``dtype``) in eval and in train mode, and with a
+    ``seed`` its :func:`rounding_noise` (else 0), from one compiled copy, freed before this returns."""
+    model = compile_graph(graph, weights).to(dtype)
+    outputs, noise = {}, 0.0
+    with torch.no_grad():
+        for mode in ("eval", "train"):  # eval first: a train-mode pass moves the batch-norm statistics
+            outputs[mode] = [model.train(mode == "train")(x) for x in inputs]
+            if mode == "eval" and seed is not None:
+                noise = _noise(model, weights, inputs, outputs[mode], dtype, seed)
+    # free its weights now: a compiled fx.GraphModule is in a reference cycle (its graph's owning
+    # module), which would hold them until the next collection
+    model.to_empty(device="meta")
+    return outputs, noise
+
+
+def _noise(model: torch.nn.Module, weights: Weights, inputs: list[torch.Tensor], outputs: list[torch.Tensor],
+           dtype: torch.dtype, seed: int) -> float:
+    """:func:`rounding_noise` of ``model`` (compiled from ``weights``, in ``dtype`` and eval mode),
+    whose outputs on ``inputs`` are ``outputs``: its weights move one ulp in place, and are restored
+    from ``weights`` after (the values it was compiled from), so no second copy is made."""
+    gen = torch.Generator().manual_seed(seed)
+    eps = torch.finfo(dtype).eps
+    state = model.state_dict()  # shares its tensors with the model
+    for key, value in weights.items():
+        if value.is_floating_point():  # a factor 1 - eps or 1 + eps, exactly
+            state[key].mul_(torch.randint(0, 2, value.shape, generator=gen, dtype=dtype).mul_(2 * eps).add_(1 - eps))
+    try:
+        return max(rel_err(model(x), y) for x, y in zip(inputs, outputs, strict=True))
+    finally:
+        for key, value in weights.items():
+            if value.is_floating_point():
+                state[key].copy_(value)
