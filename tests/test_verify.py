@@ -7,8 +7,9 @@ import pytest
 import torch
 from reference_nets import trained_weights
 
-from morphnas.ir import compile_graph, resnet
+from morphnas.ir import ArchGraph, compile_graph, resnet
 from morphnas.ir.compile import rel_err
+from morphnas.ir.layers import Activation, BatchNorm2d, Conv2d, Dropout, GlobalAvgPool, Linear
 from morphnas.morph import MORPHS, apply_morph, probe_inputs, verify
 
 verifier = importlib.import_module("morphnas.morph.verify")  # the package's `verify` is the function
@@ -59,3 +60,25 @@ def test_verify_compiles_each_network_once_and_measures_what_fresh_copies_measur
     assert check.noise > 0 and check.preserved
     same = verify(graph, weights, graph, weights, dtype=dtype, inputs=inputs)
     assert same.max_rel_err == same.train_max_rel_err == 0  # the moved weights were put back exactly
+
+
+def test_train_mode_checks_batch_statistics_with_dropout_off():
+    """Dropout draws its masks afresh for parent and child (of another shape where a layer was
+    widened), so the train-mode error would be noise; the check keeps dropout off and the batch
+    norms in train mode, where a widened classifier is exact."""
+    g = ArchGraph((1, 6, 6))
+    for blob in ("input", "c", "n", "r", "f", "h", "d", "out"):
+        g.add_blob(blob)
+    g.add_layer("conv", "input", "c", Conv2d(1, 4, 3, 1, 1))
+    g.add_layer("bn", "c", "n", BatchNorm2d(4))
+    g.add_layer("relu", "n", "r", Activation("relu"))
+    g.add_layer("gap", "r", "f", GlobalAvgPool())
+    g.add_layer("fc1", "f", "h", Linear(4, 16))
+    g.add_layer("drop", "h", "d", Dropout(0.5))
+    g.add_layer("fc", "d", "out", Linear(16, 3))
+    graph = g.validate()
+    weights = trained_weights(graph)
+    assert "h" in MORPHS["widen"].sites(graph)
+    child = apply_morph("widen", graph, weights, "h", seed=0)  # fc1's 16 outputs, and the dropout's
+    check = verify(graph, weights, child.graph, child.weights, dtype=torch.float64)
+    assert check.preserved and check.train_max_rel_err < 1e-10

@@ -7,7 +7,8 @@ times the parent's own rounding noise where that is larger, up to ``NOISE_CAP`` 
 ill-conditioned network, whose outputs no implementation reproduces more closely; the cap keeps
 any wrong weight, which moves a network's outputs by 1e-3 or more, detectable:
 docs/design.md#exactness). The train-mode
-error (batch statistics in batch norms) is reported beside it: a new batch norm calibrated on
+error (batch statistics in batch norms; dropout stays off, since its masks are random and a
+widened layer's mask differs in shape) is reported beside it: a new batch norm calibrated on
 real activations keeps it small, one with statistics 0 and 1 does not.
 """
 
@@ -137,13 +138,23 @@ def _run(graph: ArchGraph, weights: Weights, inputs: list[torch.Tensor], dtype: 
     outputs, noise = {}, 0.0
     with torch.no_grad():
         for mode in ("eval", "train"):  # eval first: a train-mode pass moves the batch-norm statistics
-            outputs[mode] = [model.train(mode == "train")(x) for x in inputs]
+            _set_mode(model, mode)
+            outputs[mode] = [model(x) for x in inputs]
             if mode == "eval" and seed is not None:
                 noise = _noise(model, weights, inputs, outputs[mode], dtype, seed)
     # free its weights now: a compiled fx.GraphModule is in a reference cycle (its graph's owning
     # module), which would hold them until the next collection
     model.to_empty(device="meta")
     return outputs, noise
+
+
+def _set_mode(model: torch.nn.Module, mode: str) -> None:
+    """``model`` in eval mode, or in train mode with its dropout off: the train-mode check is of
+    batch statistics, and dropout's masks, drawn afresh for parent and child, would differ."""
+    model.train(mode == "train")
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.dropout._DropoutNd):
+            module.eval()
 
 
 def _noise(model: torch.nn.Module, weights: Weights, inputs: list[torch.Tensor], outputs: list[torch.Tensor],
