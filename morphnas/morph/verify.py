@@ -31,7 +31,7 @@ class Verification:
     max_rel_err: float  # eval mode
     train_max_rel_err: float  # train mode (batch statistics)
     dtype: str
-    noise: float = 0.0  # the parent's own rounding noise (:func:`rounding_noise`), eval mode
+    noise: float = 0.0  # the parent's own rounding noise (:func:`_noise`), eval mode
 
     @property
     def tolerance(self) -> float:
@@ -99,16 +99,6 @@ def probe_inputs(shape: tuple[int, ...], dtype: torch.dtype, seed: int = 0, batc
     return inputs
 
 
-def rounding_noise(graph: ArchGraph, weights: Weights, inputs: list[torch.Tensor], dtype: torch.dtype,
-                   seed: int = 0) -> float:
-    """How far ``graph``'s eval-mode outputs move, relative to their largest, when every weight
-    moves by one unit in its last place (a seeded random sign each): the rounding noise any
-    reimplementation of the network carries. About 1e-15 in float64 for the built-in seeds and
-    the torchvision ResNets; about 1e-9 for an EfficientNet-B0 whose batch norms saw one batch
-    (channels with a running variance near 0 divide by sqrt(eps) at every stage)."""
-    return _run(graph, weights, [x.to(dtype) for x in inputs], dtype, seed)[1]
-
-
 def verify(
     parent: ArchGraph,
     parent_weights: Weights,
@@ -133,7 +123,7 @@ def verify(
 def _run(graph: ArchGraph, weights: Weights, inputs: list[torch.Tensor], dtype: torch.dtype,
          seed: int | None = None) -> tuple[dict[str, list[torch.Tensor]], float]:
     """``graph``'s outputs on ``inputs`` (already in ``dtype``) in eval and in train mode, and with a
-    ``seed`` its :func:`rounding_noise` (else 0), from one compiled copy, freed before this returns."""
+    ``seed`` its rounding noise (:func:`_noise`; else 0), from one compiled copy, freed before this returns."""
     model = compile_graph(graph, weights).to(dtype)
     outputs, noise = {}, 0.0
     with torch.no_grad():
@@ -159,9 +149,13 @@ def _set_mode(model: torch.nn.Module, mode: str) -> None:
 
 def _noise(model: torch.nn.Module, weights: Weights, inputs: list[torch.Tensor], outputs: list[torch.Tensor],
            dtype: torch.dtype, seed: int) -> float:
-    """:func:`rounding_noise` of ``model`` (compiled from ``weights``, in ``dtype`` and eval mode),
-    whose outputs on ``inputs`` are ``outputs``: its weights move one ulp in place, and are restored
-    from ``weights`` after (the values it was compiled from), so no second copy is made."""
+    """The rounding noise of ``model`` (compiled from ``weights``, in ``dtype`` and eval mode), whose
+    outputs on ``inputs`` are ``outputs``: how far they move, relative to their largest, when every
+    weight moves by one unit in its last place (a seeded random sign each), which any
+    reimplementation of the network carries. About 1e-15 in float64 for the built-in seeds and the
+    torchvision ResNets; about 1e-9 for an EfficientNet-B0 whose batch norms saw one batch (channels
+    with a running variance near 0 divide by sqrt(eps) at every stage). The weights move in place
+    and are restored from ``weights`` after (the values it was compiled from): no second copy."""
     gen = torch.Generator().manual_seed(seed)
     eps = torch.finfo(dtype).eps
     state = model.state_dict()  # shares its tensors with the model

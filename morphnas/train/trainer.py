@@ -7,7 +7,7 @@ dimensions (convolution and linear kernels) only, never to biases, batch-norm or
 parameters, which are one-dimensional (common practice: decaying them only hurts).
 Models and image batches are held in ``channels_last`` on every device (on two CPU cores a
 ResNet-8 step on 28 x 28 images takes 27 % less time than in the default layout, a ResNet-20
-step 9 % less: ``benchmarks/train_throughput.py``); on CUDA the forward pass also runs under
+step 9 % less: experiments/RESULTS.md, fashion_search_vs_baselines); on CUDA the forward pass also runs under
 bfloat16 autocast, on the CPU everything is float32 and deterministic for a given seed.
 """
 
